@@ -1,0 +1,1 @@
+"""Benchmark suites (tritonsagan-bench) and their recorded results under bench/results/."""

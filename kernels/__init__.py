@@ -1,0 +1,12 @@
+"""Attention and spectral-norm ops: Triton kernels, their torch reference paths, dispatch."""
+
+from .attention import attention, attention_reference
+from .spectral_norm import init_spectral_norm_vectors, spectral_norm, spectral_norm_reference
+
+__all__ = [
+    "attention",
+    "attention_reference",
+    "init_spectral_norm_vectors",
+    "spectral_norm",
+    "spectral_norm_reference",
+]

@@ -1,0 +1,158 @@
+"""SAGAN building blocks, following the official TensorFlow code (brain-research/self-attention-gan).
+
+Every weight layer is spectrally normalised (SNConv2d, SNLinear, SNEmbedding): the raw weight is
+the parameter `weight`, and the power-iteration vectors are the buffers `weight_u`, `weight_v`.
+Weights use Xavier-uniform initialisation and zero biases, as the official code does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..kernels import attention, init_spectral_norm_vectors, spectral_norm
+
+
+class SpectralNormMixin:
+    """Spectral norm for a module with a `weight` parameter: u/v buffers and `normalized_weight()`.
+
+    Listed before the torch layer in the bases, so its __init__ and reset_parameters come first.
+    """
+
+    weight: nn.Parameter
+
+    def __init__(self, *args, n_power_iterations: int = 1, eps: float = 1e-12, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.n_power_iterations = n_power_iterations
+        self.sn_eps = eps
+        u, v = init_spectral_norm_vectors(self.weight, eps)
+        self.register_buffer("weight_u", u)
+        self.register_buffer("weight_v", v)
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.weight)
+        bias = getattr(self, "bias", None)
+        if bias is not None:
+            nn.init.zeros_(bias)
+
+    def normalized_weight(self) -> torch.Tensor:
+        return spectral_norm(self.weight, self.weight_u, self.weight_v, self.n_power_iterations, self.sn_eps, self.training)
+
+
+class SNConv2d(SpectralNormMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.normalized_weight(), self.bias)
+
+
+class SNLinear(SpectralNormMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.normalized_weight(), self.bias)
+
+
+class SNEmbedding(SpectralNormMixin, nn.Embedding):
+    """Class embedding of the projection discriminator; W is [num_classes, dim] as in torch."""
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.embedding(y, self.normalized_weight())
+
+
+class SelfAttention(nn.Module):
+    """The official `sn_non_local_block_sim`: y = x + gamma * o.
+
+    theta, phi: 1x1 SN convs C -> C/8; g: C -> C/2; phi and g are 2x2 max-pooled, so there are
+    H*W queries and H*W/4 keys. attention = softmax(theta^T phi) (no 1/sqrt(d) scaling),
+    o = SNConv1x1(C/2 -> C)(attention g). gamma starts at 0, so the block starts as the identity.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels % 8 != 0:
+            raise ValueError(f"SelfAttention: channels must be a multiple of 8, got {channels}")
+        self.channels = channels
+        self.theta = SNConv2d(channels, channels // 8, 1, bias=False)
+        self.phi = SNConv2d(channels, channels // 8, 1, bias=False)
+        self.g = SNConv2d(channels, channels // 2, 1, bias=False)
+        self.out = SNConv2d(channels // 2, channels, 1, bias=False)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        # Conv outputs are (B, C', H*W); transposed views go into attention without copies.
+        queries = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
+        keys = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/8)
+        values = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/2)
+        attended = attention(queries, keys, values)  # (B, N, C/2)
+        attended = attended.transpose(1, 2).reshape(batch, channels // 2, height, width)
+        return x + self.gamma * self.out(attended)
+
+
+class ClassBatchNorm2d(nn.Module):
+    """Conditional batch norm: per-class gamma/beta tables (gamma 1, beta 0 at start).
+
+    With num_classes = 0 it is a plain batch norm with one learned affine, and `y` is ignored.
+    """
+
+    def __init__(self, num_features: int, num_classes: int = 0, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=num_classes == 0)
+        if num_classes > 0:
+            self.gamma = nn.Embedding(num_classes, num_features)
+            self.beta = nn.Embedding(num_classes, num_features)
+            nn.init.ones_(self.gamma.weight)
+            nn.init.zeros_(self.beta.weight)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.bn(x)
+        if self.num_classes == 0:
+            return x
+        return x * self.gamma(y)[:, :, None, None] + self.beta(y)[:, :, None, None]
+
+
+class GBlock(nn.Module):
+    """Generator up-block: cBN, ReLU, 2x nearest upsample, conv3x3, cBN, ReLU, conv3x3; shortcut up + conv1x1."""
+
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0) -> None:
+        super().__init__()
+        self.bn1 = ClassBatchNorm2d(in_channels, num_classes)
+        self.conv1 = SNConv2d(in_channels, out_channels, 3, padding=1)
+        self.bn2 = ClassBatchNorm2d(out_channels, num_classes)
+        self.conv2 = SNConv2d(out_channels, out_channels, 3, padding=1)
+        self.shortcut = SNConv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")
+        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
+        return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+class DBlock(nn.Module):
+    """Discriminator down-block: ReLU, conv3x3, ReLU, conv3x3, 2x2 avg-pool; shortcut conv1x1 then pool.
+
+    The "optimized" first block has no leading ReLU and its shortcut pools before the conv.
+    Without downsampling and with equal widths (the last block) the shortcut is the identity.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, downsample: bool = True, optimized: bool = False) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.optimized = optimized
+        self.conv1 = SNConv2d(in_channels, out_channels, 3, padding=1)
+        self.conv2 = SNConv2d(out_channels, out_channels, 3, padding=1)
+        needs_shortcut_conv = optimized or downsample or in_channels != out_channels
+        self.shortcut = SNConv2d(in_channels, out_channels, 1) if needs_shortcut_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x if self.optimized else F.relu(x)
+        h = self.conv2(F.relu(self.conv1(h)))
+        if self.downsample:
+            h = F.avg_pool2d(h, 2)
+        if self.optimized:
+            return h + self.shortcut(F.avg_pool2d(x, 2))
+        skip = x
+        if self.shortcut is not None:
+            skip = self.shortcut(skip)
+            if self.downsample:
+                skip = F.avg_pool2d(skip, 2)
+        return h + skip

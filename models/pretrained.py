@@ -1,0 +1,97 @@
+"""save_pretrained / from_pretrained: a model is `model.safetensors` plus `config.json`.
+
+The config travels in the safetensors metadata too, so a lone weights file still rebuilds its
+model. Loading never unpickles anything, and every failure names the file and the keys involved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.nn as nn
+
+from ..weights_io import WeightsError, atomic_write_json, load_safetensors, save_safetensors
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+LISTED_KEYS = 8  # how many offending keys an error message shows
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+
+def _list_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:LISTED_KEYS])
+    return shown + (f" (+{len(keys) - LISTED_KEYS} more)" if len(keys) > LISTED_KEYS else "")
+
+
+def check_state_dict(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise a WeightsError naming the missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = [
+        f"{key} {tuple(tensors[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(tensors))
+        if tensors[key].shape != expected[key].shape
+    ]
+    if missing:
+        problems.append(f"missing keys: {_list_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_list_keys(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {_list_keys(mismatched)}")
+    if problems:
+        raise WeightsError(f"{path}: weights do not fit {type(model).__name__}: " + "; ".join(problems))
+
+
+class PretrainedMixin:
+    """For nn.Modules whose constructor takes exactly the fields of their `config` dataclass."""
+
+    config: Any
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        config = {"model_type": type(self).__name__, **dataclasses.asdict(self.config)}
+        metadata = {"format": "pt", "tritonsagan_config": json.dumps(config)}
+        save_safetensors(directory / WEIGHTS_NAME, self.state_dict(), metadata)
+        atomic_write_json(directory / CONFIG_NAME, config)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls: type[M], path: str | os.PathLike, device: str | torch.device = "cpu") -> M:
+        """Rebuild from a save_pretrained directory or its model.safetensors file."""
+        path = Path(path)
+        weights = path / WEIGHTS_NAME if path.is_dir() else path
+        if not weights.is_file():
+            raise FileNotFoundError(f"{cls.__name__}.from_pretrained: no weights file at {weights}")
+        tensors, metadata = load_safetensors(weights)
+        config = _read_config(weights, metadata)
+        model_type = config.pop("model_type", None)
+        if model_type != cls.__name__:
+            raise WeightsError(f"{weights}: holds a {model_type or 'foreign model'}, not a {cls.__name__}")
+        try:
+            model = cls(**config)
+        except TypeError as err:
+            raise WeightsError(f"{weights}: config does not fit {cls.__name__}: {err}") from None
+        check_state_dict(weights, model, tensors)
+        model.load_state_dict(tensors)
+        return model.to(device)
+
+
+def _read_config(weights: Path, metadata: dict[str, str]) -> dict[str, Any]:
+    """config.json beside the weights, else the copy in the safetensors metadata."""
+    config_file = weights.parent / CONFIG_NAME
+    if config_file.is_file():
+        try:
+            return json.loads(config_file.read_text())
+        except json.JSONDecodeError as err:
+            raise WeightsError(f"{config_file}: not valid JSON ({err})") from None
+    if "tritonsagan_config" in metadata:
+        return json.loads(metadata["tritonsagan_config"])
+    raise WeightsError(f"{weights}: no {CONFIG_NAME} beside it and no tritonsagan config in its metadata")
