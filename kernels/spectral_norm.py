@@ -34,12 +34,19 @@ def check_spectral_norm_inputs(weight: torch.Tensor, u: torch.Tensor, v: torch.T
         raise ValueError(f"spectral_norm: weight, u, v must be on one device, got {weight.device}, {u.device}, {v.device}")
 
 
-@torch.no_grad()
-def power_iteration_(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float) -> None:
-    """In-place power method on the matrix w, in torch's order."""
+def _power_iteration(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float) -> None:
     for _ in range(n_power_iterations):
         u.copy_(F.normalize(torch.mv(w, v), dim=0, eps=eps))
         v.copy_(F.normalize(torch.mv(w.t(), u), dim=0, eps=eps))
+
+
+# An opaque custom op rather than in-graph copy_: with the in-place update decomposed into the graph,
+# inductor (seen on torch 2.13 CPU) computes dL/dW as if u depended on W, off by ~1e-3 relative.
+@torch.library.custom_op("tritonsagan::power_iteration_", mutates_args=("u", "v"))
+def power_iteration_(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float) -> None:
+    """In-place power method on the matrix w, in torch's order: u = normalize(W v), v = normalize(W^T u)."""
+    with torch.no_grad():
+        _power_iteration(w, u, v, n_power_iterations, eps)
 
 
 @torch.no_grad()
@@ -48,7 +55,7 @@ def init_spectral_norm_vectors(weight: torch.Tensor, eps: float = 1e-12) -> tupl
     w = weight.detach().flatten(1)
     u = F.normalize(w.new_empty(w.shape[0]).normal_(0, 1), dim=0, eps=eps)
     v = F.normalize(w.new_empty(w.shape[1]).normal_(0, 1), dim=0, eps=eps)
-    power_iteration_(w, u, v, INIT_POWER_ITERATIONS, eps)
+    _power_iteration(w, u, v, INIT_POWER_ITERATIONS, eps)
     return u, v
 
 
@@ -66,7 +73,7 @@ def spectral_norm_reference(
         return F.normalize(weight, dim=0, eps=eps)
     w = weight.flatten(1)
     if training:
-        power_iteration_(w, u, v, n_power_iterations, eps)
+        power_iteration_(w.detach(), u, v, n_power_iterations, eps)
     # Clones: autograd must not see the buffers' later in-place updates (e.g. D(real) then D(fake)).
     u_const, v_const = u.clone(), v.clone()
     sigma = torch.dot(u_const, torch.mv(w, v_const))

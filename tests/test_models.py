@@ -1,0 +1,142 @@
+"""SAGAN-128 G and D: shapes, the attention block, input checks, torch.compile on CPU."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tritonsagan.models import Discriminator, Generator, SelfAttention
+from utils import naive_attention, rel_err
+
+CH = 8  # small width: the architecture is the same, only narrower
+
+
+@pytest.mark.parametrize("num_classes", [0, 5])
+def test_output_shapes_and_range(num_classes):
+    G = Generator(ch=CH, num_classes=num_classes)
+    D = Discriminator(ch=CH, num_classes=num_classes)
+    y = torch.tensor([0, 4, 2]) if num_classes else None
+    images = G(torch.randn(3, 128), y)
+    assert images.shape == (3, 3, 128, 128)
+    assert images.abs().max() <= 1
+    logits = D(images, y)
+    assert logits.shape == (3,)
+    assert torch.isfinite(logits).all()
+
+
+def test_official_channel_widths():
+    G, D = Generator(ch=CH), Discriminator(ch=CH)
+    assert [b.conv2.out_channels // CH for b in G.blocks] == [16, 8, 4, 2, 1]
+    assert G.attention.channels == 4 * CH  # G attention at 32x32 on 4ch
+    assert [b.conv2.out_channels // CH for b in D.blocks] == [1, 2, 4, 8, 16, 16]
+    assert D.attention.channels == 2 * CH  # D attention at 32x32 on 2ch
+    assert D.blocks[-1].shortcut is None and not D.blocks[-1].downsample
+
+
+def test_conditional_models_use_the_labels():
+    G = Generator(ch=CH, num_classes=4).eval()
+    D = Discriminator(ch=CH, num_classes=4).eval()
+    z = torch.randn(2, 128)
+    with torch.no_grad():
+        G.blocks[0].bn1.gamma.weight[1].mul_(3.0)  # make classes differ at start
+        D.embed.weight.normal_()
+        a, b = G(z, torch.tensor([0, 0])), G(z, torch.tensor([1, 1]))
+        assert not torch.allclose(a, b)
+        assert not torch.allclose(D(a, torch.tensor([0, 0])), D(a, torch.tensor([3, 3])))
+
+
+def test_attention_with_zero_gamma_is_identity():
+    block = SelfAttention(16)
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(block(x), x)
+
+
+def test_attention_block_equals_float64_math():
+    block = SelfAttention(32).eval()
+    with torch.no_grad():
+        block.gamma.fill_(0.7)
+    x = torch.randn(2, 32, 12, 10)
+    out = block(x)
+
+    def conv(layer, t):  # 1x1 conv with the spectrally normalised weight, in float64
+        return F.conv2d(t, layer.normalized_weight().double())
+
+    x64 = x.double()
+    theta = conv(block.theta, x64).flatten(2).transpose(1, 2)
+    phi = F.max_pool2d(conv(block.phi, x64), 2).flatten(2).transpose(1, 2)
+    g = F.max_pool2d(conv(block.g, x64), 2).flatten(2).transpose(1, 2)
+    attended = naive_attention(theta, phi, g).transpose(1, 2).reshape(2, 16, 12, 10)
+    expected = x64 + 0.7 * conv(block.out, attended)
+    assert rel_err(out, expected) < 1e-5
+
+
+@pytest.mark.parametrize("attn_res", [64, 0])
+def test_other_attention_resolutions(attn_res):
+    G = Generator(ch=CH, attn_res=attn_res)
+    D = Discriminator(ch=CH, attn_res=attn_res)
+    if attn_res:
+        assert G.attention.channels == 2 * CH and D.attention.channels == CH
+    else:
+        assert G.attention is None and D.attention is None
+    D(G(torch.randn(2, 128))).sum().backward()
+    assert all(p.grad is not None for p in G.parameters() if p.requires_grad and p.ndim > 1)
+
+
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda G, D: G(torch.randn(2, 64)), r"z must have shape \(B, 128\)"),
+        (lambda G, D: G(torch.randn(2, 128)), "needs class labels"),
+        (lambda G, D: G(torch.randn(2, 128), torch.tensor([0, 3])), r"in \[0, 3\)"),
+        (lambda G, D: G(torch.randn(2, 128), torch.tensor([0.0, 1.0])), "integer tensor"),
+        (lambda G, D: D(torch.randn(2, 3, 64, 64), torch.tensor([0, 1])), r"x must have shape \(B, 3, 128, 128\)"),
+        (lambda G, D: D(torch.randn(2, 3, 128, 128), torch.tensor([-1, 1])), "class labels must be in"),
+        (lambda G, D: Generator(ch=CH, attn_res=48), "attn_res must be 0"),
+        (lambda G, D: Discriminator(ch=CH, attn_res=128), "attn_res must be 0"),
+    ],
+)
+def test_bad_inputs(call, match):
+    G = Generator(ch=CH, num_classes=3)
+    D = Discriminator(ch=CH, num_classes=3)
+    with pytest.raises(ValueError, match=match):
+        call(G, D)
+
+
+def test_unconditional_models_reject_labels():
+    with pytest.raises(ValueError, match="got class labels"):
+        Generator(ch=CH)(torch.randn(1, 128), torch.tensor([0]))
+
+
+def _forward_backward(G, D, z, y):
+    logits = D(G(z, y), y)
+    loss = logits.square().mean()
+    loss.backward()
+    return logits.detach()
+
+
+def test_compile_fullgraph_matches_eager():
+    """G and D, forward and backward, compiled whole with no graph break, agree with eager (training mode).
+
+    float64, so that a real difference is not hidden behind float32 rounding through a deep net.
+    """
+    torch._dynamo.reset()
+    G_eager = Generator(ch=CH, num_classes=3).double()
+    D_eager = Discriminator(ch=CH, num_classes=3).double()
+    G_comp, D_comp = copy.deepcopy(G_eager), copy.deepcopy(D_eager)
+    G_comp.forward = torch.compile(G_comp.forward, fullgraph=True)
+    D_comp.forward = torch.compile(D_comp.forward, fullgraph=True)
+    for _ in range(2):  # the second step sees the SN buffers the first one updated
+        z, y = torch.randn(4, 128, dtype=torch.float64), torch.tensor([0, 1, 2, 1])
+        expected = _forward_backward(G_eager, D_eager, z, y)
+        got = _forward_backward(G_comp, D_comp, z, y)
+        assert rel_err(got, expected) < 1e-10
+    for eager, comp in ((G_eager, G_comp), (D_eager, D_comp)):
+        for (name, b1), b2 in zip(eager.named_buffers(), comp.buffers()):
+            if b1.is_floating_point():
+                assert rel_err(b2, b1) < 1e-10, name
+        # Per parameter, against the whole model's gradient norm: some grads are pure rounding noise
+        # (a conv bias right before batch norm has zero true gradient).
+        grad_norm = torch.cat([p.grad.flatten() for p in eager.parameters()]).norm()
+        for (name, p1), p2 in zip(eager.named_parameters(), comp.parameters()):
+            assert (p2.grad - p1.grad).norm() < 1e-10 * grad_norm, name
