@@ -1,12 +1,15 @@
 """Attention and spectral-norm ops: Triton kernels, their torch reference paths, dispatch."""
 
-from .attention import attention, attention_reference
+from .attention import attention, attention_reference, attention_triton
+from .backend import use_backend
 from .spectral_norm import init_spectral_norm_vectors, spectral_norm, spectral_norm_reference
 
 __all__ = [
     "attention",
     "attention_reference",
+    "attention_triton",
     "init_spectral_norm_vectors",
     "spectral_norm",
     "spectral_norm_reference",
+    "use_backend",
 ]
