@@ -2,7 +2,7 @@
 
 from .attention import attention, attention_reference, attention_triton
 from .backend import use_backend
-from .spectral_norm import init_spectral_norm_vectors, spectral_norm, spectral_norm_reference
+from .spectral_norm import init_spectral_norm_vectors, spectral_norm, spectral_norm_reference, spectral_norm_triton
 
 __all__ = [
     "attention",
@@ -11,5 +11,6 @@ __all__ = [
     "init_spectral_norm_vectors",
     "spectral_norm",
     "spectral_norm_reference",
+    "spectral_norm_triton",
     "use_backend",
 ]
