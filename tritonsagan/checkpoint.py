@@ -1,0 +1,102 @@
+"""Training checkpoints: one safetensors file per save, written atomically, the last K kept.
+
+A checkpoint holds G, D and G_ema (parameters and buffers), both optimisers' state tensors, the
+step and the RNG states, all as tensors; everything else (optimiser hyper-parameters, the config)
+is JSON in the file's metadata, mirrored in a .json file beside it for people to read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models.pretrained import check_state_dict
+from .weights_io import WeightsError, atomic_write_json, load_safetensors, save_safetensors
+
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d{7,})\.safetensors$")
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return directory / f"step_{step:07d}.safetensors"
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every finished checkpoint, oldest first (temporary files never match)."""
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return sorted(found)
+
+
+def _flatten_optimizer(prefix: str, state_dict: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Move the optimiser's state tensors into `tensors`; return the JSON-able rest."""
+    plain_state: dict[str, dict[str, Any]] = {}
+    for index, entry in state_dict["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{prefix}.state.{index}.{key}"] = value
+            else:
+                plain_state.setdefault(str(index), {})[key] = value
+    return {"param_groups": state_dict["param_groups"], "plain_state": plain_state}
+
+
+def _unflatten_optimizer(prefix: str, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(i): dict(entry) for i, entry in meta["plain_state"].items()}
+    for name, value in tensors.items():
+        if name.startswith(prefix + ".state."):
+            index, key = name[len(prefix) + len(".state.") :].split(".", 1)
+            state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    rng_states: dict[str, torch.Tensor],
+    extra: dict[str, Any],
+    keep: int,
+) -> Path:
+    tensors: dict[str, torch.Tensor] = {"step": torch.tensor(step, dtype=torch.int64)}
+    for name, module in modules.items():
+        tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    meta: dict[str, Any] = {"step": step, "optimizers": {}, **extra}
+    for name, optimizer in optimizers.items():
+        meta["optimizers"][name] = _flatten_optimizer(name, optimizer.state_dict(), tensors)
+    tensors.update({f"rng.{k}": v for k, v in rng_states.items()})
+    path = checkpoint_path(directory, step)
+    save_safetensors(path, tensors, {"tritonsagan_checkpoint": json.dumps(meta)})
+    atomic_write_json(path.with_suffix(".json"), meta)
+    for _, old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(
+    path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore modules and optimisers in place; return (step, rng states, metadata)."""
+    tensors, metadata = load_safetensors(path)
+    if "tritonsagan_checkpoint" not in metadata:
+        raise WeightsError(f"{path}: not a tritonsagan training checkpoint (no checkpoint metadata)")
+    meta = json.loads(metadata["tritonsagan_checkpoint"])
+    for name, module in modules.items():
+        prefix = name + "."
+        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        check_state_dict(path, module, state)
+        module.load_state_dict(state)
+    for name, optimizer in optimizers.items():
+        optimizer.load_state_dict(_unflatten_optimizer(name, meta["optimizers"][name], tensors))
+    rng = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return int(tensors["step"]), rng, meta
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None

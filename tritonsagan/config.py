@@ -1,0 +1,69 @@
+"""Dataclass configs and their command lines: every field is a flag, `--config FILE` fills the rest.
+
+Precedence: the dataclass defaults, then the JSON or TOML file, then the flags given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+C = TypeVar("C")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One flag per field, typed from the annotation, help from the field's metadata."""
+    hints = get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        kind = hints[f.name]
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if kind is bool or kind == (bool | None):  # bool | None: None means "decide from the device"
+            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        else:
+            choices = f.metadata.get("choices")
+            parser.add_argument(_flag(f.name), type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise SystemExit(f"error: config file not found: {file}")
+    text = file.read_text()
+    try:
+        if file.suffix.lower() == ".toml":
+            if sys.version_info < (3, 11):
+                raise SystemExit("error: TOML configs need Python 3.11+ (use JSON)")
+            import tomllib
+
+            return tomllib.loads(text)
+        return json.loads(text)
+    except ValueError as err:  # JSONDecodeError and TOMLDecodeError are both ValueErrors
+        raise SystemExit(f"error: {file}: cannot parse config: {err}") from None
+
+
+def build_config(config_cls: type[C], args: argparse.Namespace) -> C:
+    """Merge defaults, the --config file and the explicit flags into a config instance."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(read_config_file(args.config))
+    field_names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - field_names)
+    if unknown:
+        raise SystemExit(f"error: {args.config}: unknown config keys: {', '.join(unknown)}")
+    values.update({k: v for k, v in vars(args).items() if k in field_names})
+    hints = get_type_hints(config_cls)
+    for name, value in values.items():
+        kind = hints[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            values[name] = float(value)
+        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise SystemExit(f"error: config key {name!r} must be {kind}, got {value!r}")
+    return config_cls(**values)

@@ -1,0 +1,207 @@
+"""Training data: an image folder or the built-in offline photo stream, as endless deterministic streams.
+
+Every sample is a pure function of (seed, global sample index): which image, the crop and the flip.
+So a run resumed at step k reads exactly the samples the uninterrupted run would have read, with
+any number of DataLoader workers and on any number of ranks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+IMAGE_SIZE = 128
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
+
+# Photos bundled inside scikit-image's wheel (the ones it downloads at run time are not listed).
+BUILTIN_PHOTOS = (
+    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
+    "coffee.png", "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
+    "moon.png", "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
+)  # fmt: skip
+
+
+class DataError(ValueError):
+    """The training data cannot be used (missing, empty, too small)."""
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Grayscale, palette and alpha images become RGB; transparency is composited onto white."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        image.load()
+        return to_rgb(image)
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """uint8 HWC RGB -> float (3, H, W) in [-1, 1]."""
+    array = np.asarray(image, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1).div_(127.5).sub_(1.0)
+
+
+def _sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    return np.random.default_rng([seed, index, stream])
+
+
+def resize_and_crop(image: Image.Image, rng: np.random.Generator, random_crop: bool) -> Image.Image:
+    """Resize the shorter side to 128, crop 128x128 (random or centre), flip half of the time."""
+    width, height = image.size
+    scale = IMAGE_SIZE / min(width, height)
+    new_size = (max(IMAGE_SIZE, round(width * scale)), max(IMAGE_SIZE, round(height * scale)))
+    image = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    spare_x, spare_y = new_size[0] - IMAGE_SIZE, new_size[1] - IMAGE_SIZE
+    if random_crop:
+        left, top = int(rng.integers(spare_x + 1)), int(rng.integers(spare_y + 1))
+    else:
+        left, top = spare_x // 2, spare_y // 2
+    image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    if rng.random() < 0.5:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return image
+
+
+class ImageFolderStream(Dataset):
+    """Images under `root`, found recursively; with `conditional`, each sub-folder of root is a class.
+
+    Item i is sample i of an endless stream: epoch i // n in a fresh permutation. An unreadable file
+    is skipped (the next one in the permutation is used) and counted in the item's `skipped`.
+    """
+
+    def __init__(self, root: str | os.PathLike, seed: int, conditional: bool = False, random_crop: bool = True) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"data folder not found: {self.root}")
+        self.seed = seed
+        self.random_crop = random_crop
+        if conditional:
+            class_dirs = sorted(p for p in self.root.iterdir() if p.is_dir())
+            if not class_dirs:
+                raise DataError(f"{self.root}: --conditional needs one sub-folder per class, found none")
+            self.classes = [p.name for p in class_dirs]
+            files = [(f, label) for label, d in enumerate(class_dirs) for f in _image_files(d)]
+        else:
+            self.classes = []
+            files = [(f, 0) for f in _image_files(self.root)]
+        if not files:
+            raise DataError(f"{self.root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+        self.files = files
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        n = len(self.files)
+        epoch, position = divmod(index, n)
+        order = np.random.default_rng([self.seed, epoch, 7]).permutation(n)
+        rng = _sample_rng(self.seed, index)
+        for skipped in range(n):
+            path, label = self.files[order[(position + skipped) % n]]
+            try:
+                image = load_rgb(path)
+            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+                continue
+            return to_tensor(resize_and_crop(image, rng, self.random_crop)), label, skipped
+        raise DataError(f"{self.root}: none of the {n} image files could be read")
+
+
+def _image_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def builtin_photo_dir() -> Path:
+    """scikit-image's bundled data folder, found without importing scikit-image."""
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("--data builtin needs scikit-image installed (its wheel carries the photos)")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+class BuiltinPhotoStream(Dataset):
+    """Random square crops (side 128 .. the photo's shorter side) of scikit-image's bundled photos,
+    resized to 128x128 and flipped half of the time; each photo is a class."""
+
+    def __init__(self, seed: int) -> None:
+        folder = builtin_photo_dir()
+        self.paths = [folder / name for name in BUILTIN_PHOTOS]
+        missing = [p.name for p in self.paths if not p.is_file()]
+        if missing:
+            raise DataError(f"{folder}: bundled photos missing: {', '.join(missing)}")
+        self.classes = [p.stem for p in self.paths]
+        self.seed = seed
+        self._photos: list[Image.Image] | None = None  # loaded lazily, once per worker
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        if self._photos is None:
+            self._photos = [load_rgb(p) for p in self.paths]
+        rng = _sample_rng(self.seed, index)
+        label = int(rng.integers(len(self._photos)))
+        photo = self._photos[label]
+        side = int(rng.integers(IMAGE_SIZE, min(photo.size) + 1))
+        left, top = int(rng.integers(photo.size[0] - side + 1)), int(rng.integers(photo.size[1] - side + 1))
+        crop = photo.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return to_tensor(crop), label, 0
+
+
+class StreamBatchSampler(Sampler[list[int]]):
+    """Endless batches of global sample indices for one rank, starting at batch `start`.
+
+    Batch j of rank r holds indices ((j * world + r) * batch + i), so ranks never share samples.
+    """
+
+    def __init__(self, batch_size: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.batch_size, self.start, self.rank, self.world_size = batch_size, start, rank, world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        j = self.start
+        while True:
+            first = (j * self.world_size + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
+            j += 1
+
+
+def make_dataset(data: str, seed: int, conditional: bool, random_crop: bool = True) -> Dataset:
+    if data == "builtin":
+        return BuiltinPhotoStream(seed)
+    return ImageFolderStream(data, seed, conditional, random_crop)
+
+
+def make_loader(
+    dataset: Dataset, batch_size: int, start_batch: int, workers: int, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    """An endless loader of (images, labels, skipped) batches, resumable at any batch."""
+    if isinstance(dataset, ImageFolderStream) and len(dataset) < batch_size:
+        raise DataError(f"{dataset.root}: {len(dataset)} images, fewer than one batch of {batch_size}")
+    return DataLoader(
+        dataset,
+        batch_sampler=StreamBatchSampler(batch_size, start_batch, rank, world_size),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -1,0 +1,36 @@
+"""Image tensors to PNG files (Pillow and numpy only)."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .weights_io import atomic_write_bytes
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) floats in [-1, 1] -> uint8 (B, 3, H, W)."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> np.ndarray:
+    """uint8 (B, 3, H, W) -> one HWC uint8 array, `columns` images per row (default: a square)."""
+    count, _, height, width = images.shape
+    columns = columns or math.ceil(math.sqrt(count))
+    rows = math.ceil(count / columns)
+    grid = np.zeros((rows * (height + padding) + padding, columns * (width + padding) + padding, 3), np.uint8)
+    for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
+        top, left = padding + (i // columns) * (height + padding), padding + (i % columns) * (width + padding)
+        grid[top : top + height, left : left + width] = image
+    return grid
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

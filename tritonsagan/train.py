@@ -1,0 +1,434 @@
+"""tritonsagan-train: SAGAN training with the paper's recipe.
+
+Hinge loss, Adam(beta1=0, beta2=0.9) with two time-scale learning rates (G 1e-4, D 4e-4), one D step
+per G step, spectral norm everywhere, self-attention at 32x32, an exponential moving average of G.
+Run directory: config.json, metrics.jsonl, samples/, checkpoints/ and generator/ (G_ema weights).
+
+Under torchrun it trains with DistributedDataParallel (NCCL on CUDA, gloo on CPU); rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .config import add_config_flags, build_config
+from .data import DataError, make_dataset, make_loader
+from .images import make_grid, save_png, to_uint8
+from .kernels.spectral_norm import power_iteration_
+from .models import Discriminator, Generator, SelfAttention
+from .models.layers import SpectralNormMixin
+from .weights_io import WeightsError, atomic_write_json
+
+
+def _field(default, help: str, **metadata):
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class TrainConfig:
+    data: str = _field("builtin", "image folder, or 'builtin' for the offline photo stream from scikit-image's wheel")
+    out: str = _field("runs/sagan", "run directory: config, metrics, samples, checkpoints, generator weights")
+    steps: int = _field(1_000_000, "total generator steps")
+    batch_size: int = _field(256, "global batch size (split across ranks)")
+    ch: int = _field(64, "base channel width of G and D")
+    z_dim: int = _field(128, "latent size")
+    conditional: bool = _field(False, "class-conditional (sub-folders are classes; builtin: one class per photo)")
+    attn_res: int = _field(32, "resolution of the self-attention block in G and D (0: none)")
+    lr_g: float = _field(1e-4, "generator learning rate")
+    lr_d: float = _field(4e-4, "discriminator learning rate")
+    beta1: float = _field(0.0, "Adam beta1")
+    beta2: float = _field(0.9, "Adam beta2")
+    n_dis: int = _field(1, "discriminator steps per generator step")
+    ema_decay: float = _field(0.9999, "decay of the moving average of G's weights")
+    ema_start: int = _field(20_000, "step from which G_ema averages; before it, G_ema copies G")
+    seed: int = _field(0, "seed of the initialisation, the data stream, the latents")
+    device: str = _field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    compile: bool | None = _field(None, "torch.compile the loss computations (default: on for CUDA, off for CPU)")
+    bf16: bool | None = _field(None, "bfloat16 autocast (default: on for CUDA, off for CPU)")
+    crop: str = _field("random", "crop of folder images after the shorter-side resize", choices=("random", "center"))
+    workers: int = _field(4, "DataLoader worker processes")
+    log_every: int = _field(50, "steps between metrics.jsonl records")
+    sample_every: int = _field(1000, "steps between sample grids")
+    save_every: int = _field(1000, "steps between checkpoints")
+    keep_checkpoints: int = _field(3, "how many checkpoints to keep")
+    resume: str = _field("auto", "auto (latest checkpoint in the run directory), never, or a checkpoint path")
+    num_samples: int = _field(64, "images per sample grid")
+    sync_bn: bool = _field(False, "synchronise G's batch-norm statistics across ranks (CUDA)")
+    deterministic: bool = _field(False, "torch.use_deterministic_algorithms(True)")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or Inf."""
+
+
+class ConfigError(ValueError):
+    """A training config that cannot run."""
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def setup_distributed(cfg: TrainConfig) -> Distributed:
+    """torchrun's environment -> process group and device; a plain process gets rank 0 of 1."""
+    device = resolve_device(cfg.device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(device=torch.device(device))
+    on_cuda = device.startswith("cuda")
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if on_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if on_cuda else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if on_cuda else "cpu"))
+
+
+def check_config(cfg: TrainConfig, world: Distributed) -> None:
+    problems = []
+    for name in ("steps", "batch_size", "ch", "z_dim", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.batch_size % world.world_size:
+        problems.append(f"batch_size {cfg.batch_size} must divide evenly over {world.world_size} ranks")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+    if cfg.sync_bn and world.device.type != "cuda":
+        problems.append("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    return -fake_logits.mean()
+
+
+class EMA:
+    """G_ema = decay * G_ema + (1 - decay) * G after each step from `start` (a copy before it).
+
+    Buffers stay consistent with the averaged weights: BN statistics are copied from G, and the
+    spectral-norm vectors of G_ema get one power iteration on G_ema's own weights per update.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float, start: int) -> None:
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.start = decay, start
+        self.sn_layers = [m for m in self.model.modules() if isinstance(m, SpectralNormMixin)]
+
+    @torch.no_grad()
+    def update(self, source: torch.nn.Module, step: int) -> None:
+        decay = self.decay if step >= self.start else 0.0
+        ema_params, params = list(self.model.parameters()), list(source.parameters())
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for (name, ema_buffer), buffer in zip(self.model.named_buffers(), source.buffers()):
+            if not name.endswith(("weight_u", "weight_v")):
+                ema_buffer.copy_(buffer)
+        for layer in self.sn_layers:
+            if layer.weight.ndim > 1:
+                power_iteration_(layer.weight.flatten(1), layer.weight_u, layer.weight_v, 1, layer.sn_eps)
+
+
+def attention_gammas(model: torch.nn.Module) -> list[float]:
+    return [m.gamma.item() for m in model.modules() if isinstance(m, SelfAttention)]
+
+
+def latent_seed(seed: int, step: int, slot: int, rank: int) -> int:
+    """A seed per (step, D/G slot, rank): latents need no RNG state to resume exactly."""
+    return (seed * 1_000_003 + step * 4099 + slot * 64 + rank) % (2**63)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.world = setup_distributed(cfg)
+        check_config(cfg, self.world)
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        device = self.world.device
+        self.on_cuda = device.type == "cuda"
+        cfg = dataclasses.replace(
+            cfg,
+            compile=self.on_cuda if cfg.compile is None else cfg.compile,
+            bf16=self.on_cuda if cfg.bf16 is None else cfg.bf16,
+        )
+        self.cfg = cfg
+        self.run_dir = Path(cfg.out)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.dataset = make_dataset(cfg.data, cfg.seed, cfg.conditional, cfg.crop == "random")
+        self.num_classes = self.dataset.num_classes if cfg.conditional else 0
+
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+        self.G = Generator(cfg.ch, cfg.z_dim, self.num_classes, cfg.attn_res).to(device)
+        self.D = Discriminator(cfg.ch, self.num_classes, cfg.attn_res).to(device)
+        if cfg.sync_bn:
+            self.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+        self.ema = EMA(self.G, cfg.ema_decay, cfg.ema_start)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.modules = {"G": self.G, "D": self.D, "G_ema": self.ema.model}
+        self.optimizers = {"opt_G": self.opt_g, "opt_D": self.opt_d}
+
+        self.step, resumed_rng = self._resume()
+        distributed = self.world.world_size > 1
+        # Buffers are broadcast by hand after every step (see _sync_buffers), not at each forward.
+        wrap = (lambda m: DistributedDataParallel(m, broadcast_buffers=False)) if distributed else (lambda m: m)
+        self.G_train, self.D_train = wrap(self.G), wrap(self.D)
+        self.d_loss_fn = torch.compile(self._d_losses) if cfg.compile else self._d_losses
+        self.g_loss_fn = torch.compile(self._g_loss) if cfg.compile else self._g_loss
+
+        per_rank = cfg.batch_size // self.world.world_size
+        self.per_rank_batch = per_rank
+        self.batches = iter(
+            make_loader(self.dataset, per_rank, self.step * cfg.n_dis, cfg.workers, self.world.rank, self.world.world_size)
+        )
+        sample_gen = torch.Generator().manual_seed(cfg.seed)
+        self.sample_z = torch.randn(cfg.num_samples, cfg.z_dim, generator=sample_gen).to(device)
+        self.sample_y = (torch.arange(cfg.num_samples) % self.num_classes).to(device) if self.num_classes else None
+        if resumed_rng:  # last: building the loader above draws from the global RNG
+            torch.set_rng_state(resumed_rng["torch"])
+            if self.on_cuda and "cuda" in resumed_rng:
+                torch.cuda.set_rng_state(resumed_rng["cuda"], device)
+
+    # -- losses ------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.cfg.bf16:
+            return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _d_losses(self, real, real_y, z, fake_y):
+        with self._autocast():
+            with torch.no_grad():
+                fake = self.G(z, fake_y)
+            labels = None if real_y is None else torch.cat([real_y, fake_y])
+            # One D pass over real and fake: one spectral-norm update per D step, as the official code does.
+            logits = self.D_train(torch.cat([real, fake.to(real.dtype)]), labels).float()
+        real_logits, fake_logits = logits.split(real.shape[0])
+        return hinge_d_loss(real_logits, fake_logits), real_logits.detach().mean(), fake_logits.detach().mean()
+
+    def _g_loss(self, z, fake_y):
+        with self._autocast():
+            # D in eval mode: its spectral-norm vectors are not updated by the G step.
+            return hinge_g_loss(self.D(self.G_train(z, fake_y), fake_y).float())
+
+    def _latents(self, slot: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        gen = torch.Generator().manual_seed(latent_seed(self.cfg.seed, self.step, slot, self.world.rank))
+        z = torch.randn(self.per_rank_batch, self.cfg.z_dim, generator=gen)
+        y = torch.randint(self.num_classes, (self.per_rank_batch,), generator=gen) if self.num_classes else None
+        device = self.world.device
+        return z.to(device), None if y is None else y.to(device)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        device = self.world.device
+        skipped = 0
+        for slot in range(self.cfg.n_dis):
+            real, real_y, batch_skipped = next(self.batches)
+            skipped += int(batch_skipped.sum())
+            real = real.to(device, non_blocking=True)
+            real_y = real_y.to(device, non_blocking=True) if self.num_classes else None
+            z, fake_y = self._latents(slot)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d, d_real, d_fake = self.d_loss_fn(real, real_y, z, fake_y)
+            loss_d.backward()
+            self.opt_d.step()
+
+        z, fake_y = self._latents(self.cfg.n_dis)
+        self.D.eval().requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g = self.g_loss_fn(z, fake_y)
+        loss_g.backward()
+        self.opt_g.step()
+        self.D.train().requires_grad_(True)
+
+        self._sync_buffers()
+        self.step += 1
+        self.ema.update(self.G, self.step)
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": d_real, "d_fake": d_fake, "skipped": skipped}
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's BN statistics and SN vectors everywhere (SN vectors already agree; BN ones may not)."""
+        if self.world.world_size > 1:
+            for model in (self.G, self.D):
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
+
+    # -- outputs -------------------------------------------------------------------------------
+
+    def _resume(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """Load the checkpoint that --resume names; return its step and RNG states (0, {} when fresh)."""
+        cfg = self.cfg
+        if cfg.resume == "never":
+            if list_checkpoints(self.checkpoint_dir):
+                raise ConfigError(f"{self.checkpoint_dir} already holds checkpoints; use --resume auto or another --out")
+            return 0, {}
+        path = latest_checkpoint(self.checkpoint_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        if path is None:
+            return 0, {}
+        step, rng, _ = load_checkpoint(path, self.modules, self.optimizers)
+        if self.world.is_main:
+            print(f"resumed from {path} at step {step}", flush=True)
+        return step, rng
+
+    def save(self) -> Path:
+        rng = {"torch": torch.get_rng_state()}
+        if self.on_cuda:
+            rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
+        extra = {"config": dataclasses.asdict(self.cfg)}
+        path = save_checkpoint(self.checkpoint_dir, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
+        self.ema.model.save_pretrained(self.run_dir / "generator")
+        return path
+
+    @torch.no_grad()
+    def write_samples(self) -> Path:
+        """Grids from the fixed latents and labels: step_N.png (G in eval mode) and step_N_ema.png."""
+        samples = self.run_dir / "samples"
+        z_chunks = self.sample_z.split(16)
+        y_chunks = self.sample_y.split(16) if self.sample_y is not None else [None] * len(z_chunks)
+        self.G.eval()
+        for model, suffix in ((self.G, ""), (self.ema.model, "_ema")):
+            images = torch.cat([model(z, y) for z, y in zip(z_chunks, y_chunks)])
+            save_png(make_grid(to_uint8(images)), samples / f"step_{self.step:07d}{suffix}.png")
+        self.G.train()
+        return samples / f"step_{self.step:07d}_ema.png"
+
+
+def _progress(enabled: bool, total: int, completed: int):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}")
+    )
+    task = progress.add_task("train", total=total, completed=completed, status="")
+    return progress, task
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train to cfg.steps (resuming when a checkpoint is there); return the run directory."""
+    trainer = Trainer(cfg)
+    cfg, world = trainer.cfg, trainer.world
+    main = world.is_main
+    if main:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(trainer.run_dir / "config.json", dataclasses.asdict(cfg))
+    metrics_file = (trainer.run_dir / "metrics.jsonl").open("a") if main else None
+    from rich.console import Console
+
+    progress, task = _progress(main and Console().is_terminal, cfg.steps, trainer.step) or (None, None)
+    finite = torch.ones((), dtype=torch.bool, device=world.device)
+    skipped_total, start_time, start_step = 0, time.perf_counter(), trainer.step
+    if progress:
+        progress.start()
+    try:
+        while trainer.step < cfg.steps:
+            out = trainer.train_step()
+            finite &= torch.isfinite(out["loss_d"]) & torch.isfinite(out["loss_g"])
+            skipped_total += out["skipped"]
+            step, last = trainer.step, trainer.step == cfg.steps
+            if step % cfg.log_every == 0 or last or step % cfg.save_every == 0:
+                if not bool(finite):
+                    raise TrainingDiverged(
+                        f"loss became NaN or Inf by step {step}; stopping. The last good checkpoint is "
+                        f"{latest_checkpoint(trainer.checkpoint_dir) or 'none (no checkpoint was written yet)'}"
+                    )
+            if main and (step % cfg.log_every == 0 or last):
+                elapsed = time.perf_counter() - start_time
+                record = {
+                    "step": step,
+                    **{k: float(out[k]) for k in ("loss_d", "loss_g", "d_real", "d_fake")},
+                    "gamma_g": attention_gammas(trainer.G),
+                    "gamma_d": attention_gammas(trainer.D),
+                    "images_per_s": (step - start_step) * cfg.n_dis * cfg.batch_size / elapsed,
+                    "lr_g": trainer.opt_g.param_groups[0]["lr"],
+                    "lr_d": trainer.opt_d.param_groups[0]["lr"],
+                    "skipped_images": skipped_total,
+                }
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                status = f"D {record['loss_d']:.3f}  G {record['loss_g']:.3f}  {record['images_per_s']:.1f} img/s"
+                if progress:
+                    progress.update(task, completed=step, status=status)
+                else:
+                    print(f"step {step}/{cfg.steps}  {status}", flush=True)
+            elif progress:
+                progress.update(task, completed=step)
+            if main and (step % cfg.sample_every == 0 or last):
+                trainer.write_samples()
+            if step % cfg.save_every == 0 or last:
+                if main:
+                    trainer.save()
+                if world.world_size > 1:
+                    dist.barrier()
+    finally:
+        if progress:
+            progress.stop()
+        if metrics_file:
+            metrics_file.close()
+    if main:
+        print(f"done: {trainer.step} steps; samples in {trainer.run_dir / 'samples'}, generator weights in {trainer.run_dir / 'generator'}", flush=True)
+    return trainer.run_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tritonsagan-train",
+        description="Train SAGAN-128 (hinge loss, TTUR, spectral norm, self-attention, EMA of G). "
+        "Run under torchrun for multi-GPU or multi-process CPU training.",
+    )
+    parser.add_argument("--config", help="JSON or TOML file of config fields; flags given here override it")
+    add_config_flags(parser, TrainConfig)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = build_config(TrainConfig, args)
+    try:
+        train(cfg)
+    except (ConfigError, DataError, WeightsError, TrainingDiverged, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
