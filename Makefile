@@ -1,10 +1,12 @@
-# Two entry points for a fresh machine (see README.md):
-#   make test   - create .venv, install torch (CPU 2.13.0 when none is present) and the package, run the tests
+# Two entry points for a fresh machine (see README.md); both create .venv and install torch
+# (the CPU build 2.13.0 when none is present) and the package first:
+#   make demo   - a short CPU training on the built-in photos: sample grids and generator weights in runs/demo
+#   make test   - the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test
+.PHONY: setup demo test
 
 setup: $(VENV)/.installed
 
@@ -18,3 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 test: setup
 	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/tritonsagan-train --out runs/demo --ch 16 --batch-size 16 --steps 200 \
+		--log-every 10 --sample-every 50 --save-every 100 --ema-start 100 --ema-decay 0.99

@@ -339,8 +339,8 @@ def _progress(enabled: bool, total: int, completed: int):
     return progress, task
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Train to cfg.steps (resuming when a checkpoint is there); return the run directory."""
+def train(cfg: TrainConfig) -> Trainer:
+    """Train to cfg.steps (resuming when a checkpoint is there); return the trainer with its models."""
     trainer = Trainer(cfg)
     cfg, world = trainer.cfg, trainer.world
     main = world.is_main
@@ -402,7 +402,7 @@ def train(cfg: TrainConfig) -> Path:
             metrics_file.close()
     if main:
         print(f"done: {trainer.step} steps; samples in {trainer.run_dir / 'samples'}, generator weights in {trainer.run_dir / 'generator'}", flush=True)
-    return trainer.run_dir
+    return trainer
 
 
 def build_parser() -> argparse.ArgumentParser:

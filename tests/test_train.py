@@ -1,0 +1,247 @@
+"""tritonsagan-train end to end on CPU at a tiny width: outputs, exact resume, crashes, bad data, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+from safetensors.torch import load_file
+
+import tritonsagan.train as train_module
+from tritonsagan.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from tritonsagan.data import BuiltinPhotoStream, DataError, ImageFolderStream
+from tritonsagan.models import Discriminator, Generator
+from tritonsagan.train import TrainConfig, TrainingDiverged, main, train
+
+TINY = dict(ch=8, batch_size=4, workers=0, num_samples=4, log_every=2, sample_every=2, save_every=2, compile=False)
+
+
+def tiny_config(out, **overrides) -> TrainConfig:
+    return TrainConfig(out=str(out), **{**TINY, **overrides})
+
+
+def cli_flags(**overrides) -> list[str]:
+    flags = []
+    for key, value in {**TINY, **overrides}.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def test_end_to_end_run_writes_every_output(tmp_path):
+    run = tmp_path / "run"
+    assert main(["--out", str(run), "--steps", "4", "--conditional", *cli_flags()]) == 0
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["steps"] == 4 and config["conditional"] and config["compile"] is False and config["lr_d"] == 4e-4
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    for record in records:
+        for key in ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "lr_g", "lr_d"):
+            assert np.isfinite(record[key]), key
+        assert len(record["gamma_g"]) == 1 and len(record["gamma_d"]) == 1
+    for step in (2, 4):
+        for suffix in ("", "_ema"):
+            grid = Image.open(run / "samples" / f"step_{step:07d}{suffix}.png")
+            assert grid.size == (2 * 130 + 2, 2 * 130 + 2)  # 4 samples, 2x2, padding 2
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2, 4]
+
+    # The run directory reloads: generation weights, and a checkpoint into fresh models.
+    G_ema = Generator.from_pretrained(run / "generator")
+    assert G_ema.config.num_classes == 17 and G_ema.config.ch == 8
+    G, D = Generator(ch=8, num_classes=17), Discriminator(ch=8, num_classes=17)
+    step, rng, meta = load_checkpoint(latest_checkpoint(run / "checkpoints"), {"G": G, "D": D}, {})
+    assert step == 4 and "torch" in rng and meta["config"]["ch"] == 8
+    ckpt = load_file(run / "checkpoints" / "step_0000004.safetensors")
+    assert any(k.startswith("opt_G.state.") for k in ckpt) and any(k.startswith("G_ema.") for k in ckpt)
+
+
+def _final_weights(run: Path) -> dict:
+    return load_file(latest_checkpoint(run / "checkpoints"))
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    train(tiny_config(tmp_path / "straight", steps=4, conditional=True))
+    train(tiny_config(tmp_path / "split", steps=2, conditional=True))
+    train(tiny_config(tmp_path / "split", steps=4, conditional=True))  # resume=auto
+    straight, split = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "split")
+    assert straight.keys() == split.keys()
+    differing = [k for k in straight if not torch.equal(straight[k], split[k])]
+    assert differing == []
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    """SIGKILL a real training process after its first checkpoint; the resumed run ends bitwise equal."""
+    train(tiny_config(tmp_path / "straight", steps=6))
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "tritonsagan.train", "--out", str(killed), "--steps", "6", *cli_flags()]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list_checkpoints(killed / "checkpoints") and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    steps_on_disk = [s for s, _ in list_checkpoints(killed / "checkpoints")]
+    assert steps_on_disk and steps_on_disk[-1] < 6, f"not killed mid-run: checkpoints {steps_on_disk}"
+    train(tiny_config(killed, steps=6))
+    straight, resumed = _final_weights(tmp_path / "straight"), _final_weights(killed)
+    assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
+
+
+def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=2))
+
+    def crash(*args, **kwargs):
+        raise OSError("simulated crash between the temporary write and the rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        train(tiny_config(run, steps=4))
+    monkeypatch.undo()
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2]
+    assert not list((run / "checkpoints").glob("*.tmp"))  # no temporary file left behind
+    step, _, _ = load_checkpoint(latest_checkpoint(run / "checkpoints"), {"G": Generator(ch=8)}, {})
+    assert step == 2
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_loss = train_module.hinge_d_loss
+    calls = {"n": 0}
+
+    def loss_that_explodes(real_logits, fake_logits):
+        calls["n"] += 1
+        loss = real_loss(real_logits, fake_logits)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(train_module, "hinge_d_loss", loss_that_explodes)
+    with pytest.raises(TrainingDiverged, match=r"NaN or Inf by step 4.*step_0000002\.safetensors"):
+        train(tiny_config(run, steps=6))
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2]
+
+
+def _write_image(path: Path, mode: str, size=(150, 140)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode).save(path)
+
+
+def test_image_folder_with_corrupt_non_image_grayscale_and_rgba_files(tmp_path):
+    root = tmp_path / "images"
+    _write_image(root / "cats" / "gray.png", "L")
+    _write_image(root / "cats" / "nested" / "rgba.png", "RGBA")
+    _write_image(root / "dogs" / "rgb.jpg", "RGB", size=(300, 129))
+    _write_image(root / "dogs" / "small.webp", "RGB", size=(60, 90))
+    (root / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (root / "dogs" / "notes.txt").write_text("not an image")
+    dataset = ImageFolderStream(root, seed=0, conditional=True)
+    assert dataset.classes == ["cats", "dogs"] and len(dataset) == 5  # notes.txt is not an image file
+    skipped = 0
+    for index in range(3 * len(dataset)):  # three epochs: every file is visited
+        image, label, n_skipped = dataset[index]
+        assert image.shape == (3, 128, 128) and image.min() >= -1 and image.max() <= 1
+        skipped += n_skipped
+    assert skipped == 3  # the corrupt file, once per epoch, skipped instead of crashing
+    assert torch.equal(dataset[7][0], dataset[7][0])  # a pure function of the index
+
+    run = tmp_path / "run"
+    assert main(["--data", str(root), "--out", str(run), "--steps", "2", "--conditional", *cli_flags()]) == 0
+    assert "skipped_images" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda root: root, "data folder not found"),
+        (lambda root: root.mkdir() or root, "no image files"),
+        (lambda root: [_write_image(root / f"{i}.png", "RGB") for i in range(2)] and root, "fewer than one batch of 4"),
+    ],
+)
+def test_unusable_folders_are_clear_errors(tmp_path, capsys, make, match):
+    root = make(tmp_path / "images")
+    assert main(["--data", str(root), "--out", str(tmp_path / "run"), "--steps", "1", *cli_flags()]) == 1
+    assert match in capsys.readouterr().err
+
+
+def test_conditional_folder_without_class_folders(tmp_path):
+    _write_image(tmp_path / "a.png", "RGB")
+    with pytest.raises(DataError, match="one sub-folder per class"):
+        ImageFolderStream(tmp_path, seed=0, conditional=True)
+
+
+def test_builtin_stream_is_offline_real_and_deterministic(monkeypatch):
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the builtin data touched the network")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    dataset = BuiltinPhotoStream(seed=3)
+    images = [dataset[i] for i in range(20)]
+    assert all(img.shape == (3, 128, 128) and -1 <= img.min() and img.max() <= 1 for img, _, _ in images)
+    assert len({label for _, label, _ in images}) > 5
+    assert float(images[0][0].std()) > 0.02  # a real photo crop, not a constant
+    assert torch.equal(BuiltinPhotoStream(seed=3)[5][0], images[5][0])
+    assert not torch.equal(BuiltinPhotoStream(seed=4)[5][0], images[5][0])
+
+
+def test_help_and_config_files(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    for flag in ("--data", "--out", "--steps", "--batch-size", "--ch", "--conditional", "--resume", "--device",
+                 "--compile", "--no-compile", "--seed", "--sample-every", "--save-every", "--n-dis", "--config"):  # fmt: skip
+        assert flag in help_text, flag
+
+    toml = tmp_path / "cfg.toml"
+    toml.write_text('steps = 2\nch = 8\nbatch_size = 4\nworkers = 0\nnum_samples = 4\ncompile = false\nlr_g = 2e-4\n')
+    run = tmp_path / "run"
+    assert main(["--config", str(toml), "--out", str(run), "--batch-size", "2"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["lr_g"] == 2e-4 and config["batch_size"] == 2 and config["steps"] == 2  # flags beat the file
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stepz": 3}))
+    with pytest.raises(SystemExit, match="unknown config keys: stepz"):
+        main(["--config", str(bad)])
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    trainer = train(tiny_config(out, steps=3, save_every=3, sample_every=3, log_every=3))
+    states = {f"{name}.{k}": v for name, model in (("G", trainer.G), ("D", trainer.D)) for k, v in model.state_dict().items()}
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in states.items()}, os.path.join(out, f"rank{rank}.safetensors"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    mp.spawn(_ddp_worker, args=(2, port, str(out)), nprocs=2, join=True)
+    rank0, rank1 = load_file(out / "rank0.safetensors"), load_file(out / "rank1.safetensors")
+    assert [k for k in rank0 if not torch.equal(rank0[k], rank1[k])] == []
+    assert any(k.endswith("weight_u") for k in rank0) and any(k.endswith("running_mean") for k in rank0)
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [3]  # written by rank 0 only, once
