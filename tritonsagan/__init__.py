@@ -1,7 +1,8 @@
 """tritonsagan: Self-Attention GANs (SAGAN, 128x128) with Triton attention and spectral-norm kernels."""
 
+from .generate import generate, load_generator
 from .models import Discriminator, Generator
 from .weights_io import WeightsError
 
 __version__ = "0.1.0"
-__all__ = ["Discriminator", "Generator", "WeightsError", "__version__"]
+__all__ = ["Discriminator", "Generator", "WeightsError", "__version__", "generate", "load_generator"]

@@ -61,7 +61,7 @@ class TrainConfig:
     compile: bool | None = _field(None, "torch.compile the loss computations (default: on for CUDA, off for CPU)")
     bf16: bool | None = _field(None, "bfloat16 autocast (default: on for CUDA, off for CPU)")
     crop: str = _field("random", "crop of folder images after the shorter-side resize", choices=("random", "center"))
-    workers: int = _field(4, "DataLoader worker processes")
+    workers: int = _field(min(4, os.cpu_count() or 1), "DataLoader worker processes")
     log_every: int = _field(50, "steps between metrics.jsonl records")
     sample_every: int = _field(1000, "steps between sample grids")
     save_every: int = _field(1000, "steps between checkpoints")
@@ -308,7 +308,7 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.on_cuda:
             rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
-        extra = {"config": dataclasses.asdict(self.cfg)}
+        extra = {"config": dataclasses.asdict(self.cfg), "generator_config": dataclasses.asdict(self.G.config)}
         path = save_checkpoint(self.checkpoint_dir, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
         self.ema.model.save_pretrained(self.run_dir / "generator")
         return path

@@ -1,0 +1,140 @@
+"""tritonsagan-generate and its API: round trips, determinism, classes, errors, attention maps."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tritonsagan import generate, load_generator
+from tritonsagan.generate import attention_maps, main, sample_latents
+from tritonsagan.models import Generator
+from tritonsagan.train import TrainConfig, train
+from utils import rel_err
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny conditional model trained for a few steps on the built-in photos."""
+    out = tmp_path_factory.mktemp("gen") / "run"
+    cfg = TrainConfig(out=str(out), ch=8, batch_size=4, steps=2, conditional=True, workers=0, num_samples=4, compile=False)
+    train(cfg)
+    return out
+
+
+@pytest.fixture
+def conditional_weights(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(ch=8, num_classes=5)
+    with torch.no_grad():  # distinct per-class BN tables and a live attention block
+        for module in G.modules():
+            if hasattr(module, "gamma") and isinstance(module.gamma, torch.nn.Embedding):
+                module.gamma.weight.normal_(1.0, 0.5)
+        G.attention.gamma.fill_(1.0)
+    G.save_pretrained(tmp_path / "g")
+    return tmp_path / "g"
+
+
+def test_round_trip_from_every_kind_of_path(run_dir):
+    from_export = load_generator(run_dir / "generator")
+    from_file = load_generator(run_dir / "generator" / "model.safetensors")
+    from_run = load_generator(run_dir)
+    for G in (from_file, from_run):
+        for (name, a), b in zip(from_export.state_dict().items(), G.state_dict().values()):
+            assert torch.equal(a, b), name
+    import shutil
+
+    shutil.rmtree(run_dir / "generator")  # a run directory without its export: newest checkpoint's G_ema
+    from_checkpoint = load_generator(run_dir)
+    for (name, a), b in zip(from_export.state_dict().items(), from_checkpoint.state_dict().values()):
+        assert torch.equal(a, b), name
+    images = generate(from_checkpoint, 3, classes=[1], seed=4)
+    assert images.dtype == torch.uint8 and images.shape == (3, 3, 128, 128)
+
+
+def test_same_seed_same_images_different_classes_different_images(conditional_weights):
+    G = load_generator(conditional_weights)
+    a = generate(G, 6, classes=[2], seed=11, batch_size=4)
+    b = generate(G, 6, classes=[2], seed=11, batch_size=6)  # batching does not change the result
+    assert torch.equal(a, b)
+    assert not torch.equal(a, generate(G, 6, classes=[3], seed=11))
+    assert not torch.equal(a, generate(G, 6, classes=[2], seed=12))
+
+
+def test_truncation_bounds_the_latents():
+    z = sample_latents(500, 16, seed=0, truncation=0.5)
+    assert z.abs().max() <= 0.5 and z.std() > 0.2
+    assert torch.equal(z, sample_latents(500, 16, seed=0, truncation=0.5))
+
+
+def test_command_writes_grids_and_files(conditional_weights, tmp_path):
+    grid = tmp_path / "grid.png"
+    assert main(["--weights", str(conditional_weights), "--n", "6", "--classes", "1,4", "--out", str(grid)]) == 0
+    assert Image.open(grid).size == (6 * 130 + 2, 130 + 2)
+    again = tmp_path / "again.png"
+    main(["--weights", str(conditional_weights), "--n", "6", "--classes", "1,4", "--out", str(again)])
+    assert np.array_equal(np.asarray(Image.open(grid)), np.asarray(Image.open(again)))
+
+    assert main(["--weights", str(conditional_weights), "--n", "16", "--class-per-row", "--out", str(tmp_path / "rows.png")]) == 0
+    assert main(["--weights", str(conditional_weights), "--n", "5", "--interpolate", "--out", str(tmp_path / "walk.png")]) == 0
+    out_dir = tmp_path / "many"
+    assert main(["--weights", str(conditional_weights), "--n", "5", "--batch-size", "2", "--out-dir", str(out_dir)]) == 0
+    files = sorted(out_dir.glob("*.png"))
+    assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
+    assert Image.open(files[0]).size == (128, 128)
+
+    result = subprocess.run(  # the installed console script
+        [str(Path(sys.executable).parent / "tritonsagan-generate"), "--weights", str(conditional_weights), "--n", "2", "--out", str(tmp_path / "cli.png")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "setup, args, message",
+    [
+        (lambda p: None, ["--weights", "{missing}"], "weights not found"),
+        (lambda p: (p / "model.safetensors").write_bytes(b"\x80\x04 a pickle"), ["--weights", "{dir}"], "not a safetensors file"),
+        (lambda p: Generator(ch=8).save_pretrained(p) and (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:5000]),
+         ["--weights", "{dir}"], "truncated"),
+        (lambda p: Generator(ch=8).save_pretrained(p) and (p / "config.json").write_text('{"model_type": "Generator", "ch": 16}'),
+         ["--weights", "{dir}"], "shape mismatch"),
+        (lambda p: Generator(ch=8, num_classes=3).save_pretrained(p), ["--weights", "{dir}", "--classes", "1,3"], "class index out of range: [3]"),
+        (lambda p: Generator(ch=8).save_pretrained(p), ["--weights", "{dir}", "--classes", "1"], "unconditional"),
+    ],
+)
+def test_user_errors_exit_cleanly(tmp_path, capsys, setup, args, message):
+    weights = tmp_path / "w"
+    weights.mkdir()
+    setup(weights)
+    argv = [a.format(dir=weights, missing=tmp_path / "nope") for a in args] + ["--n", "2", "--out", str(tmp_path / "x.png")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_attention_rows_equal_float64_softmax(conditional_weights):
+    G = load_generator(conditional_weights)
+    z, y = sample_latents(2, 128, seed=3), torch.tensor([0, 4])
+    queries = [0, 17, 555, 1023]
+    images, maps = attention_maps(G, z, y, queries)
+    assert images.shape == (2, 3, 128, 128) and maps.shape == (2, 4, 16, 16)
+
+    captured = {}
+    G.attention.register_forward_hook(lambda m, inputs, out: captured.update(x=inputs[0]))
+    with torch.no_grad():
+        G(z, y)
+        x = captured["x"]
+        theta = G.attention.theta(x).flatten(2).double()  # (B, C/8, N)
+        phi = torch.nn.functional.max_pool2d(G.attention.phi(x), 2).flatten(2).double()
+    full = torch.softmax(theta.transpose(1, 2) @ phi, dim=-1)  # the whole N x N/4 matrix, float64
+    assert rel_err(maps.flatten(2), full[:, queries]) < 1e-5
+
+
+def test_attention_map_command(conditional_weights, tmp_path):
+    out = tmp_path / "maps.png"
+    assert main(["--weights", str(conditional_weights), "--n", "2", "--attention-maps", "--queries", "10,10", "100,60", "--out", str(out)]) == 0
+    assert Image.open(out).size == (3 * 130 + 2, 2 * 130 + 2)  # image + 2 overlays per row, one row per image

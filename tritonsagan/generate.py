@@ -1,0 +1,289 @@
+"""Images and attention maps from safetensors weights: `load_generator`, `generate`, tritonsagan-generate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import latest_checkpoint
+from .images import make_grid, save_png, to_uint8
+from .models import Generator
+from .models.pretrained import WEIGHTS_NAME, check_state_dict
+from .weights_io import WeightsError, load_safetensors
+
+GENERATOR_SUBDIR = "generator"
+
+
+def load_generator(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Generator:
+    """A Generator in eval mode from a save_pretrained directory, its model.safetensors, or a run directory.
+
+    For a run directory this is G_ema: its exported `generator/`, else the newest checkpoint's G_ema.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights not found: {path}")
+    if path.is_dir() and not (path / WEIGHTS_NAME).is_file():
+        if (path / GENERATOR_SUBDIR / WEIGHTS_NAME).is_file():
+            path = path / GENERATOR_SUBDIR
+        elif (checkpoint := latest_checkpoint(path / "checkpoints")) is not None:
+            return _generator_from_checkpoint(checkpoint).to(device or "cpu", dtype).eval()
+        else:
+            raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME}, {GENERATOR_SUBDIR}/ or checkpoints/ inside")
+    return Generator.from_pretrained(path).to(device or "cpu", dtype).eval()
+
+
+def _generator_from_checkpoint(checkpoint: Path) -> Generator:
+    tensors, metadata = load_safetensors(checkpoint)
+    config = json.loads(metadata.get("tritonsagan_checkpoint", "{}")).get("generator_config")
+    if not config:
+        raise WeightsError(f"{checkpoint}: not a tritonsagan training checkpoint (no generator config in its metadata)")
+    G = Generator(**config)
+    state = {k[len("G_ema.") :]: v for k, v in tensors.items() if k.startswith("G_ema.")}
+    check_state_dict(checkpoint, G, state)
+    G.load_state_dict(state)
+    return G
+
+
+def sample_latents(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
+    """n standard-normal latents on the CPU (the same for a seed on every device).
+
+    With `truncation`, every entry whose magnitude exceeds it is redrawn until none does.
+    """
+    if truncation is not None and truncation <= 0:
+        raise ValueError(f"truncation must be positive, got {truncation}")
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, z_dim, generator=gen)
+    if truncation is not None:
+        while (outside := z.abs() > truncation).any():
+            z[outside] = torch.randn(int(outside.sum()), generator=gen)
+    return z
+
+
+def class_labels(generator: Generator, n: int, classes: Sequence[int] | None, seed: int) -> torch.Tensor | None:
+    """Labels for n images: None for an unconditional G, random for classes=None, else `classes` in
+    equal consecutive blocks (e.g. classes [3, 7] and n=4 give 3, 3, 7, 7)."""
+    num_classes = generator.config.num_classes
+    if num_classes == 0:
+        if classes:
+            raise ValueError("this generator is unconditional (num_classes=0); do not pass classes")
+        return None
+    if not classes:
+        return torch.randint(num_classes, (n,), generator=torch.Generator().manual_seed(seed + 1))
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"class index out of range: {bad} (this generator has classes 0..{num_classes - 1})")
+    labels = torch.tensor(list(classes))
+    return labels[torch.arange(n) * len(labels) // n]
+
+
+@torch.inference_mode()
+def iter_generate(
+    generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 64
+) -> Iterator[torch.Tensor]:
+    """uint8 (b, 3, 128, 128) CPU batches for the given latents, `batch_size` at a time."""
+    generator.eval()
+    param = next(generator.parameters())
+    for start in range(0, len(z), batch_size):
+        zb = z[start : start + batch_size].to(param.device, param.dtype)
+        yb = None if labels is None else labels[start : start + batch_size].to(param.device)
+        yield to_uint8(generator(zb, yb))
+
+
+def generate(
+    generator: Generator,
+    n: int,
+    classes: Sequence[int] | None = None,
+    seed: int = 0,
+    truncation: float | None = None,
+    batch_size: int = 64,
+) -> torch.Tensor:
+    """n images as a uint8 tensor (n, 3, 128, 128), deterministic for a seed on a given device."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    z = sample_latents(n, generator.config.z_dim, seed, truncation)
+    labels = class_labels(generator, n, classes, seed)
+    return torch.cat(list(iter_generate(generator, z, labels, batch_size)))
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
+    """`steps` latents on the great circle from a to b (rescaled), the usual walk for Gaussian latents."""
+    t = torch.linspace(0, 1, steps)[:, None]
+    omega = torch.arccos((F.normalize(a, dim=0) @ F.normalize(b, dim=0)).clamp(-1, 1))
+    if omega.abs() < 1e-6:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+# ---- attention maps ---------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def attention_maps(
+    generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, queries: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and, for each query position of G's attention layer, its attention row as a map.
+
+    Only the selected rows softmax(q_i K^T) are computed (from the block's own theta and pooled phi
+    features), never the full N x N matrix. Returns uint8 images (B, 3, 128, 128) and maps
+    (B, len(queries), H/2, W/2) over the pooled key grid, each summing to 1.
+    """
+    block = generator.attention
+    if block is None:
+        raise ValueError("this generator has no attention layer (attn_res=0)")
+    captured = {}
+    hook = block.register_forward_hook(lambda module, inputs, output: captured.update(x=inputs[0]))
+    try:
+        param = next(generator.parameters())
+        generator.eval()
+        images = generator(z.to(param.device, param.dtype), None if labels is None else labels.to(param.device))
+    finally:
+        hook.remove()
+    x = captured["x"]
+    batch, _, height, width = x.shape
+    if not all(0 <= q < height * width for q in queries):
+        raise ValueError(f"query positions must be in [0, {height * width}) for the {height}x{width} attention layer")
+    rows = block.theta(x).flatten(2)[:, :, list(queries)].float()  # (B, C/8, Q): only the chosen queries
+    keys = F.max_pool2d(block.phi(x), 2).flatten(2).float()  # (B, C/8, N/4)
+    maps = torch.softmax(rows.transpose(1, 2) @ keys, dim=-1)  # (B, Q, N/4)
+    return to_uint8(images), maps.reshape(batch, len(queries), height // 2, width // 2).cpu()
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, marker: tuple[int, int]) -> np.ndarray:
+    """HWC uint8 image with a red-yellow heat map (scaled to its max) and a cyan query marker."""
+    size = image.shape[0]
+    heat = torch.from_numpy(heat)[None, None]
+    heat = F.interpolate(heat, size=(size, size), mode="nearest")[0, 0].numpy()
+    heat = heat / max(float(heat.max()), 1e-12)
+    color = np.stack([np.full_like(heat, 255.0), 255.0 * heat, np.zeros_like(heat)], axis=-1)
+    alpha = 0.65 * heat[..., None]
+    out = ((1 - alpha) * image * 0.6 + alpha * color).clip(0, 255).astype(np.uint8)
+    y, x = marker
+    out[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = (0, 255, 255)
+    return out
+
+
+def attention_figure(images: torch.Tensor, maps: torch.Tensor, queries: Sequence[int], grid_width: int) -> np.ndarray:
+    """One row per image: the image with every query marked, then one overlay per query."""
+    tiles = []
+    size = images.shape[-1]
+    scale = size / grid_width
+    markers = [(int((q // grid_width + 0.5) * scale), int((q % grid_width + 0.5) * scale)) for q in queries]
+    for image, image_maps in zip(images.permute(0, 2, 3, 1).numpy(), maps.numpy()):
+        marked = image.copy()
+        for y, x in markers:
+            marked[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = (0, 255, 255)
+        tiles.append(marked)
+        tiles += [overlay(image, heat, marker) for heat, marker in zip(image_maps, markers)]
+    stacked = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
+    return make_grid(stacked, columns=1 + len(queries))
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _point(text: str) -> tuple[int, int]:
+    values = _int_list(text)
+    if len(values) != 2:
+        raise argparse.ArgumentTypeError(f"expected x,y, got {text!r}")
+    return values[0], values[1]
+
+
+DEFAULT_QUERY_POINTS = [(32, 32), (96, 32), (64, 64), (32, 96), (96, 96)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritonsagan-generate", description="Generate images from SAGAN weights (safetensors only).")
+    parser.add_argument("--weights", required=True, help="save_pretrained directory, model.safetensors, or a run directory")
+    parser.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
+    parser.add_argument("--classes", type=_int_list, help="class indices, e.g. 3,7 (images split evenly among them)")
+    parser.add_argument("--class-per-row", action="store_true", help="one class per grid row (from --classes, else 0, 1, 2, ...)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latents and random classes (default: 0)")
+    parser.add_argument("--truncation", type=float, help="truncation trick: redraw latent entries with |z| above this")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    parser.add_argument("--interpolate", action="store_true", help="a grid walking z from --seed to --seed+1 in --n steps")
+    parser.add_argument("--attention-maps", action="store_true", help="the paper's figure: where G's attention looks from a few query points")
+    parser.add_argument("--queries", type=_point, nargs="+", help="query points x,y in image pixels for --attention-maps")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="write one PNG grid here")
+    target.add_argument("--out-dir", help="write one PNG per image into this folder")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> str:
+    if args.n < 1 or args.batch_size < 1:
+        raise ValueError("--n and --batch-size must be positive")
+    G = load_generator(args.weights, device=args.device)
+    z_dim, num_classes = G.config.z_dim, G.config.num_classes
+    columns = min(args.n, 8) if not args.interpolate else min(args.n, 16)
+    if args.interpolate:
+        a, b = sample_latents(1, z_dim, args.seed, args.truncation)[0], sample_latents(1, z_dim, args.seed + 1, args.truncation)[0]
+        z = slerp(a, b, args.n)
+        labels = class_labels(G, args.n, args.classes[:1] if args.classes else None, args.seed)
+        if labels is not None:
+            labels = labels[:1].expand(args.n)  # one class along the walk
+    else:
+        z = sample_latents(args.n, z_dim, args.seed, args.truncation)
+        classes = args.classes
+        if args.class_per_row:
+            if num_classes == 0:
+                raise ValueError("--class-per-row needs a conditional generator")
+            row_classes = args.classes or list(range(num_classes))
+            classes = [row_classes[(i // columns) % len(row_classes)] for i in range(args.n)]
+        labels = class_labels(G, args.n, classes, args.seed)
+
+    if args.attention_maps:
+        height = G.config.attn_res
+        queries = [(y * height // 128) * height + (x * height // 128) for x, y in (args.queries or DEFAULT_QUERY_POINTS)]
+        if not all(0 <= x < 128 and 0 <= y < 128 for x, y in (args.queries or [])):
+            raise ValueError("--queries points must lie inside the 128x128 image")
+        images, maps = attention_maps(G, z, labels, queries)
+        out = Path(args.out) if args.out else Path(args.out_dir) / "attention_maps.png"
+        save_png(attention_figure(images, maps, queries, height), out)
+        return str(out)
+
+    batches = iter_generate(G, z, labels, args.batch_size)
+    from rich.progress import track
+
+    batches = track(batches, total=math.ceil(args.n / args.batch_size), description="generating", disable=args.n <= args.batch_size)
+    if args.out_dir:
+        out_dir = Path(args.out_dir)
+        index = 0
+        for batch in batches:
+            for image in batch:
+                save_png(image.permute(1, 2, 0).numpy(), out_dir / f"{index:06d}.png")
+                index += 1
+        return str(out_dir)
+    images = torch.cat(list(batches))
+    save_png(make_grid(images, columns=columns), args.out)
+    return args.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        written = _run(args)
+    except (FileNotFoundError, WeightsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
