@@ -388,12 +388,20 @@ def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     return out
 
 
+def attention_naive(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """What SAGAN ports do: the whole (B, N_q, N_k) matrix through bmm and softmax. The benchmarks' baseline."""
+    check_attention_inputs(q, k, v)
+    return torch.bmm(torch.softmax(scale * torch.bmm(q, k.transpose(1, 2)), dim=-1), v)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """softmax(scale * q k^T) v: the Triton kernels for CUDA tensors, the torch path otherwise.
 
-    `tritonsagan.kernels.use_backend("triton" | "torch")` overrides the choice (see kernels.backend).
+    `tritonsagan.kernels.use_backend(...)` overrides the choice (see kernels.backend).
     """
     backend = selected_backend()
     if backend == "triton" or (backend == "auto" and q.is_cuda and triton_can_run(q)):
         return attention_triton(q, k, v, scale)
+    if backend == "naive":
+        return attention_naive(q, k, v, scale)
     return attention_reference(q, k, v, scale)

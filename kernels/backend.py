@@ -1,7 +1,8 @@
 """Which implementation the dispatching ops use: "auto" (Triton on CUDA, torch elsewhere), or forced.
 
 "triton" runs the Triton kernels wherever they can run (CUDA, or CPU under TRITON_INTERPRET=1);
-"torch" runs the reference paths everywhere, e.g. for the port-style baseline in the benchmarks.
+"torch" runs the reference paths everywhere; "naive" is what SAGAN ports do: attention as
+bmm + softmax over the whole N_q x N_k matrix, and the torch spectral norm (the benchmarks' baseline).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "naive")
 _selected = "auto"
 
 

@@ -93,3 +93,15 @@ def test_dtype_errors():
         attention(q, q.double(), q)
     with pytest.raises(ValueError, match="floating-point"):
         attention(q.long(), q.long(), q.long())
+
+
+def test_naive_backend_and_backend_switch():
+    from tritonsagan.kernels import attention_naive, use_backend
+
+    q, k, v = _inputs(2, 33, 9, 5, 7)
+    assert rel_err(attention_naive(q, k, v, 0.5), naive_attention(q, k, v, 0.5)) < 1e-6
+    with use_backend("naive"):
+        assert rel_err(attention(q, k, v), naive_attention(q, k, v)) < 1e-6
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with use_backend("flash"):
+            pass

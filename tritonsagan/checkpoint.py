@@ -53,6 +53,26 @@ def _unflatten_optimizer(prefix: str, meta: dict[str, Any], tensors: dict[str, t
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def write_checkpoint(
+    path: Path,
+    step: int,
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    rng_states: dict[str, torch.Tensor],
+    extra: dict[str, Any],
+) -> None:
+    """One checkpoint file at `path` (atomically), with its metadata mirrored in a .json beside it."""
+    tensors: dict[str, torch.Tensor] = {"step": torch.tensor(step, dtype=torch.int64)}
+    for name, module in modules.items():
+        tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    meta: dict[str, Any] = {"step": step, "optimizers": {}, **extra}
+    for name, optimizer in optimizers.items():
+        meta["optimizers"][name] = _flatten_optimizer(name, optimizer.state_dict(), tensors)
+    tensors.update({f"rng.{k}": v for k, v in rng_states.items()})
+    save_safetensors(path, tensors, {"tritonsagan_checkpoint": json.dumps(meta)})
+    atomic_write_json(path.with_suffix(".json"), meta)
+
+
 def save_checkpoint(
     directory: Path,
     step: int,
@@ -62,16 +82,9 @@ def save_checkpoint(
     extra: dict[str, Any],
     keep: int,
 ) -> Path:
-    tensors: dict[str, torch.Tensor] = {"step": torch.tensor(step, dtype=torch.int64)}
-    for name, module in modules.items():
-        tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
-    meta: dict[str, Any] = {"step": step, "optimizers": {}, **extra}
-    for name, optimizer in optimizers.items():
-        meta["optimizers"][name] = _flatten_optimizer(name, optimizer.state_dict(), tensors)
-    tensors.update({f"rng.{k}": v for k, v in rng_states.items()})
+    """step_XXXXXXX.safetensors in `directory`; older ones beyond the last `keep` are deleted."""
     path = checkpoint_path(directory, step)
-    save_safetensors(path, tensors, {"tritonsagan_checkpoint": json.dumps(meta)})
-    atomic_write_json(path.with_suffix(".json"), meta)
+    write_checkpoint(path, step, modules, optimizers, rng_states, extra)
     for _, old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".json").unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,11 +136,14 @@ def builtin_photo_dir() -> Path:
 
 class BuiltinPhotoStream(Dataset):
     """Random square crops (side 128 .. the photo's shorter side) of scikit-image's bundled photos,
-    resized to 128x128 and flipped half of the time; each photo is a class."""
+    resized to 128x128 and flipped half of the time; each photo is a class. `photos` picks a subset."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, photos: Sequence[str] = BUILTIN_PHOTOS) -> None:
+        unknown = sorted(set(photos) - set(BUILTIN_PHOTOS))
+        if unknown or not photos:
+            raise DataError(f"builtin photos must be a non-empty subset of {', '.join(BUILTIN_PHOTOS)}; unknown: {unknown}")
         folder = builtin_photo_dir()
-        self.paths = [folder / name for name in BUILTIN_PHOTOS]
+        self.paths = [folder / name for name in photos]
         missing = [p.name for p in self.paths if not p.is_file()]
         if missing:
             raise DataError(f"{folder}: bundled photos missing: {', '.join(missing)}")

@@ -23,13 +23,16 @@ GENERATOR_SUBDIR = "generator"
 
 
 def load_generator(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Generator:
-    """A Generator in eval mode from a save_pretrained directory, its model.safetensors, or a run directory.
+    """A Generator in eval mode from a save_pretrained directory, its model.safetensors, a training
+    checkpoint (its G_ema), or a run directory.
 
     For a run directory this is G_ema: its exported `generator/`, else the newest checkpoint's G_ema.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
+    if path.is_file() and path.name != WEIGHTS_NAME and path.with_suffix(".json").is_file():
+        return _generator_from_checkpoint(path).to(device or "cpu", dtype).eval()
     if path.is_dir() and not (path / WEIGHTS_NAME).is_file():
         if (path / GENERATOR_SUBDIR / WEIGHTS_NAME).is_file():
             path = path / GENERATOR_SUBDIR
@@ -189,7 +192,7 @@ def attention_figure(images: torch.Tensor, maps: torch.Tensor, queries: Sequence
 # ---- command line -------------------------------------------------------------------------------
 
 
-def _int_list(text: str) -> list[int]:
+def parse_int_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
@@ -197,7 +200,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _point(text: str) -> tuple[int, int]:
-    values = _int_list(text)
+    values = parse_int_list(text)
     if len(values) != 2:
         raise argparse.ArgumentTypeError(f"expected x,y, got {text!r}")
     return values[0], values[1]
@@ -208,9 +211,9 @@ DEFAULT_QUERY_POINTS = [(32, 32), (96, 32), (64, 64), (32, 96), (96, 96)]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-generate", description="Generate images from SAGAN weights (safetensors only).")
-    parser.add_argument("--weights", required=True, help="save_pretrained directory, model.safetensors, or a run directory")
+    parser.add_argument("--weights", required=True, help="save_pretrained directory, model.safetensors, a training checkpoint, or a run directory")
     parser.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
-    parser.add_argument("--classes", type=_int_list, help="class indices, e.g. 3,7 (images split evenly among them)")
+    parser.add_argument("--classes", type=parse_int_list, help="class indices, e.g. 3,7 (images split evenly among them)")
     parser.add_argument("--class-per-row", action="store_true", help="one class per grid row (from --classes, else 0, 1, 2, ...)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and random classes (default: 0)")
     parser.add_argument("--truncation", type=float, help="truncation trick: redraw latent entries with |z| above this")

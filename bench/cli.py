@@ -1,0 +1,153 @@
+"""tritonsagan-bench: attention, spectral norm and the training step, side by side with the alternatives."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from . import attention, floor, spectral_norm, train_step
+
+SECTIONS = ("attention", "sn", "train")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    try:
+        git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+        commit = git.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
+    return {
+        "device": name,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "git": commit,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
+    return str(value)
+
+
+def _ratio(base: float | None, value: float | None) -> str:
+    return f"{base / value:.2f}x" if base and value else "-"
+
+
+def attention_table(rows: list[dict]) -> Table:
+    table = Table(title="Attention (fwd+bwd speed-up vs naive bmm+softmax)")
+    for column in ("shape", "batch", "impl", "fwd ms", "fwd+bwd ms", "TFLOP/s", "GB/s", "% floor", "peak MiB", "vs naive"):
+        table.add_column(column)
+    naive = {(r["shape"], r["batch"]): r.get("fwd_bwd_ms") for r in rows if r["impl"] == "naive bmm+softmax"}
+    for r in rows:
+        if not r["available"]:
+            table.add_row(r["shape"], str(r["batch"]), r["impl"], "n/a", *["-"] * 6)
+            continue
+        peak = r["peak_extra_bytes"] / 2**20 if r["peak_extra_bytes"] is not None else None
+        table.add_row(
+            r["shape"], str(r["batch"]), r["impl"], _fmt(r["fwd_ms"]), _fmt(r["fwd_bwd_ms"]), _fmt(r["fwd_bwd_tflops"]),
+            _fmt(r["fwd_bwd_gbps"]), _fmt(r["fwd_bwd_pct_of_floor"]), _fmt(peak), _ratio(naive.get((r["shape"], r["batch"])), r["fwd_bwd_ms"]),
+        )  # fmt: skip
+    return table
+
+
+def sn_table(rows: list[dict], totals: dict) -> Table:
+    table = Table(title="Spectral norm, training forward + backward (speed-up vs torch parametrization)")
+    for column in ("weight shape", "layers", "impl", "fwd ms", "fwd+bwd ms", "vs torch"):
+        table.add_column(column)
+    torch_times = {tuple(r["shape"]): r.get("fwd_bwd_ms") for r in rows if r["impl"] == "torch parametrization"}
+    for r in rows:
+        if not r["available"]:
+            table.add_row(str(tuple(r["shape"])), str(r["layers"]), r["impl"], "n/a", "-", "-")
+            continue
+        table.add_row(str(tuple(r["shape"])), str(r["layers"]), r["impl"], _fmt(r["fwd_ms"]), _fmt(r["fwd_bwd_ms"]), _ratio(torch_times.get(tuple(r["shape"])), r["fwd_bwd_ms"]))
+    base = totals.get("torch parametrization", {}).get("fwd_bwd_ms")
+    for impl, total in totals.items():
+        table.add_row("all layers of G and D", "", impl, _fmt(total["fwd_ms"]), _fmt(total["fwd_bwd_ms"]), _ratio(base, total["fwd_bwd_ms"]))
+    return table
+
+
+def train_table(rows: list[dict]) -> Table:
+    table = Table(title="Training step at 128x128 (speed-up vs the port-style reference)")
+    for column in ("variant", "ch", "batch", "step ms", "images/s", "peak MiB", "vs (a)"):
+        table.add_column(column)
+    base = next((r.get("step_ms") for r in rows if r["backend"] == "naive" and r["available"]), None)
+    for r in rows:
+        if not r["available"]:
+            table.add_row(r["variant"], str(r["ch"]), str(r["batch"]), "n/a", r.get("reason", "-"), "-", "-")
+            continue
+        peak = r["peak_extra_bytes"] / 2**20 if r["peak_extra_bytes"] is not None else None
+        table.add_row(r["variant"], str(r["ch"]), str(r["batch"]), _fmt(r["step_ms"]), _fmt(r["images_per_s"]), _fmt(peak), _ratio(base, r["step_ms"]))
+    return table
+
+
+def run(device: torch.device, only: str | None, quick: bool, console: Console) -> dict:
+    report: dict = {"environment": environment(device), "quick": quick}
+    console.print(report["environment"])
+    report["floor"] = floor.measure_floor(device, quick)
+    console.print(f"device floor: {report['floor']['flops_per_s'] / 1e12:.1f} TFLOP/s ({report['floor']['matmul_dtype']} matmul), "
+                  f"{report['floor']['bytes_per_s'] / 1e9:.0f} GB/s (copy)")  # fmt: skip
+    if only in (None, "attention"):
+        report["attention"] = attention.run(device, report["floor"], quick)
+        console.print(attention_table(report["attention"]))
+    if only in (None, "sn"):
+        rows = spectral_norm.run(device, quick)
+        report["spectral_norm"] = {"layers": rows, "totals": spectral_norm.totals(rows)}
+        console.print(sn_table(rows, report["spectral_norm"]["totals"]))
+    if only in (None, "train"):
+        report["train_step"] = train_step.run(device, quick)
+        console.print(train_table(report["train_step"]))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tritonsagan-bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (smaller models on CPU)")
+    parser.add_argument("--only", choices=SECTIONS, help="run one section")
+    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    parser.add_argument("--json", help="write every number to this JSON file")
+    args = parser.parse_args(argv)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    # Off a terminal (a log file, CI) rich would wrap the tables at 80 columns.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    report = run(device, args.only, args.quick, console)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

