@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import attention, floor, spectral_norm, train_step
+from .targets import evaluate_targets
 
 SECTIONS = ("attention", "sn", "train")
 
@@ -111,6 +112,15 @@ def train_table(rows: list[dict]) -> Table:
     return table
 
 
+def targets_table(targets: list[dict]) -> Table:
+    table = Table(title="Targets")
+    for column in ("target", "required", "measured", "status"):
+        table.add_column(column)
+    for t in targets:
+        table.add_row(t["target"], t["required"], _fmt(t["measured"]), t["status"])
+    return table
+
+
 def run(device: torch.device, only: str | None, quick: bool, console: Console) -> dict:
     report: dict = {"environment": environment(device), "quick": quick}
     console.print(report["environment"])
@@ -127,6 +137,8 @@ def run(device: torch.device, only: str | None, quick: bool, console: Console) -
     if only in (None, "train"):
         report["train_step"] = train_step.run(device, quick)
         console.print(train_table(report["train_step"]))
+    report["targets"] = evaluate_targets(report)
+    console.print(targets_table(report["targets"]))
     return report
 
 
@@ -137,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
     parser.add_argument("--json", help="write every number to this JSON file")
     args = parser.parse_args(argv)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    try:
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    except RuntimeError:
+        parser.error(f"--device: not a device: {args.device!r}")
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        parser.error(f"--device {args.device}: this bench runs on cpu or cuda, and CUDA is {'' if torch.cuda.is_available() else 'not '}available")
     # Off a terminal (a log file, CI) rich would wrap the tables at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=160)
     report = run(device, args.only, args.quick, console)

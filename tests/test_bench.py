@@ -5,9 +5,12 @@ import math
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from tritonsagan.bench.cli import main as bench_main
 from tritonsagan.bench.summary import format_number, summary_markdown
+from tritonsagan.bench.targets import evaluate_targets
 
 
 def _bench(tmp_path, *args: str) -> dict:
@@ -51,6 +54,9 @@ def test_quick_report_has_every_section(tmp_path):
         assert train[key]["available"] and _positive(train[key]["images_per_s"])
     assert train["(d)"]["available"] is False and "CUDA" in train["(d)"]["reason"]
 
+    targets = report["targets"]
+    assert len(targets) == 9 and all(t["status"] == "not measured" and t["met"] is None for t in targets)  # no Triton, no bf16
+
     table = summary_markdown([("cpu.json", report)]).splitlines()
     assert len(table) == 3 and table[2].startswith("| `cpu.json` |")
     assert f"{format_number(train['(a)']['images_per_s'])} / {format_number(train['(b)']['images_per_s'])}" in table[2]
@@ -60,3 +66,46 @@ def test_only_runs_one_section(tmp_path):
     report = _bench(tmp_path, "--only", "sn")
     assert "spectral_norm" in report
     assert "attention" not in report and "train_step" not in report
+
+
+def _attention_row(shape: str, batch: int, impl: str, ms: float, pct: float = 60.0, peak: int | None = None) -> dict:
+    return {"shape": shape, "batch": batch, "impl": impl, "available": True, "fwd_bwd_ms": ms,
+            "fwd_bwd_pct_of_floor": pct, "peak_extra_bytes": peak}  # fmt: skip
+
+
+def test_targets_met_missed_and_by_how_much():
+    rows = []
+    for shape in ("G 32x32", "D 32x32"):
+        rows += [_attention_row(shape, 16, "triton", 10.0),  # below batch 64: ignored
+                 _attention_row(shape, 64, "triton", 1.0), _attention_row(shape, 64, "sdpa cudnn", 2.5),
+                 _attention_row(shape, 64, "sdpa mem-efficient", 3.0), _attention_row(shape, 64, "naive bmm+softmax", 3.0),
+                 _attention_row(shape, 128, "triton", 2.0, pct=40.0), _attention_row(shape, 128, "sdpa cudnn", 5.0),
+                 _attention_row(shape, 128, "naive bmm+softmax", 9.0)]  # fmt: skip
+    rows += [_attention_row("D 32x32", 256, "triton", 1.0, peak=100), _attention_row("G 64x64", 256, "triton", 1.0, peak=420)]
+    report = {
+        "attention": rows,
+        "spectral_norm": {"totals": {"triton fused": {"fwd_bwd_ms": 4.0}, "torch parametrization": {"fwd_bwd_ms": 6.0}}},
+        "train_step": [{"variant": "(a) ref", "available": True, "images_per_s": 100.0},
+                       {"variant": "(d) bf16", "available": True, "images_per_s": 250.0}],
+    }  # fmt: skip
+    by_name = {t["target"]: t for t in evaluate_targets(report)}
+    sdpa = by_name["attention G 32x32: speed-up over the best SDPA backend"]
+    assert sdpa["measured"] == 2.5 and sdpa["met"] is True  # worst of batch 64 (2.5x) and 128 (2.5x)
+    naive = by_name["attention D 32x32: speed-up over bmm + softmax"]
+    assert naive["measured"] == 3.0 and naive["status"] == "missed by 1.33x"
+    floor = by_name["attention G 32x32: fraction of the device floor"]
+    assert floor["measured"] == 0.4 and floor["status"] == "missed by 1.25x"
+    memory = by_name["attention extra memory: growth for 4x N (linear ~4, quadratic ~16)"]
+    assert memory["measured"] == 4.2 and memory["met"] is True
+    sn = by_name["spectral norm: fused speed-up over torch's parametrization"]
+    assert sn["measured"] == 1.5 and sn["status"] == "missed by 1.33x"
+    train = by_name["training step: compiled bf16 over the port-style reference"]
+    assert train["measured"] == 2.5 and train["met"] is True
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+@pytest.mark.parametrize("device, message", [("cuda", "CUDA is not available"), ("tpu:7", "not a device")])
+def test_bad_device_is_a_clear_error(device, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_main(["--device", device])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

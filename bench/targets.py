@@ -1,0 +1,79 @@
+"""The project's speed targets, checked against a report: met, or missed and by how much.
+
+Attention (fwd+bwd, G and D shapes, batch >= 64): >= 2x the best SDPA backend, >= 4x bmm + softmax,
+within 2x of the device floor, extra memory linear in N. Fused spectral norm: >= 2x torch's
+parametrization summed over all layers. Compiled bf16 training step: >= 2x the images/s of the
+port-style reference. A target whose numbers are not in the report (no Triton or no bf16 on this
+device) is "not measured", never "met".
+"""
+
+from __future__ import annotations
+
+MIN_TARGET_BATCH = 64
+
+
+def _target(name: str, required: float, measured: float | None, detail: str, at_most: bool = False) -> dict:
+    """A target `measured >= required` (or `<=` with at_most), and how far off it is when missed."""
+    if measured is None:
+        met, status = None, "not measured"
+    else:
+        met = measured <= required if at_most else measured >= required
+        shortfall = measured / required if at_most else required / measured
+        status = "met" if met else f"missed by {shortfall:.2f}x"
+    bound = "at most" if at_most else "at least"
+    return {"target": name, "required": f"{bound} {required:g}", "measured": measured, "met": met, "status": status, "detail": detail}
+
+
+def _attention_targets(rows: list[dict]) -> list[dict]:
+    out = []
+    for shape in ("G 32x32", "D 32x32"):
+        cases = {}
+        for r in rows:
+            if r["shape"] == shape and r["batch"] >= MIN_TARGET_BATCH and r["available"]:
+                cases.setdefault(r["batch"], {})[r["impl"]] = r
+        # The weakest batch decides: the target holds at batch 64 and up.
+        vs_sdpa, vs_naive, of_floor = [], [], []
+        for batch, impls in sorted(cases.items()):
+            ours = impls.get("triton")
+            if ours is None:
+                continue
+            sdpa = [r["fwd_bwd_ms"] for name, r in impls.items() if name.startswith("sdpa")]
+            if sdpa:
+                vs_sdpa.append(min(sdpa) / ours["fwd_bwd_ms"])
+            if "naive bmm+softmax" in impls:
+                vs_naive.append(impls["naive bmm+softmax"]["fwd_bwd_ms"] / ours["fwd_bwd_ms"])
+            of_floor.append(ours["fwd_bwd_pct_of_floor"] / 100)
+        detail = f"{shape}, fwd+bwd, batch >= {MIN_TARGET_BATCH}, worst batch"
+        out.append(_target(f"attention {shape}: speed-up over the best SDPA backend", 2.0, min(vs_sdpa, default=None), detail))
+        out.append(_target(f"attention {shape}: speed-up over bmm + softmax", 4.0, min(vs_naive, default=None), detail))
+        out.append(_target(f"attention {shape}: fraction of the device floor", 0.5, min(of_floor, default=None), detail))
+    return out + [_memory_target(rows)]
+
+
+def _memory_target(rows: list[dict]) -> dict:
+    """D at 32x32 and G at 64x64 share d_qk = 16 and d_v = 64 and differ 4x in N_q and N_k: linear
+    extra memory grows about 4x between them, a materialised N_q x N_k matrix 16x."""
+    peaks: dict[tuple[str, int], int] = {}
+    for r in rows:
+        if r["impl"] == "triton" and r["available"] and r.get("peak_extra_bytes"):
+            peaks[(r["shape"], r["batch"])] = r["peak_extra_bytes"]
+    ratios = [peaks[("G 64x64", b)] / peaks[("D 32x32", b)] for (shape, b) in peaks if shape == "G 64x64" and ("D 32x32", b) in peaks]
+    return _target(
+        "attention extra memory: growth for 4x N (linear ~4, quadratic ~16)",
+        4.5,
+        max(ratios, default=None),
+        "triton peak extra memory, G 64x64 over D 32x32 at the same batch",
+        at_most=True,
+    )
+
+
+def evaluate_targets(report: dict) -> list[dict]:
+    targets = _attention_targets(report.get("attention", []))
+    totals = report.get("spectral_norm", {}).get("totals", {})
+    fused, torch_sn = totals.get("triton fused"), totals.get("torch parametrization")
+    sn_speedup = torch_sn["fwd_bwd_ms"] / fused["fwd_bwd_ms"] if fused and torch_sn else None
+    targets.append(_target("spectral norm: fused speed-up over torch's parametrization", 2.0, sn_speedup, "fwd+bwd summed over all SN layers of G and D"))
+    steps = {r["variant"][:3]: r for r in report.get("train_step", []) if r["available"]}
+    speedup = steps["(d)"]["images_per_s"] / steps["(a)"]["images_per_s"] if "(a)" in steps and "(d)" in steps else None
+    targets.append(_target("training step: compiled bf16 over the port-style reference", 2.0, speedup, "images/s, same device and batch"))
+    return targets
