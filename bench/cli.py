@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,12 +46,20 @@ def environment(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
     return {
         "device": name,
+        "device_type": device.type,
         "torch": torch.__version__,
         "triton": triton_version,
         "git": commit,
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def report_name(report: dict) -> str:
+    """<device>_<date>.json, e.g. nvidia-h100-80gb-hbm3_2026-11-22.json or cpu-amd-epyc-2-threads_2026-11-22.json."""
+    env = report["environment"]
+    device = env["device"] if env["device_type"] == "cuda" else f"cpu {env['device']}"
+    return f"{re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')}_{env['date'][:10]}.json"
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (smaller models on CPU)")
     parser.add_argument("--only", choices=SECTIONS, help="run one section")
     parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
-    parser.add_argument("--json", help="write every number to this JSON file")
+    parser.add_argument("--json", help="write every number to this JSON file, or into this folder as <device>_<date>.json")
     args = parser.parse_args(argv)
     try:
         device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
@@ -160,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     report = run(device, args.only, args.quick, console)
     if args.json:
         path = Path(args.json)
+        if args.json.endswith("/") or path.is_dir():
+            path = path / report_name(report)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")

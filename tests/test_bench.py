@@ -8,17 +8,20 @@ import sys
 import pytest
 import torch
 
-from tritonsagan.bench.cli import main as bench_main
+from tritonsagan.bench.cli import main as bench_main, report_name
 from tritonsagan.bench.summary import format_number, summary_markdown
 from tritonsagan.bench.targets import evaluate_targets
 
 
 def _bench(tmp_path, *args: str) -> dict:
-    out = tmp_path / "report.json"
-    result = subprocess.run([sys.executable, "-m", "tritonsagan.bench.cli", "--quick", "--device", "cpu", "--json", str(out), *args],
+    """Run the bench with --json pointing at a folder; return the one report written there."""
+    result = subprocess.run([sys.executable, "-m", "tritonsagan.bench.cli", "--quick", "--device", "cpu", "--json", f"{tmp_path}/", *args],
                             capture_output=True, text=True, timeout=900)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(out.read_text())
+    (written,) = tmp_path.glob("*.json")
+    report = json.loads(written.read_text())
+    assert written.name == report_name(report) and written.name.startswith("cpu-") and report["environment"]["date"][:10] in written.name
+    return report
 
 
 def _positive(value) -> bool:
