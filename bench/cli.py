@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from ..config import resolve_device
 from . import attention, floor, spectral_norm, train_step
 from .targets import evaluate_targets
 
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write every number to this JSON file, or into this folder as <device>_<date>.json")
     args = parser.parse_args(argv)
     try:
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+        device = torch.device(resolve_device(args.device))
     except RuntimeError:
         parser.error(f"--device: not a device: {args.device!r}")
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):

@@ -12,7 +12,16 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
+import torch
+
 C = TypeVar("C")
+
+
+def resolve_device(requested: str) -> str:
+    """"auto" -> cuda when available, else cpu; any other device string unchanged."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
 
 
 def _flag(name: str) -> str:

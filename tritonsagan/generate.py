@@ -100,6 +100,21 @@ def iter_generate(
         yield to_uint8(generator(zb, yb))
 
 
+def generate_batches(
+    generator: Generator,
+    n: int,
+    classes: Sequence[int] | None = None,
+    seed: int = 0,
+    truncation: float | None = None,
+    batch_size: int = 64,
+) -> Iterator[torch.Tensor]:
+    """generate()'s images as uint8 batches, for n too large to hold at once."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    z = sample_latents(n, generator.config.z_dim, seed, truncation)
+    return iter_generate(generator, z, class_labels(generator, n, classes, seed), batch_size)
+
+
 def generate(
     generator: Generator,
     n: int,
@@ -109,11 +124,7 @@ def generate(
     batch_size: int = 64,
 ) -> torch.Tensor:
     """n images as a uint8 tensor (n, 3, 128, 128), deterministic for a seed on a given device."""
-    if n < 1:
-        raise ValueError(f"n must be positive, got {n}")
-    z = sample_latents(n, generator.config.z_dim, seed, truncation)
-    labels = class_labels(generator, n, classes, seed)
-    return torch.cat(list(iter_generate(generator, z, labels, batch_size)))
+    return torch.cat(list(generate_batches(generator, n, classes, seed, truncation, batch_size)))
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, write_checkpoint
-from .config import add_config_flags, build_config
+from .config import add_config_flags, build_config, resolve_device
 from .data import DataError, make_dataset, make_loader
 from .evaluate import FID_WEIGHTS_ENV, EvalError, FidMonitor
 from .images import make_grid, save_png, to_uint8
@@ -94,12 +94,6 @@ class Distributed:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def resolve_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 def setup_distributed(cfg: TrainConfig) -> Distributed:
