@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..kernels import attention_naive, attention_reference, attention_triton
+from ..kernels import attention_naive, attention_chunked, attention_triton
 from ..kernels._triton_support import triton_can_run
 from .timing import floor_ms, median_ms, peak_extra_bytes, rotating
 
@@ -32,7 +32,7 @@ def implementations(device: torch.device) -> dict[str, Callable | None]:
     impls: dict[str, Callable | None] = {
         "triton": attention_triton if triton_can_run(torch.empty(0, device=device)) and device.type == "cuda" else None,
         "naive bmm+softmax": attention_naive,
-        "torch chunked": attention_reference,
+        "torch chunked": attention_chunked,
     }
     if device.type == "cuda":
         impls["sdpa mem-efficient"] = _sdpa(SDPBackend.EFFICIENT_ATTENTION)

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
-from ..kernels import init_spectral_norm_vectors, spectral_norm_reference, spectral_norm_triton
+from ..kernels import init_spectral_norm_vectors, spectral_norm_torch, spectral_norm_triton
 from ..kernels._triton_support import triton_can_run
 from ..models import Discriminator, Generator
 from ..models.layers import SpectralNormMixin
@@ -38,7 +38,7 @@ def _contenders(weight: torch.Tensor) -> dict[str, tuple | None]:
     return {
         "triton fused": (lambda: spectral_norm_triton(ours, u, v), ours) if triton_ok else None,
         "torch parametrization": (lambda: torch_layer.weight, torch_layer.parametrizations.weight.original),
-        "torch reference (ours)": (lambda: spectral_norm_reference(ours, u, v), ours),
+        "torch path (ours)": (lambda: spectral_norm_torch(ours, u, v), ours),
     }
 
 

@@ -1,17 +1,17 @@
-"""Attention and spectral-norm ops: Triton kernels, their torch reference paths, dispatch."""
+"""Attention and spectral-norm ops: Triton kernels, their torch paths, dispatch."""
 
-from .attention import attention, attention_naive, attention_reference, attention_triton
+from .attention import attention, attention_chunked, attention_naive, attention_triton
 from .backend import use_backend
-from .spectral_norm import init_spectral_norm_vectors, spectral_norm, spectral_norm_reference, spectral_norm_triton
+from .spectral_norm import init_spectral_norm_vectors, spectral_norm, spectral_norm_torch, spectral_norm_triton
 
 __all__ = [
     "attention",
+    "attention_chunked",
     "attention_naive",
-    "attention_reference",
     "attention_triton",
     "init_spectral_norm_vectors",
     "spectral_norm",
-    "spectral_norm_reference",
+    "spectral_norm_torch",
     "spectral_norm_triton",
     "use_backend",
 ]

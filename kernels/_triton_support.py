@@ -1,21 +1,22 @@
-"""Whether Triton can run here, and how: on CUDA, or through its interpreter on CPU tensors."""
+"""Whether Triton can run here, and how: on CUDA, or through its interpreter on CPU tensors.
+
+The kernel files (`*_kernels.py`) import triton directly and are imported only when it is installed.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # triton is a Linux-only dependency
-    triton = None
-    tl = None
-
 # Read once: triton decides between compiled and interpreted kernels when they are decorated.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-HAS_TRITON = triton is not None
+HAS_TRITON = importlib.util.find_spec("triton") is not None  # a Linux-only dependency
 
 
 def triton_can_run(t: torch.Tensor) -> bool:
@@ -35,3 +36,36 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not INTERPRET:
         return "tf32"
     return "ieee"
+
+
+@dataclass(frozen=True)
+class KernelLaunch:
+    """A launch as `record_launches` collects it: the kernel and the arguments it would get."""
+
+    kernel: Any  # a @triton.jit function, or its @triton.autotune wrapper
+    args: tuple
+    kwargs: dict[str, Any]
+
+
+_recorded: list[KernelLaunch] | None = None
+
+
+def launch(kernel: Any, grid: Callable[[dict], tuple[int, ...]] | tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+    """Launch a Triton kernel through torch.library.wrap_triton (so torch.compile sees it), or
+    record it inside `record_launches`."""
+    if _recorded is not None:
+        _recorded.append(KernelLaunch(kernel, args, kwargs))
+        return
+    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def record_launches() -> Iterator[list[KernelLaunch]]:
+    """Inside this block the launch functions collect their launches instead of running them, so
+    they can be called on meta tensors: the Hopper compile check compiles exactly what they launch."""
+    global _recorded
+    previous, _recorded = _recorded, []
+    try:
+        yield _recorded
+    finally:
+        _recorded = previous

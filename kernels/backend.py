@@ -1,8 +1,9 @@
 """Which implementation the dispatching ops use: "auto" (Triton on CUDA, torch elsewhere), or forced.
 
 "triton" runs the Triton kernels wherever they can run (CUDA, or CPU under TRITON_INTERPRET=1);
-"torch" runs the reference paths everywhere; "naive" is what SAGAN ports do: attention as
-bmm + softmax over the whole N_q x N_k matrix, and the torch spectral norm (the benchmarks' baseline).
+"torch" runs the torch paths (chunked attention, torch spectral norm) everywhere; "naive" is what
+SAGAN ports do: attention as bmm + softmax over the whole N_q x N_k matrix, and the torch spectral
+norm (the benchmarks' baseline).
 """
 
 from __future__ import annotations

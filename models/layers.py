@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import attention, init_spectral_norm_vectors, spectral_norm
+from ..kernels.spectral_norm import sn_update_vectors
 
 
 class SpectralNormMixin:
@@ -38,6 +39,19 @@ class SpectralNormMixin:
 
     def normalized_weight(self) -> torch.Tensor:
         return spectral_norm(self.weight, self.weight_u, self.weight_v, self.n_power_iterations, self.sn_eps, self.training)
+
+    @torch.no_grad()
+    def refresh_vectors(self, n_power_iterations: int = 1) -> None:
+        """Power iterations on this layer's own weight, with no forward (e.g. after averaging weights)."""
+        if self.weight.ndim > 1:
+            sn_update_vectors(self.weight.flatten(1), self.weight_u, self.weight_v, n_power_iterations, self.sn_eps)
+
+
+def refresh_spectral_norm_vectors(model: nn.Module, n_power_iterations: int = 1) -> None:
+    """`refresh_vectors` of every spectrally normalised layer in `model`."""
+    for module in model.modules():
+        if isinstance(module, SpectralNormMixin):
+            module.refresh_vectors(n_power_iterations)
 
 
 class SNConv2d(SpectralNormMixin, nn.Conv2d):

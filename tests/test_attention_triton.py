@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from tritonsagan.kernels import attention_triton, use_backend
-from tritonsagan.kernels.attention import attention_bwd_launch, attention_fwd_launch
+from tritonsagan.kernels import attention_naive, attention_triton, use_backend
+from tritonsagan.kernels.attention_kernels import attention_bwd_launch, attention_fwd_launch
 from tritonsagan.models import Discriminator, Generator, SelfAttention
-from utils import naive_attention, rel_err
+from utils import rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -26,7 +26,7 @@ def _random(*shape, dtype=torch.float32):
 
 def _float64_reference(q, k, v, grad_out, scale):
     q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    out = naive_attention(q64, k64, v64, scale)
+    out = attention_naive(q64, k64, v64, scale)
     lse = torch.logsumexp(scale * q64 @ k64.transpose(1, 2), dim=-1)
     grads = torch.autograd.grad(out, (q64, k64, v64), grad_out.double())
     return out.detach(), lse.detach(), grads

@@ -44,7 +44,7 @@ def test_quick_report_has_every_section(tmp_path):
             assert all(_positive(row[key]) for key in ("fwd_ms", "fwd_bwd_ms", "fwd_bwd_tflops", "fwd_bwd_pct_of_floor"))
 
     sn = report["spectral_norm"]
-    assert {r["impl"] for r in sn["layers"] if r["available"]} == {"torch parametrization", "torch reference (ours)"}
+    assert {r["impl"] for r in sn["layers"] if r["available"]} == {"torch parametrization", "torch path (ours)"}
     assert not any(r["available"] for r in sn["layers"] if r["impl"] == "triton fused")
     for impl, total in sn["totals"].items():
         expected = sum(r["fwd_bwd_ms"] * r["layers"] for r in sn["layers"] if r["impl"] == impl)

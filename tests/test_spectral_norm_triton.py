@@ -6,7 +6,7 @@ import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from tritonsagan.kernels import spectral_norm_triton, use_backend
-from tritonsagan.kernels.spectral_norm import _power_iteration_launch, _scale_backward_launch, _scale_launch
+from tritonsagan.kernels.spectral_norm_kernels import power_iteration_launch, scale_backward_launch, scale_launch
 from tritonsagan.models import Discriminator, Generator, SNConv2d
 from utils import rel_err
 
@@ -86,17 +86,17 @@ def test_launches_fill_poisoned_outputs(shape, iterations):
     nan = float("nan")
     u_used, v_used = torch.full_like(u, nan), torch.full_like(v, nan)
     sigma = torch.full((), nan, device=DEVICE)
-    _power_iteration_launch(w, u, v, iterations, 1e-12, u_used, v_used, sigma)
+    power_iteration_launch(w, u, v, iterations, 1e-12, u_used, v_used, sigma)
     for name, got, want in (("u", u, u_ref), ("v", v, v_ref), ("u copy", u_used, u_ref), ("v copy", v_used, v_ref), ("sigma", sigma, sigma_ref)):
         assert rel_err(got, want) < 1e-5, name
 
     out = torch.full_like(w, nan)
-    _scale_launch(w, sigma, out)
+    scale_launch(w, sigma, out)
     assert rel_err(out, w.double() / sigma_ref) < 1e-6
 
     grad = torch.randn_like(w)
     grad_w = torch.full_like(w, nan)
-    _scale_backward_launch(grad, w, u, v, sigma, grad_w)
+    scale_backward_launch(grad, w, u, v, sigma, grad_w)
     g64, w_sn64 = grad.double(), w.double() / sigma_ref
     expected = (g64 - (g64 * w_sn64).sum() * torch.outer(u.double(), v.double())) / sigma_ref
     assert rel_err(grad_w, expected) < 1e-5

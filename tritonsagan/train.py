@@ -31,9 +31,8 @@ from .config import add_config_flags, build_config, resolve_device
 from .data import DataError, make_dataset, make_loader
 from .evaluate import FID_WEIGHTS_ENV, EvalError, FidMonitor
 from .images import make_grid, save_png, to_uint8
-from .kernels.spectral_norm import power_iteration_
 from .models import Discriminator, Generator, SelfAttention
-from .models.layers import SpectralNormMixin
+from .models.layers import refresh_spectral_norm_vectors
 from .weights_io import WeightsError, atomic_write_json
 
 
@@ -146,7 +145,6 @@ class EMA:
     def __init__(self, model: torch.nn.Module, decay: float, start: int) -> None:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.start = decay, start
-        self.sn_layers = [m for m in self.model.modules() if isinstance(m, SpectralNormMixin)]
 
     @torch.no_grad()
     def update(self, source: torch.nn.Module, step: int) -> None:
@@ -156,9 +154,7 @@ class EMA:
         for (name, ema_buffer), buffer in zip(self.model.named_buffers(), source.buffers()):
             if not name.endswith(("weight_u", "weight_v")):
                 ema_buffer.copy_(buffer)
-        for layer in self.sn_layers:
-            if layer.weight.ndim > 1:
-                power_iteration_(layer.weight.flatten(1), layer.weight_u, layer.weight_v, 1, layer.sn_eps)
+        refresh_spectral_norm_vectors(self.model)
 
 
 def attention_gammas(model: torch.nn.Module) -> list[float]:

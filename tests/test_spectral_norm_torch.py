@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
-from tritonsagan.kernels import spectral_norm, spectral_norm_reference
+from tritonsagan.kernels import spectral_norm, spectral_norm_torch
 from tritonsagan.models import SNConv2d, SNEmbedding, SNLinear
 from utils import rel_err
 
@@ -71,6 +71,17 @@ def test_eval_mode_leaves_u_v_untouched():
     assert not torch.equal(layer.weight_u, u)
 
 
+def test_refresh_vectors_is_a_training_forward_without_output():
+    """refresh_vectors (used on G_ema after averaging) updates u, v as a training forward would."""
+    refreshed, forwarded = SNConv2d(4, 6, 3), SNConv2d(4, 6, 3)
+    forwarded.load_state_dict(refreshed.state_dict())
+    before = refreshed.weight_u.clone()
+    refreshed.refresh_vectors()
+    forwarded.train()(torch.randn(1, 4, 5, 5))
+    assert not torch.equal(refreshed.weight_u, before)
+    assert torch.equal(refreshed.weight_u, forwarded.weight_u) and torch.equal(refreshed.weight_v, forwarded.weight_v)
+
+
 def test_construction_converges_like_torch():
     """15 power iterations at construction: sigma close to the true top singular value."""
     torch.manual_seed(3)
@@ -81,7 +92,7 @@ def test_construction_converges_like_torch():
 
 def test_one_dimensional_weight_is_normalised_like_torch():
     w = torch.randn(9)
-    out = spectral_norm_reference(w, torch.empty(0), torch.empty(0))
+    out = spectral_norm_torch(w, torch.empty(0), torch.empty(0))
     assert rel_err(out, w / w.norm()) < 1e-7
 
 

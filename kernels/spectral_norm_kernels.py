@@ -1,0 +1,210 @@
+"""Triton kernels of the fused spectral norm, their launch plans and their torch.library triton_ops.
+
+W is the contiguous [R, C] matrix; every sum accumulates in float32. A power iteration is two
+passes over W, t = W v (rows kernel) and s = W^T t (columns kernel), and a one-program finish:
+with v = normalize(W^T u), sigma = u^T W v = ||W^T u|| comes for free. Then W_sn = W / sigma
+(scale kernel); the backward dW = (G - <G, W_sn> u v^T) / sigma is a reduction pass and a write pass.
+
+Imported only where triton is installed; `kernels.spectral_norm` holds the checks and the dispatch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._triton_support import INTERPRET, launch
+
+FINISH_BLOCK = 1024
+ELEMENTWISE_BLOCK = 16384 if INTERPRET else 2048
+
+
+def _configs(pairs: list[tuple[int, int]], **single: int) -> list[triton.Config]:
+    if INTERPRET:  # one config: the interpreter would otherwise "time" each on the CPU
+        return [triton.Config(single)]
+    return [triton.Config(dict(zip(single, p)), num_warps=w) for p in pairs for w in (4, 8)]
+
+
+@triton.autotune(
+    configs=_configs([(8, 512), (16, 256), (32, 128), (64, 128), (4, 1024)], BLOCK_R=64, BLOCK_C=256),
+    key=["R", "C"],
+)
+@triton.jit
+def _sn_rows_kernel(W, V, T, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # t = W v: one program per block of rows, streaming across the columns.
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for start in range(0, C, BLOCK_C):
+        cols = start + tl.arange(0, BLOCK_C)
+        w = tl.load(W + rows[:, None] * C + cols[None, :], mask=(rows[:, None] < R) & (cols[None, :] < C), other=0.0)
+        v = tl.load(V + cols, mask=cols < C, other=0.0)
+        acc += tl.sum(w.to(tl.float32) * v.to(tl.float32)[None, :], axis=1)
+    tl.store(T + rows, acc, mask=rows < R)
+
+
+@triton.autotune(
+    configs=_configs([(256, 32), (128, 64), (64, 128), (512, 16)], BLOCK_R=256, BLOCK_C=64),
+    key=["R", "C"],
+)
+@triton.jit
+def _sn_cols_kernel(W, T, S, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    # s = W^T t: one program per block of columns, streaming down the rows.
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for start in range(0, R, BLOCK_R):
+        rows = start + tl.arange(0, BLOCK_R)
+        w = tl.load(W + rows[:, None] * C + cols[None, :], mask=(rows[:, None] < R) & (cols[None, :] < C), other=0.0)
+        t = tl.load(T + rows, mask=rows < R, other=0.0)
+        acc += tl.sum(w.to(tl.float32) * t[:, None], axis=0)
+    tl.store(S + cols, acc, mask=cols < C)
+
+
+@triton.jit
+def _sn_finish_kernel(T, S, U, V, U_USED, V_USED, SIGMA, R, C, eps, BLOCK: tl.constexpr):
+    # One program. With t = W v and s = W^T t from the two passes:
+    #   u = t / max(||t||, eps);  W^T u = s / max(||t||, eps);  v = W^T u / max(||W^T u||, eps)
+    #   sigma = u^T W v = ||W^T u||^2 / max(||W^T u||, eps)
+    t_sq = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, R, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        t = tl.load(T + offs, mask=offs < R, other=0.0)
+        t_sq += t * t
+    t_scale = 1.0 / tl.maximum(tl.sqrt(tl.sum(t_sq, axis=0)), eps)
+    s_sq = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, C, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        s = tl.load(S + offs, mask=offs < C, other=0.0) * t_scale
+        s_sq += s * s
+    s_norm = tl.sqrt(tl.sum(s_sq, axis=0))
+    s_scale = t_scale / tl.maximum(s_norm, eps)
+    tl.store(SIGMA, s_norm * s_norm / tl.maximum(s_norm, eps))
+    for start in range(0, R, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        u = (tl.load(T + offs, mask=offs < R, other=0.0) * t_scale).to(U.dtype.element_ty)
+        tl.store(U + offs, u, mask=offs < R)
+        tl.store(U_USED + offs, u, mask=offs < R)
+    for start in range(0, C, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        v = (tl.load(S + offs, mask=offs < C, other=0.0) * s_scale).to(V.dtype.element_ty)
+        tl.store(V + offs, v, mask=offs < C)
+        tl.store(V_USED + offs, v, mask=offs < C)
+
+
+@triton.jit
+def _sn_scale_kernel(W, SIGMA, OUT, N, BLOCK: tl.constexpr):
+    # W_sn = W / sigma, elementwise over the flat weight.
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    w = tl.load(W + offs, mask=offs < N, other=0.0)
+    inv_sigma = 1.0 / tl.load(SIGMA)
+    tl.store(OUT + offs, (w.to(tl.float32) * inv_sigma).to(OUT.dtype.element_ty), mask=offs < N)
+
+
+@triton.jit
+def _sn_grad_dot_kernel(G, W, PARTIAL, N, BLOCK: tl.constexpr):
+    # Reduction pass: partial sums of <G, W> (divided by sigma later: <G, W_sn> = <G, W> / sigma).
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    g = tl.load(G + offs, mask=offs < N, other=0.0).to(tl.float32)
+    w = tl.load(W + offs, mask=offs < N, other=0.0).to(tl.float32)
+    tl.store(PARTIAL + tl.program_id(0), tl.sum(g * w, axis=0))
+
+
+@triton.jit
+def _sn_grad_write_kernel(G, U, V, G_DOT_WSN, SIGMA, DW, N, C, BLOCK: tl.constexpr):
+    # Write pass: dW = (G - <G, W_sn> u v^T) / sigma, elementwise over the flat [R, C] weight.
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < N
+    g = tl.load(G + offs, mask=ok, other=0.0).to(tl.float32)
+    u = tl.load(U + offs // C, mask=ok, other=0.0).to(tl.float32)
+    v = tl.load(V + offs % C, mask=ok, other=0.0).to(tl.float32)
+    inv_sigma = 1.0 / tl.load(SIGMA)
+    dw = (g - tl.load(G_DOT_WSN) * u * v) * inv_sigma
+    tl.store(DW + offs, dw.to(DW.dtype.element_ty), mask=ok)
+
+
+# ---- launches ------------------------------------------------------------------------------------
+
+
+def rows_launch(w: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> None:
+    """t = w v in float32."""
+    R, C = w.shape
+    launch(_sn_rows_kernel, lambda meta: (triton.cdiv(R, meta["BLOCK_R"]),), w, v, t, R, C)
+
+
+def power_iteration_launch(
+    w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float,
+    u_used: torch.Tensor, v_used: torch.Tensor, sigma: torch.Tensor,
+) -> None:  # fmt: skip
+    """The power method on the contiguous matrix w, updating u and v in place; writes sigma and copies of u, v."""
+    R, C = w.shape
+    t = torch.empty(R, device=w.device, dtype=torch.float32)
+    s = torch.empty(C, device=w.device, dtype=torch.float32)
+    for _ in range(n_power_iterations):
+        rows_launch(w, v, t)
+        launch(_sn_cols_kernel, lambda meta: (triton.cdiv(C, meta["BLOCK_C"]),), w, t, s, R, C)
+        launch(_sn_finish_kernel, (1,), t, s, u, v, u_used, v_used, sigma, R, C, eps, BLOCK=FINISH_BLOCK)
+
+
+def scale_launch(w: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> None:
+    """out = w / sigma."""
+    n = w.numel()
+    launch(_sn_scale_kernel, (triton.cdiv(n, ELEMENTWISE_BLOCK),), w, sigma, out, n, BLOCK=ELEMENTWISE_BLOCK)
+
+
+def scale_backward_launch(
+    grad: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, grad_w: torch.Tensor
+) -> None:
+    """grad_w = (grad - <grad, w / sigma> u v^T) / sigma."""
+    n, programs = w.numel(), triton.cdiv(w.numel(), ELEMENTWISE_BLOCK)
+    partial = torch.empty(programs, device=w.device, dtype=torch.float32)
+    launch(_sn_grad_dot_kernel, (programs,), grad, w, partial, n, BLOCK=ELEMENTWISE_BLOCK)
+    grad_dot_wsn = partial.sum() / sigma
+    launch(_sn_grad_write_kernel, (programs,), grad, u, v, grad_dot_wsn, sigma, grad_w, n, w.shape[1], BLOCK=ELEMENTWISE_BLOCK)
+
+
+# ---- torch.library ops --------------------------------------------------------------------------
+
+
+@torch.library.triton_op("tritonsagan::sn_update_vectors_and_sigma", mutates_args=("u", "v"))
+def _sn_update_vectors_and_sigma(
+    w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Power iterations updating u, v in place; returns sigma (float32, 0-d) and copies of the final u, v."""
+    sigma = torch.empty((), device=w.device, dtype=torch.float32)
+    u_used, v_used = torch.empty_like(u), torch.empty_like(v)
+    power_iteration_launch(w, u, v, n_power_iterations, eps, u_used, v_used, sigma)
+    return sigma, u_used, v_used
+
+
+@torch.library.triton_op("tritonsagan::sn_sigma", mutates_args=())
+def _sn_sigma(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """sigma = u^T W v without touching u, v (eval mode)."""
+    t = torch.empty(w.shape[0], device=w.device, dtype=torch.float32)
+    rows_launch(w, v, t)
+    return torch.dot(u.float(), t)
+
+
+@torch.library.triton_op("tritonsagan::sn_scale", mutates_args=())
+def _sn_scale(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(w)
+    scale_launch(w, sigma, out)
+    return out
+
+
+@torch.library.triton_op("tritonsagan::sn_scale_backward", mutates_args=())
+def _sn_scale_backward(grad: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    grad_w = torch.empty_like(w)
+    scale_backward_launch(grad.contiguous(), w, u, v, sigma, grad_w)
+    return grad_w
+
+
+def _sn_scale_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _sn_scale_grad(ctx, grad):
+    w, u, v, sigma = ctx.saved_tensors
+    return torch.ops.tritonsagan.sn_scale_backward(grad, w, u, v, sigma), None, None, None
+
+
+_sn_scale.register_autograd(_sn_scale_grad, setup_context=_sn_scale_setup_context)
