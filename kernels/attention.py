@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ._triton_support import HAS_TRITON, check_triton_device, triton_can_run
@@ -118,27 +120,41 @@ def attention_chunked(
 def attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """softmax(scale * q k^T) v by the Triton kernels, with autograd.
 
-    q: (B, N_q, d_qk), k: (B, N_k, d_qk), v: (B, N_k, d_v) with d_qk, d_v <= 256, any strides;
-    float32/float16/bfloat16 on CUDA (float32 accumulation), or CPU tensors under TRITON_INTERPRET=1.
+    q: (B, N_q, d_qk), k: (B, N_k, d_qk), v: (B, N_k, d_v) with d_qk <= 64 and d_v <= 256 (SAGAN's
+    attention up to C = 512 channels; larger head dims spill registers on Hopper and are refused),
+    any strides; float32/float16/bfloat16 on CUDA (float32 accumulation; float32 dots are exact
+    unless torch.backends.cuda.matmul.allow_tf32), or CPU tensors under TRITON_INTERPRET=1.
     """
     check_attention_inputs(q, k, v)
     check_triton_device("attention_triton", q)
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"attention_triton: dtype must be float32, float16 or bfloat16, got {q.dtype}")
-    limit = attention_kernels.MAX_HEAD_DIM
-    if q.shape[2] > limit or v.shape[2] > limit:
-        raise ValueError(f"attention_triton: d_qk and d_v must be at most {limit}, got q {tuple(q.shape)}, v {tuple(v.shape)}")
+    if not attention_kernels.head_dims_supported(q.shape[2], v.shape[2]):
+        raise ValueError(
+            f"attention_triton: head dims must be d_qk <= {attention_kernels.MAX_D_QK} and d_v <= {attention_kernels.MAX_D_V}, "
+            f"got d_qk {q.shape[2]}, d_v {v.shape[2]}; `attention` runs larger ones on the chunked torch path"
+        )
     out, _ = torch.ops.tritonsagan.attention_fwd(q, k, v, float(scale))
     return out
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """softmax(scale * q k^T) v: the Triton kernels for CUDA tensors, the torch path otherwise.
+    """softmax(scale * q k^T) v: the Triton kernels for CUDA tensors, the chunked torch path otherwise.
 
-    `tritonsagan.kernels.use_backend(...)` overrides the choice (see kernels.backend).
+    Head dims beyond the kernels' limits (see `attention_triton`) take the chunked torch path on
+    CUDA too, with a warning. `tritonsagan.kernels.use_backend(...)` overrides the choice.
     """
     backend = selected_backend()
-    if backend == "triton" or (backend == "auto" and q.is_cuda and triton_can_run(q)):
+    if backend == "auto" and q.is_cuda and triton_can_run(q):
+        if attention_kernels.head_dims_supported(q.shape[2], v.shape[2]):
+            return attention_triton(q, k, v, scale)
+        warnings.warn(
+            f"attention: d_qk {q.shape[2]}, d_v {v.shape[2]} exceed the Triton kernels' limits (d_qk <= {attention_kernels.MAX_D_QK}, "
+            f"d_v <= {attention_kernels.MAX_D_V}); running the slower chunked torch path",
+            stacklevel=2,
+        )
+        return attention_chunked(q, k, v, scale)
+    if backend == "triton":
         return attention_triton(q, k, v, scale)
     if backend == "naive":
         return attention_naive(q, k, v, scale)

@@ -23,21 +23,91 @@ from ._triton_support import INTERPRET, dot_precision, launch
 LOG2E: tl.constexpr = tl.constexpr(math.log2(math.e))
 LN2: tl.constexpr = tl.constexpr(math.log(2.0))
 MIN_DOT_BLOCK = 16  # tl.dot needs tiles of at least 16 along every dimension
-MAX_HEAD_DIM = 256
+MAX_D_QK = 64  # head-dim limits of the kernels (SAGAN's d_qk = C/8, d_v = C/2: up to C = 512, G at ch 128)
+MAX_D_V = 256
+
+# Autotune configs (BLOCK_M, BLOCK_N, num_warps, num_stages), per kernel, dot precision and head-dim
+# tier, chosen from the Hopper compile report (`python -m tritonsagan.bench.hopper --all-configs`):
+# none spills or exceeds shared memory, and half-precision dots become wgmma (which needs the dot's
+# M side, BLOCK_M or for dK/dV BLOCK_N, of at least 64). ieee fp32 dots run on FMA and need small
+# tiles. A tier (BLOCK_DQK, BLOCK_DV) serves every head-dim pair it covers; the compile check
+# (tests/test_hopper_compile.py) compiles each list at the tier's SAGAN shapes.
+HEAD_DIM_TIERS = ((16, 64), (32, 128), (64, 256))
+CONFIG_TABLE: dict[str, dict[str, dict[int, list[tuple[int, int, int, int]]]]] = {
+    "forward": {
+        "half": {
+            64: [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 2)],
+            128: [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (128, 64, 8, 2), (128, 128, 8, 2), (64, 32, 4, 2)],
+            256: [(64, 32, 4, 2), (64, 32, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2)],
+        },
+        "tf32": {
+            64: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
+            128: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
+            256: [(64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
+        },
+        "ieee": {tier: [(32, 32, 8, 1), (16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1)] for tier in (64, 128, 256)},
+    },
+    "dkdv": {
+        "half": {
+            64: [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 4, 2), (32, 64, 8, 2), (64, 128, 8, 2)],
+            128: [(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 2), (32, 64, 8, 2), (64, 128, 8, 2)],
+            256: [(32, 64, 8, 2), (32, 64, 8, 3), (16, 64, 8, 2), (16, 64, 4, 2), (32, 128, 8, 2), (16, 128, 8, 2)],
+        },
+        "tf32": {
+            64: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (32, 64, 8, 2)],
+            128: [(64, 64, 4, 2), (64, 64, 8, 2), (32, 64, 8, 2)],
+            256: [(64, 32, 8, 2)],
+        },
+        "ieee": {
+            64: [(32, 32, 8, 1), (16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1)],
+            128: [(16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1), (16, 16, 4, 1)],
+            256: [(16, 32, 8, 1), (16, 16, 8, 1), (16, 16, 4, 1)],
+        },
+    },
+    "dq": {
+        "half": {
+            64: [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 8, 2), (128, 64, 4, 2)],
+            128: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 128, 8, 2), (128, 64, 4, 2)],
+            256: [(64, 32, 4, 2), (64, 32, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (128, 32, 4, 2)],
+        },
+        "tf32": {
+            64: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
+            128: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
+            256: [(64, 32, 4, 2), (64, 32, 8, 2)],
+        },
+        "ieee": {tier: [(32, 32, 8, 1), (16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1)] for tier in (64, 128, 256)},
+    },
+}
 
 
-def _configs(block_pairs: list[tuple[int, int]]) -> list[triton.Config]:
+def head_dims_supported(d_qk: int, d_v: int) -> bool:
+    return d_qk <= MAX_D_QK and d_v <= MAX_D_V
+
+
+def _tier(block_dqk: int, block_dv: int) -> int:
+    """The smallest tier covering both block dims (its BLOCK_DV names it)."""
+    return next(dv for dqk, dv in HEAD_DIM_TIERS if block_dqk <= dqk and block_dv <= dv)
+
+
+def _precision_family(dtype: torch.dtype, precision: str) -> str:
+    return "half" if dtype in (torch.float16, torch.bfloat16) else precision  # fp32: "ieee" or "tf32"
+
+
+def _autotune(kernel: str):
+    """@triton.autotune over every config of the kernel's table, pruned to the launch's row of it."""
     if INTERPRET:  # the interpreter would "time" every config on the CPU; one is enough
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})]
-    return [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-        for m, n in block_pairs
-        for w in (4, 8)
-        for s in (2, 3)
-    ]
+        return triton.autotune(configs=[triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})], key=[])
+    table = CONFIG_TABLE[kernel]
+    every = sorted({entry for family in table.values() for tier in family.values() for entry in tier})
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in every]
 
+    def offered(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        family = _precision_family(named_args["Q"].dtype, kwargs["PRECISION"])
+        wanted = set(table[family][_tier(kwargs["BLOCK_DQK"], kwargs["BLOCK_DV"])])
+        return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
 
-_KEY = ["N_Q", "N_K", "D_QK", "D_V"]  # the autotuner adds the tensors' dtypes itself
+    # The autotuner adds the tensors' dtypes to the key itself.
+    return triton.autotune(configs=configs, key=["N_Q", "N_K", "D_QK", "D_V", "PRECISION"], prune_configs_by={"early_config_prune": offered})
 
 
 @triton.jit
@@ -54,7 +124,7 @@ def _store_tile(base, tile, rows, cols, stride_row, n_rows, n_cols):
     tl.store(base + rows[:, None] * stride_row + cols[None, :], tile.to(base.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_configs([(64, 64), (128, 64), (128, 128), (64, 32)]), key=_KEY)
+@_autotune("forward")
 @triton.jit
 def _attention_fwd_kernel(
     Q, K, V, O, LSE,
@@ -91,7 +161,7 @@ def _attention_fwd_kernel(
     tl.store(LSE + batch * N_Q + offs_m, (m_i + tl.log2(l_i)) * LN2, mask=offs_m < N_Q)
 
 
-@triton.autotune(configs=_configs([(64, 64), (128, 64), (64, 128), (32, 64)]), key=_KEY)
+@_autotune("dkdv")
 @triton.jit
 def _attention_bwd_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
@@ -132,7 +202,7 @@ def _attention_bwd_dkdv_kernel(
     _store_tile(DV + batch * N_K * D_V, dv, offs_n, offs_dv, D_V, N_K, D_V)
 
 
-@triton.autotune(configs=_configs([(64, 64), (128, 64), (64, 128), (128, 32)]), key=_KEY)
+@_autotune("dq")
 @triton.jit
 def _attention_bwd_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,

@@ -20,14 +20,19 @@ FINISH_BLOCK = 1024
 ELEMENTWISE_BLOCK = 16384 if INTERPRET else 2048
 
 
-def _configs(pairs: list[tuple[int, int]], **single: int) -> list[triton.Config]:
-    if INTERPRET:  # one config: the interpreter would otherwise "time" each on the CPU
-        return [triton.Config(single)]
-    return [triton.Config(dict(zip(single, p)), num_warps=w) for p in pairs for w in (4, 8)]
+def _configs(blocks: list[tuple[int, int, int]], interpreted: tuple[int, int]) -> list[triton.Config]:
+    """(BLOCK_R, BLOCK_C, num_warps) configs; one in the interpreter, which would "time" each on the CPU."""
+    if INTERPRET:
+        return [triton.Config({"BLOCK_R": interpreted[0], "BLOCK_C": interpreted[1]})]
+    return [triton.Config({"BLOCK_R": r, "BLOCK_C": c}, num_warps=w) for r, c, w in blocks]
 
 
+# From the Hopper compile report: (64, 128) at 4 warps spills on weights with few columns (C = 3, 27).
 @triton.autotune(
-    configs=_configs([(8, 512), (16, 256), (32, 128), (64, 128), (4, 1024)], BLOCK_R=64, BLOCK_C=256),
+    configs=_configs(
+        [(8, 512, 4), (8, 512, 8), (16, 256, 4), (16, 256, 8), (32, 128, 4), (32, 128, 8), (64, 128, 8), (4, 1024, 4), (4, 1024, 8)],
+        interpreted=(64, 256),
+    ),
     key=["R", "C"],
 )
 @triton.jit
@@ -44,7 +49,7 @@ def _sn_rows_kernel(W, V, T, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr)
 
 
 @triton.autotune(
-    configs=_configs([(256, 32), (128, 64), (64, 128), (512, 16)], BLOCK_R=256, BLOCK_C=64),
+    configs=_configs([(r, c, w) for r, c in [(256, 32), (128, 64), (64, 128), (512, 16)] for w in (4, 8)], interpreted=(256, 64)),
     key=["R", "C"],
 )
 @triton.jit

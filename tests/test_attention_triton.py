@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tritonsagan.kernels import attention_naive, attention_triton, use_backend
+from tritonsagan.kernels import attention, attention_naive, attention_triton, use_backend
 from tritonsagan.kernels.attention_kernels import attention_bwd_launch, attention_fwd_launch
 from tritonsagan.models import Discriminator, Generator, SelfAttention
 from utils import rel_err
@@ -15,7 +15,7 @@ SHAPES = [  # (B, N_q, N_k, d_qk, d_v)
     (2, 1024, 256, 16, 64),  # D at 32x32
     (3, 49, 49, 8, 40),  # 7x7: nothing a power of two or a multiple of the block
     (2, 4096, 1024, 16, 64),  # attention at 64x64
-    (1, 130, 70, 256, 256),  # the largest head dims
+    (1, 130, 70, 64, 256),  # the largest head dims (G at ch 128)
     (2, 300, 77, 24, 200),
 ]
 
@@ -73,7 +73,8 @@ def test_autograd_on_strided_conv_layout():
     [
         (lambda: (_random(2, 8, 4), _random(3, 8, 4), _random(3, 8, 4)), "batch sizes differ"),
         (lambda: (_random(2, 8), _random(2, 8, 4), _random(2, 8, 4)), "q must be 3-D"),
-        (lambda: (_random(1, 8, 300), _random(1, 8, 300), _random(1, 8, 4)), "at most 256"),
+        (lambda: (_random(1, 8, 65), _random(1, 8, 65), _random(1, 8, 4)), r"d_qk <= 64 and d_v <= 256, got d_qk 65"),
+        (lambda: (_random(1, 8, 4), _random(1, 8, 4), _random(1, 8, 257)), r"d_qk <= 64 and d_v <= 256, got d_qk 4, d_v 257"),
         (lambda: tuple(torch.ones(1, 8, 4, dtype=torch.int32, device=DEVICE) for _ in range(3)), "floating-point"),
         (lambda: tuple(_random(1, 8, 4, dtype=torch.float64) for _ in range(3)), "float32, float16 or bfloat16"),
         (lambda: (_random(1, 8, 4), _random(1, 8, 4).half(), _random(1, 8, 4)), "share a dtype"),
@@ -131,6 +132,30 @@ def test_half_precision(shape, dtype, bound):
     assert out.dtype == dtype and rel_err(out, ref_out) < bound
     for name, got, want in zip("qkv", grads, ref_grads):
         assert got.dtype == dtype and rel_err(got, want) < bound, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", SHAPES[:2], ids=lambda s: "x".join(map(str, s)))
+def test_float32_with_tf32_allowed(shape, monkeypatch):
+    """With TF32 allowed the kernels take their tf32 configs (tensor cores); the error stays TF32-sized."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    B, Nq, Nk, dqk, dv = shape
+    q, k, v = (_random(B, n, d).requires_grad_() for n, d in ((Nq, dqk), (Nk, dqk), (Nk, dv)))
+    out = attention_triton(q, k, v)
+    grad_out = _random(B, Nq, dv)
+    grads = torch.autograd.grad(out, (q, k, v), grad_out)
+    ref_out, _, ref_grads = _float64_reference(q, k, v, grad_out, 1.0)
+    assert rel_err(out, ref_out) < 5e-3
+    for name, got, want in zip("qkv", grads, ref_grads):
+        assert rel_err(got, want) < 5e-3, name
+
+
+@pytest.mark.gpu
+def test_head_dims_beyond_the_kernels_take_the_chunked_path_with_a_warning():
+    q, k, v = _random(2, 64, 128), _random(2, 16, 128), _random(2, 16, 512)  # G's attention at ch 256
+    with pytest.warns(UserWarning, match="exceed the Triton kernels' limits"):
+        out = attention(q, k, v)
+    assert rel_err(out, attention_naive(q.double(), k.double(), v.double())) < 1e-5
 
 
 @pytest.mark.gpu

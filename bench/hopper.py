@@ -1,0 +1,390 @@
+"""Every Triton kernel of kernels/ compiled for Hopper (sm_90a) without a GPU: registers, spills,
+shared memory and the instruction its dots became, for every config its autotuner would try.
+
+Triton compiles for a GPU that is not there (`triton.compile` with `GPUTarget("cuda", 90, 32)` and
+the ptxas its wheel ships). The kernels are compiled exactly as the package launches them: the
+launch functions run on meta tensors laid out as the models lay them out, inside
+`record_launches`, and each recorded launch is specialised as triton's JIT would specialise it.
+From each compile: registers and local memory per thread (cuobjdump -res-usage; local memory in
+these kernels is spilled registers), shared memory per block (triton's metadata, against the H100's
+227 KiB) and the dot instruction in the SASS: HGMMA (wgmma), HMMA (mma.sync) or FFMA only.
+
+Kernels are decorated at import, interpreted under TRITON_INTERPRET=1, so the report is always
+built in a fresh process without it (`compile_report`); `python -m tritonsagan.bench.hopper`
+prints it. Compiles run in parallel and triton's on-disk cache makes a repeated run fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import importlib
+import json
+import multiprocessing
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import TritonsaganError
+
+SM90_SHARED_LIMIT = 232448  # bytes of shared memory one block may use on an H100/H200 (227 KiB)
+ATTENTION_WIDTHS = (32, 64, 128)  # base widths ch whose G and D attention shapes are compiled
+SN_WIDTH = 64  # base width whose SN weight shapes are compiled
+ATTENTION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+SN_DTYPES = (torch.float32, torch.bfloat16)
+REPORT_BATCH = 64  # the batch only enters the strides, which are multiples of 16 at any batch
+
+
+class HopperCheckUnavailable(TritonsaganError, RuntimeError):
+    """This triton has no NVIDIA backend (or no ptxas/cuobjdump) to compile for sm_90 with."""
+
+
+@dataclass(frozen=True)
+class CompileJob:
+    """One compile: a kernel at one specialisation and one config."""
+
+    kernel: str  # "module:attribute" of the @triton.jit or @triton.autotune object
+    signature: tuple[tuple[str, str], ...]
+    constexprs: tuple[tuple[str, Any], ...]
+    divisible: tuple[int, ...]  # argument indices triton marks divisible by 16
+    num_warps: int
+    num_stages: int
+
+
+@dataclass(frozen=True)
+class Case:
+    """A kernel launch as the package makes it: which kernel, for which layer shape and dtype."""
+
+    op: str
+    shape: str
+    dtype: str
+    kernel: str
+    signature: tuple[tuple[str, str], ...]
+    constexprs: tuple[tuple[str, Any], ...]
+    divisible: tuple[int, ...]
+    configs: tuple[tuple[tuple[tuple[str, Any], ...], int, int], ...]  # (config kwargs, num_warps, num_stages)
+
+
+# ---- the launches the package makes ----------------------------------------------------------------
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _jit_function(kernel: Any) -> Any:
+    return kernel.fn if hasattr(kernel, "configs") else kernel  # an Autotuner wraps the JITFunction
+
+
+def _kernel_path(kernel: Any) -> str:
+    function = _jit_function(kernel).fn  # the decorated Python function, named as its module attribute
+    return f"{function.__module__}:{function.__name__}"
+
+
+def _resolve(path: str) -> Any:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _specialise(kernel: Any, args: tuple, kwargs: dict) -> tuple[dict, dict, list[int]]:
+    """Signature, constexprs and divisible-by-16 arguments, as triton's JIT derives them at launch."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+
+    jit = _jit_function(kernel)
+    signature, constexprs, divisible = {}, {}, []
+    params = jit.params
+    for index, param in enumerate(params):
+        name = param.name
+        if param.is_constexpr:
+            signature[name] = "constexpr"
+            if index < len(args):
+                constexprs[name] = args[index]
+            elif name in kwargs:
+                constexprs[name] = kwargs[name]
+            continue  # autotuned constexprs come from each config
+        value = args[index] if index < len(args) else kwargs[name]
+        kind, attr = native_specialize_impl(BaseBackend, value, False, True, True)
+        signature[name] = kind
+        if kind == "constexpr":  # an integer equal to 1 becomes a constant
+            constexprs[name] = value
+        elif attr == "D":
+            divisible.append(index)
+    return signature, constexprs, divisible
+
+
+def _offered_configs(kernel: Any, args: tuple, kwargs: dict) -> list[tuple[dict, int, int]]:
+    """The configs the autotuner would try for this launch, after its pruning; one for a plain kernel."""
+    if not hasattr(kernel, "configs"):
+        return [({}, kwargs.get("num_warps", 4), kwargs.get("num_stages", 3))]
+    configs = kernel.configs
+    prune = getattr(kernel, "early_config_prune", None)
+    if prune is not None:
+        named = dict(zip(_jit_function(kernel).arg_names, args))
+        configs = prune(configs, named, **kwargs)
+    return [(dict(c.kwargs), c.num_warps, c.num_stages) for c in configs]
+
+
+def _cases_from(op: str, shape: str, dtype: torch.dtype, record: Callable[[], None], all_configs: bool) -> list[Case]:
+    from ..kernels._triton_support import record_launches
+
+    with record_launches() as launches:
+        record()
+    cases = []
+    for launch in launches:
+        signature, constexprs, divisible = _specialise(launch.kernel, launch.args, launch.kwargs)
+        if all_configs and hasattr(launch.kernel, "configs"):
+            configs = [(dict(c.kwargs), c.num_warps, c.num_stages) for c in launch.kernel.configs]
+        else:
+            configs = _offered_configs(launch.kernel, launch.args, launch.kwargs)
+        cases.append(Case(
+            op, shape, _dtype_name(dtype), _kernel_path(launch.kernel), tuple(signature.items()), tuple(constexprs.items()),
+            tuple(divisible), tuple((tuple(kw.items()), w, s) for kw, w, s in configs),
+        ))  # fmt: skip
+    return cases
+
+
+def _conv_layout(batch: int, channels: int, tokens: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, N, C) as SelfAttention hands it over: a transposed view of a (B, C, N) conv output."""
+    return torch.empty(batch, channels, tokens, device="meta", dtype=dtype).transpose(1, 2)
+
+
+@contextlib.contextmanager
+def _allow_tf32(allowed: bool) -> Iterator[None]:
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def attention_cases(widths: Iterable[int] = ATTENTION_WIDTHS, dtypes: Iterable[torch.dtype] = ATTENTION_DTYPES, all_configs: bool = False) -> list[Case]:
+    """Forward and backward launches of G's and D's attention at 32x32 for each base width; float32
+    both with exact dots and with TF32 allowed (torch.backends.cuda.matmul.allow_tf32)."""
+    from ..kernels.attention_kernels import attention_bwd_launch, attention_fwd_launch
+    from ..models import Discriminator, Generator
+
+    variants = [(dtype, tf32) for dtype in dtypes for tf32 in ((False, True) if dtype == torch.float32 else (False,))]
+    cases, seen = [], set()
+    for ch in widths:
+        with torch.device("meta"):
+            models = {"G": Generator(ch=ch), "D": Discriminator(ch=ch)}
+        for model_name, model in models.items():
+            channels = model.attention.channels
+            d_qk, d_v, n_q = channels // 8, channels // 2, 32 * 32
+            for dtype, tf32 in variants:
+                if (d_qk, d_v, dtype, tf32) in seen:
+                    continue
+                seen.add((d_qk, d_v, dtype, tf32))
+                q, k = _conv_layout(REPORT_BATCH, d_qk, n_q, dtype), _conv_layout(REPORT_BATCH, d_qk, n_q // 4, dtype)
+                v, grad_out = _conv_layout(REPORT_BATCH, d_v, n_q // 4, dtype), _conv_layout(REPORT_BATCH, d_v, n_q, dtype)
+                out = torch.empty(REPORT_BATCH, n_q, d_v, device="meta", dtype=dtype)
+                lse = torch.empty(REPORT_BATCH, n_q, device="meta")
+                grads = [torch.empty(t.shape, device="meta", dtype=dtype) for t in (q, k, v)]
+                shape = f"{model_name} ch {ch}: d_qk {d_qk}, d_v {d_v}"
+                with _allow_tf32(tf32):
+                    cases += _cases_from("attention forward", shape, dtype, lambda: attention_fwd_launch(q, k, v, 1.0, out, lse), all_configs)
+                    cases += _cases_from(
+                        "attention backward", shape, dtype,
+                        lambda: attention_bwd_launch(grad_out, q, k, v, out, lse, 1.0, *grads), all_configs,
+                    )  # fmt: skip
+    return cases
+
+
+def spectral_norm_cases(ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_DTYPES, all_configs: bool = False) -> list[Case]:
+    """Every launch of the fused spectral norm (training forward, eval sigma, backward) for each SN
+    weight shape of G and D at width ch."""
+    from ..kernels.spectral_norm_kernels import power_iteration_launch, rows_launch, scale_backward_launch, scale_launch
+    from .spectral_norm import layer_shapes
+
+    cases = []
+    for shape in sorted(layer_shapes(ch, num_classes=1000)):
+        rows, cols = shape[0], torch.Size(shape[1:]).numel()
+        for dtype in dtypes:
+            w = torch.empty(rows, cols, device="meta", dtype=dtype)
+            u, v = torch.empty(rows, device="meta", dtype=dtype), torch.empty(cols, device="meta", dtype=dtype)
+            sigma = torch.empty((), device="meta")
+
+            def record() -> None:
+                power_iteration_launch(w, u, v, 1, 1e-12, torch.empty_like(u), torch.empty_like(v), sigma)
+                rows_launch(w, v, torch.empty(rows, device="meta"))
+                scale_launch(w, sigma, torch.empty_like(w))
+                scale_backward_launch(torch.empty_like(w), w, u, v, sigma, torch.empty_like(w))
+
+            cases += _cases_from("spectral norm", f"{rows} x {cols}", dtype, record, all_configs)
+    return cases
+
+
+# ---- compiling and reading the binary ---------------------------------------------------------------
+
+
+def _tool(name: str) -> str:
+    import triton
+
+    path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
+    if not path.is_file():
+        raise HopperCheckUnavailable(f"this triton wheel has no {name} (no NVIDIA backend)")
+    return str(path)
+
+
+def check_available() -> None:
+    """Raise HopperCheckUnavailable unless this triton can compile for sm_90 here."""
+    try:
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError as err:
+        raise HopperCheckUnavailable(f"triton has no NVIDIA backend: {err}") from None
+    for tool in ("ptxas", "cuobjdump"):
+        _tool(tool)
+
+
+def _resources(cubin: bytes) -> tuple[int, int, str]:
+    """(registers, stack frame bytes per thread, dot instruction) from a cubin. These kernels have no
+    local arrays, so a stack frame is spilled registers (ptxas puts spills there, not in LOCAL)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    registers = int(re.search(r"REG:(\d+)", usage).group(1))
+    stack = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)", usage).group(1))
+    instruction = "wgmma" if "HGMMA" in sass else "mma" if "HMMA" in sass else "fma"
+    return registers, stack, instruction
+
+
+def compile_job(job: CompileJob) -> dict:
+    """Compile one job for sm_90a; its resources, or the compiler's error."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    jit = _jit_function(_resolve(job.kernel))
+    attrs = {(i,): [["tt.divisibility", 16]] for i in job.divisible}
+    source = ASTSource(jit, dict(job.signature), dict(job.constexprs), attrs)
+    options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
+    try:
+        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    except Exception as err:  # the compiler's own errors (e.g. out of resources at compile time)
+        return {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"}
+    registers, spill_bytes, instruction = _resources(compiled.asm["cubin"])
+    has_dot = "tt.dot" in compiled.asm["ttir"]
+    return {"registers": registers, "spill_bytes": spill_bytes, "shared_bytes": compiled.metadata.shared, "dot": instruction if has_dot else None}
+
+
+def _verdict(row: dict) -> list[str]:
+    """What keeps a compiled config from being usable on an H100."""
+    if "error" in row:
+        return [row["error"]]
+    problems = []
+    if row["spill_bytes"]:
+        problems.append(f"spills {row['spill_bytes']} B/thread")
+    if row["shared_bytes"] > SM90_SHARED_LIMIT:
+        problems.append(f"shared memory {row['shared_bytes']} B > {SM90_SHARED_LIMIT} B")
+    if row["dot"] and row["dtype"] in ("float16", "bfloat16") and row["dot"] != "wgmma":
+        problems.append(f"{row['dtype']} dots became {row['dot']}, not wgmma")
+    return problems
+
+
+def _config_label(kwargs: tuple, warps: int, stages: int) -> str:
+    return ", ".join([f"{k} {v}" for k, v in kwargs] + [f"warps {warps}", f"stages {stages}"])
+
+
+def build_report(cases: list[Case], workers: int) -> list[dict]:
+    """One row per (case, config); identical compiles run once."""
+    jobs: dict[CompileJob, list[tuple[Case, str]]] = {}
+    for case in cases:
+        for kwargs, warps, stages in case.configs:
+            job = CompileJob(case.kernel, case.signature, case.constexprs + kwargs, case.divisible, warps, stages)
+            jobs.setdefault(job, []).append((case, _config_label(kwargs, warps, stages)))
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        results = dict(zip(jobs, pool.map(compile_job, jobs)))
+    rows = []
+    for job, uses in jobs.items():
+        for case, label in uses:
+            precision = dict(case.constexprs).get("PRECISION")  # the dots' input precision, for kernels with dots
+            row = {"op": case.op, "kernel": case.kernel.split(":")[1], "shape": case.shape, "dtype": case.dtype, "precision": precision,
+                   "config": label, **results[job]}  # fmt: skip
+            row["problems"] = _verdict(row)
+            rows.append(row)
+    return rows
+
+
+def run_in_this_process(all_configs: bool = False, workers: int | None = None) -> dict:
+    """The report; only valid in a process where the kernels were not decorated for the interpreter."""
+    import triton
+
+    from ..kernels._triton_support import INTERPRET
+
+    if INTERPRET:
+        raise RuntimeError("the Hopper compile report cannot be built under TRITON_INTERPRET=1; use compile_report()")
+    check_available()
+    cases = attention_cases(all_configs=all_configs) + spectral_norm_cases(all_configs=all_configs)
+    rows = build_report(cases, workers or os.cpu_count() or 1)
+    return {"triton": triton.__version__, "target": "cuda sm_90a", "shared_limit_bytes": SM90_SHARED_LIMIT, "all_configs": all_configs, "rows": rows}
+
+
+def compile_report(all_configs: bool = False, workers: int | None = None, timeout: float = 3600) -> dict:
+    """The report, built in a fresh process without TRITON_INTERPRET. Raises HopperCheckUnavailable
+    where triton cannot compile for NVIDIA GPUs."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its default
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "report.json"
+        command = [sys.executable, "-m", "tritonsagan.bench.hopper", "--json", str(out)]
+        command += ["--all-configs"] * all_configs + (["--workers", str(workers)] if workers else [])
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        if result.returncode == UNAVAILABLE_EXIT:
+            raise HopperCheckUnavailable(result.stderr.strip().splitlines()[-1])
+        if result.returncode != 0:
+            raise RuntimeError(f"the Hopper compile report failed:\n{result.stderr[-4000:]}")
+        return json.loads(out.read_text())
+
+
+UNAVAILABLE_EXIT = 3
+
+
+def report_table(report: dict):
+    from rich.table import Table
+
+    table = Table(title=f"Hopper compile check (triton {report['triton']}, {report['target']}, shared limit {report['shared_limit_bytes']} B)")
+    for column in ("op", "kernel", "shape", "dtype", "dot precision", "config", "regs", "spill B", "shared B", "dot", "verdict"):
+        table.add_column(column)
+    for r in report["rows"]:
+        cells = [str(r[key]) if r.get(key) is not None else "-" for key in ("precision", "config", "registers", "spill_bytes", "shared_bytes", "dot")]
+        table.add_row(r["op"], r["kernel"], r["shape"], r["dtype"], *cells, "; ".join(r["problems"]) or "ok")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tritonsagan.bench.hopper", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", help="write the report to this file")
+    parser.add_argument("--all-configs", action="store_true", help="every config of each autotuner, before pruning")
+    parser.add_argument("--workers", type=int, help="parallel compiles (default: one per CPU)")
+    parser.add_argument("--quiet", action="store_true", help="no table")
+    args = parser.parse_args(argv)
+    try:
+        report = run_in_this_process(args.all_configs, args.workers)
+    except HopperCheckUnavailable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return UNAVAILABLE_EXIT
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    if not args.quiet:
+        from rich.console import Console
+
+        Console(width=200).print(report_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
