@@ -1,4 +1,5 @@
-"""tritonsagan-bench: attention, spectral norm and the training step, side by side with the alternatives."""
+"""tritonsagan-bench: attention, spectral norm and the training step, side by side with the alternatives;
+and (--hopper) every Triton kernel compiled for Hopper, which needs no GPU."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..config import resolve_device
-from . import attention, floor, spectral_norm, train_step
+from ..cli import add_device_argument, resolve_device, run_command
+from ..weights_io import atomic_write_bytes
+from . import attention, floor, hopper, spectral_norm, train_step
 from .targets import evaluate_targets
 
-SECTIONS = ("attention", "sn", "train")
+TIMED_SECTIONS = ("attention", "sn", "train")
 
 
 def cpu_model() -> str:
@@ -112,7 +114,7 @@ def train_table(rows: list[dict]) -> Table:
     table = Table(title="Training step at 128x128 (speed-up vs the port-style reference)")
     for column in ("variant", "ch", "batch", "step ms", "images/s", "peak MiB", "vs (a)"):
         table.add_column(column)
-    base = next((r.get("step_ms") for r in rows if r["backend"] == "naive" and r["available"]), None)
+    base = next((r.get("step_ms") for r in rows if r["id"] == "a" and r["available"]), None)
     for r in rows:
         if not r["available"]:
             table.add_row(r["variant"], str(r["ch"]), str(r["batch"]), "n/a", r.get("reason", "-"), "-", "-")
@@ -131,9 +133,14 @@ def targets_table(targets: list[dict]) -> Table:
     return table
 
 
-def run(device: torch.device, only: str | None, quick: bool, console: Console) -> dict:
+def run(device: torch.device, only: str | None, quick: bool, with_hopper: bool, console: Console) -> dict:
     report: dict = {"environment": environment(device), "quick": quick}
     console.print(report["environment"])
+    if only == "hopper" or with_hopper:
+        report["hopper"] = hopper.compile_report()
+        console.print(hopper.report_table(report["hopper"]))
+    if only == "hopper":
+        return report
     report["floor"] = floor.measure_floor(device, quick)
     console.print(f"device floor: {report['floor']['flops_per_s'] / 1e12:.1f} TFLOP/s ({report['floor']['matmul_dtype']} matmul), "
                   f"{report['floor']['bytes_per_s'] / 1e9:.0f} GB/s (copy)")  # fmt: skip
@@ -152,30 +159,33 @@ def run(device: torch.device, only: str | None, quick: bool, console: Console) -
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (smaller models on CPU)")
-    parser.add_argument("--only", choices=SECTIONS, help="run one section")
-    parser.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    parser.add_argument("--only", choices=(*TIMED_SECTIONS, "hopper"), help="run one section")
+    parser.add_argument("--hopper", action="store_true", help="also compile every Triton kernel for Hopper (sm_90a, no GPU needed): "
+                        "registers, spills, shared memory, dot instructions per autotune config")  # fmt: skip
+    add_device_argument(parser)
     parser.add_argument("--json", help="write every number to this JSON file, or into this folder as <device>_<date>.json")
-    args = parser.parse_args(argv)
-    try:
-        device = torch.device(resolve_device(args.device))
-    except RuntimeError:
-        parser.error(f"--device: not a device: {args.device!r}")
-    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
-        parser.error(f"--device {args.device}: this bench runs on cpu or cuda, and CUDA is {'' if torch.cuda.is_available() else 'not '}available")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> str | None:
+    device = torch.device(resolve_device(args.device))
     # Off a terminal (a log file, CI) rich would wrap the tables at 80 columns.
-    console = Console() if sys.stdout.isatty() else Console(width=160)
-    report = run(device, args.only, args.quick, console)
-    if args.json:
-        path = Path(args.json)
-        if args.json.endswith("/") or path.is_dir():
-            path = path / report_name(report)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"wrote {path}")
-    return 0
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    report = run(device, args.only, args.quick, args.hopper, console)
+    if not args.json:
+        return None
+    path = Path(args.json)
+    if args.json.endswith("/") or path.is_dir():
+        path = path / report_name(report)
+    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
+    return f"wrote {path}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

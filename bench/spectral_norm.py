@@ -18,7 +18,9 @@ from .timing import median_ms
 def layer_shapes(ch: int, num_classes: int) -> Counter:
     """Weight shape -> how many SN layers of G and D have it."""
     shapes: Counter = Counter()
-    for model in (Generator(ch=ch, num_classes=num_classes), Discriminator(ch=ch, num_classes=num_classes)):
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        models = (Generator(ch=ch, num_classes=num_classes), Discriminator(ch=ch, num_classes=num_classes))
+    for model in models:
         shapes.update(tuple(m.weight.shape) for m in model.modules() if isinstance(m, SpectralNormMixin))
     return shapes
 

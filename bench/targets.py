@@ -73,7 +73,7 @@ def evaluate_targets(report: dict) -> list[dict]:
     fused, torch_sn = totals.get("triton fused"), totals.get("torch parametrization")
     sn_speedup = torch_sn["fwd_bwd_ms"] / fused["fwd_bwd_ms"] if fused and torch_sn else None
     targets.append(_target("spectral norm: fused speed-up over torch's parametrization", 2.0, sn_speedup, "fwd+bwd summed over all SN layers of G and D"))
-    steps = {r["variant"][:3]: r for r in report.get("train_step", []) if r["available"]}
-    speedup = steps["(d)"]["images_per_s"] / steps["(a)"]["images_per_s"] if "(a)" in steps and "(d)" in steps else None
+    steps = {r["id"]: r for r in report.get("train_step", []) if r["available"]}
+    speedup = steps["d"]["images_per_s"] / steps["a"]["images_per_s"] if "a" in steps and "d" in steps else None
     targets.append(_target("training step: compiled bf16 over the port-style reference", 2.0, speedup, "images/s, same device and batch"))
     return targets

@@ -15,11 +15,11 @@ from ..kernels import use_backend
 from ..train import TrainConfig, Trainer
 from .timing import median_ms, peak_extra_bytes
 
-VARIANTS = [  # name, kernel backend, compile, bf16
-    ("(a) port-style reference", "naive", False, False),
-    ("(b) ours, eager", "auto", False, False),
-    ("(c) ours, compiled", "auto", True, False),
-    ("(d) ours, compiled + bf16", "auto", True, True),
+VARIANTS = [  # id, name, kernel backend, compile, bf16
+    ("a", "port-style reference", "naive", False, False),
+    ("b", "ours, eager", "auto", False, False),
+    ("c", "ours, compiled", "auto", True, False),
+    ("d", "ours, compiled + bf16", "auto", True, True),
 ]
 
 
@@ -27,8 +27,8 @@ def run(device: torch.device, quick: bool = False) -> list[dict]:
     on_cuda = device.type == "cuda"
     ch, batch = (64, 64 if quick else 256) if on_cuda else ((8, 4) if quick else (16, 8))
     rows = []
-    for name, backend, compiled, bf16 in VARIANTS:
-        row = {"variant": name, "ch": ch, "batch": batch, "backend": backend, "compile": compiled, "bf16": bf16}
+    for variant_id, name, backend, compiled, bf16 in VARIANTS:
+        row = {"id": variant_id, "variant": f"({variant_id}) {name}", "ch": ch, "batch": batch, "backend": backend, "compile": compiled, "bf16": bf16}
         if bf16 and not on_cuda:
             rows.append({**row, "available": False, "reason": "bf16 autocast is a CUDA path"})
             continue

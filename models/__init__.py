@@ -1,7 +1,8 @@
 """SAGAN-128 generator, discriminator and their layers."""
 
-from .discriminator import Discriminator, DiscriminatorConfig
-from .generator import Generator, GeneratorConfig
+from .config import DiscriminatorConfig, GeneratorConfig
+from .discriminator import Discriminator
+from .generator import Generator
 from .layers import ClassBatchNorm2d, DBlock, GBlock, SelfAttention, SNConv2d, SNEmbedding, SNLinear
 
 __all__ = [

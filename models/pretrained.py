@@ -51,9 +51,10 @@ def check_state_dict(path: Path, model: nn.Module, tensors: dict[str, torch.Tens
 
 
 class PretrainedMixin:
-    """For nn.Modules whose constructor takes exactly the fields of their `config` dataclass."""
+    """For nn.Modules built from one config dataclass (`config_class`), kept as `self.config`."""
 
     config: Any
+    config_class: type
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         directory = Path(directory)
@@ -76,8 +77,8 @@ class PretrainedMixin:
         if model_type != cls.__name__:
             raise WeightsError(f"{weights}: holds a {model_type or 'foreign model'}, not a {cls.__name__}")
         try:
-            model = cls(**config)
-        except TypeError as err:
+            model = cls(cls.config_class(**config))
+        except (TypeError, ValueError) as err:
             raise WeightsError(f"{weights}: config does not fit {cls.__name__}: {err}") from None
         check_state_dict(weights, model, tensors)
         model.load_state_dict(tensors)

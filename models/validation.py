@@ -1,14 +1,8 @@
-"""Input checks shared by G and D, with messages that name the offending value."""
+"""Forward-time input checks shared by G and D, with messages that name the offending value."""
 
 from __future__ import annotations
 
 import torch
-
-
-def check_attn_res(model: str, attn_res: int, block_resolutions: tuple[int, ...]) -> None:
-    if attn_res != 0 and attn_res not in block_resolutions:
-        choices = ", ".join(map(str, sorted(set(block_resolutions))))
-        raise ValueError(f"{model}: attn_res must be 0 (no attention) or one of {choices}, got {attn_res}")
 
 
 def check_labels(model: str, y: torch.Tensor | None, batch: int, num_classes: int) -> None:

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from tritonsagan.bench import hopper
 from tritonsagan.bench.cli import main as bench_main, report_name
 from tritonsagan.bench.summary import format_number, summary_markdown
 from tritonsagan.bench.targets import evaluate_targets
@@ -50,19 +51,19 @@ def test_quick_report_has_every_section(tmp_path):
         expected = sum(r["fwd_bwd_ms"] * r["layers"] for r in sn["layers"] if r["impl"] == impl)
         assert math.isclose(total["fwd_bwd_ms"], expected, rel_tol=1e-9)
 
-    train = {r["variant"][:3]: r for r in report["train_step"]}
-    assert set(train) == {"(a)", "(b)", "(c)", "(d)"}
-    assert train["(a)"]["backend"] == "naive" and train["(c)"]["compile"] is True
-    for key in ("(a)", "(b)", "(c)"):
+    train = {r["id"]: r for r in report["train_step"]}
+    assert set(train) == {"a", "b", "c", "d"}
+    assert train["a"]["backend"] == "naive" and train["c"]["compile"] is True
+    for key in ("a", "b", "c"):
         assert train[key]["available"] and _positive(train[key]["images_per_s"])
-    assert train["(d)"]["available"] is False and "CUDA" in train["(d)"]["reason"]
+    assert train["d"]["available"] is False and "CUDA" in train["d"]["reason"]
 
     targets = report["targets"]
     assert len(targets) == 9 and all(t["status"] == "not measured" and t["met"] is None for t in targets)  # no Triton, no bf16
 
     table = summary_markdown([("cpu.json", report)]).splitlines()
     assert len(table) == 3 and table[2].startswith("| `cpu.json` |")
-    assert f"{format_number(train['(a)']['images_per_s'])} / {format_number(train['(b)']['images_per_s'])}" in table[2]
+    assert f"{format_number(train['a']['images_per_s'])} / {format_number(train['b']['images_per_s'])}" in table[2]
 
 
 def test_only_runs_one_section(tmp_path):
@@ -88,8 +89,8 @@ def test_targets_met_missed_and_by_how_much():
     report = {
         "attention": rows,
         "spectral_norm": {"totals": {"triton fused": {"fwd_bwd_ms": 4.0}, "torch parametrization": {"fwd_bwd_ms": 6.0}}},
-        "train_step": [{"variant": "(a) ref", "available": True, "images_per_s": 100.0},
-                       {"variant": "(d) bf16", "available": True, "images_per_s": 250.0}],
+        "train_step": [{"id": "a", "variant": "(a) ref", "available": True, "images_per_s": 100.0},
+                       {"id": "d", "variant": "(d) bf16", "available": True, "images_per_s": 250.0}],
     }  # fmt: skip
     by_name = {t["target"]: t for t in evaluate_targets(report)}
     sdpa = by_name["attention G 32x32: speed-up over the best SDPA backend"]
@@ -107,8 +108,23 @@ def test_targets_met_missed_and_by_how_much():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
-@pytest.mark.parametrize("device, message", [("cuda", "CUDA is not available"), ("tpu:7", "not a device")])
+@pytest.mark.parametrize("device, message", [("cuda", "CUDA is not available"), ("tpu:7", "not a device"), ("meta", "runs on cpu or cuda")])
 def test_bad_device_is_a_clear_error(device, message, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        bench_main(["--device", device])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert bench_main(["--device", device]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --device {device}") and message in err and "Traceback" not in err
+
+
+def test_hopper_section_is_printed_and_saved(tmp_path, monkeypatch, capsys):
+    """--only hopper: the compile report (faked here; tests/test_hopper_compile.py builds the real one)."""
+    row = {"op": "attention forward", "kernel": "_attention_fwd_kernel", "shape": "G ch 64: d_qk 32, d_v 128", "dtype": "bfloat16",
+           "precision": "ieee", "config": "BLOCK_M 64, BLOCK_N 64, warps 4, stages 2", "registers": 168, "spill_bytes": 0,
+           "shared_bytes": 45056, "dot": "wgmma", "problems": []}  # fmt: skip
+    fake = {"triton": "3.x", "target": "cuda sm_90a", "shared_limit_bytes": 232448, "all_configs": False, "rows": [row]}
+    monkeypatch.setattr(hopper, "compile_report", lambda: fake)
+    out = tmp_path / "report.json"
+    assert bench_main(["--only", "hopper", "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["hopper"] == fake and "attention" not in report and "floor" not in report
+    printed = capsys.readouterr().out
+    assert "Hopper compile check" in printed and "_attention_fwd_kernel" in printed and "wgmma" in printed

@@ -12,16 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
-import torch
+from .errors import ConfigError
 
 C = TypeVar("C")
-
-
-def resolve_device(requested: str) -> str:
-    """"auto" -> cuda when available, else cpu; any other device string unchanged."""
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 def _flag(name: str) -> str:
@@ -44,18 +37,18 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
 def read_config_file(path: str) -> dict[str, Any]:
     file = Path(path)
     if not file.is_file():
-        raise SystemExit(f"error: config file not found: {file}")
+        raise ConfigError(f"--config: file not found: {file}")
     text = file.read_text()
     try:
         if file.suffix.lower() == ".toml":
             if sys.version_info < (3, 11):
-                raise SystemExit("error: TOML configs need Python 3.11+ (use JSON)")
+                raise ConfigError(f"--config {file}: TOML configs need Python 3.11+ (use JSON)")
             import tomllib
 
             return tomllib.loads(text)
         return json.loads(text)
     except ValueError as err:  # JSONDecodeError and TOMLDecodeError are both ValueErrors
-        raise SystemExit(f"error: {file}: cannot parse config: {err}") from None
+        raise ConfigError(f"--config {file}: cannot parse it: {err}") from None
 
 
 def build_config(config_cls: type[C], args: argparse.Namespace) -> C:
@@ -66,7 +59,7 @@ def build_config(config_cls: type[C], args: argparse.Namespace) -> C:
     field_names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - field_names)
     if unknown:
-        raise SystemExit(f"error: {args.config}: unknown config keys: {', '.join(unknown)}")
+        raise ConfigError(f"--config {args.config}: unknown config keys: {', '.join(unknown)}")
     values.update({k: v for k, v in vars(args).items() if k in field_names})
     hints = get_type_hints(config_cls)
     for name, value in values.items():
@@ -74,5 +67,5 @@ def build_config(config_cls: type[C], args: argparse.Namespace) -> C:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)
         elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise SystemExit(f"error: config key {name!r} must be {kind}, got {value!r}")
+            raise ConfigError(f"config key {name!r} must be {kind.__name__}, got {value!r}")
     return config_cls(**values)

@@ -17,6 +17,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .errors import TritonsaganError
+
 IMAGE_SIZE = 128
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 
@@ -28,7 +30,7 @@ BUILTIN_PHOTOS = (
 )  # fmt: skip
 
 
-class DataError(ValueError):
+class DataError(TritonsaganError, ValueError):
     """The training data cannot be used (missing, empty, too small)."""
 
 
@@ -92,12 +94,18 @@ class ImageFolderStream(Dataset):
             if not class_dirs:
                 raise DataError(f"{self.root}: --conditional needs one sub-folder per class, found none")
             self.classes = [p.name for p in class_dirs]
-            files = [(f, label) for label, d in enumerate(class_dirs) for f in _image_files(d)]
+            per_class = [_image_files(d) for d in class_dirs]
+            unusable = [f"{d.name} ({_unreadable(found)})" for d, found in zip(class_dirs, per_class) if not _has_readable_image(found)]
+            if unusable:
+                raise DataError(f"{self.root}: no readable image in {len(unusable)} class folders: {', '.join(unusable)}")
+            files = [(f, label) for label, found in enumerate(per_class) for f in found]
         else:
             self.classes = []
             files = [(f, 0) for f in _image_files(self.root)]
-        if not files:
-            raise DataError(f"{self.root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+            if not files:
+                raise DataError(f"{self.root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
+            if not _has_readable_image([f for f, _ in files]):
+                raise DataError(f"{self.root}: none of the {len(files)} image files could be read")
         self.files = files
 
     @property
@@ -116,7 +124,7 @@ class ImageFolderStream(Dataset):
             path, label = self.files[order[(position + skipped) % n]]
             try:
                 image = load_rgb(path)
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+            except UNREADABLE:
                 continue
             return to_tensor(resize_and_crop(image, rng, self.random_crop)), label, skipped
         raise DataError(f"{self.root}: none of the {n} image files could be read")
@@ -124,6 +132,26 @@ class ImageFolderStream(Dataset):
 
 def _image_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+def _has_readable_image(files: list[Path]) -> bool:
+    """Whether any file decodes, trying them in order (usually the first one does)."""
+    for path in files:
+        try:
+            load_rgb(path)
+            return True
+        except UNREADABLE:
+            continue
+    return False
+
+
+def _unreadable(files: list[Path]) -> str:
+    if not files:
+        return "no image files"
+    return f"{len(files)} image file{'s' if len(files) > 1 else ''}, none readable"
 
 
 def builtin_photo_dir() -> Path:

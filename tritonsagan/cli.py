@@ -1,0 +1,66 @@
+"""What every tritonsagan command shares: one error path, the --device flag, small argument parsers.
+
+A command's `main(argv)` is `run_command(parser, run, argv)`: known errors (TritonsaganError, OSError
+such as a full disk, ValueError from an argument) print `error: <message>` on stderr and return 1,
+never a traceback; TRITONSAGAN_TRACEBACK=1 shows the traceback instead, for bug reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+
+from .errors import ConfigError, TritonsaganError
+
+TRACEBACK_ENV = "TRITONSAGAN_TRACEBACK"
+KNOWN_ERRORS = (TritonsaganError, OSError, ValueError)
+
+
+def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], str | None], argv: list[str] | None) -> int:
+    """Parse argv, call run(args); print what it returns (e.g. "wrote x.png") on stderr; 0 or 1."""
+    args = parser.parse_args(argv)
+    try:
+        message = run(args)
+    except KNOWN_ERRORS as err:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if message:
+        print(message, file=sys.stderr)
+    return 0
+
+
+def resolve_device(requested: str) -> str:
+    """--device: "auto" -> cuda when available, else cpu; cpu, cuda or cuda:N checked against this machine."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"--device {requested}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"--device {requested}: CUDA is not available ({build}); use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise ConfigError(f"--device {requested}: tritonsagan runs on cpu or cuda")
+    return requested
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N (default: auto)")
+
+
+def parse_int_list(text: str) -> list[int]:
+    """"3,7,9" -> [3, 7, 9]."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None

@@ -1,0 +1,174 @@
+"""Training curves: the run's metrics.jsonl, drawn as a picture, and tritonsagan-curves.
+
+`MetricsLog` is what a training run writes through: one JSON line per record in metrics.jsonl,
+<run>/curves.png redrawn after each record, and TensorBoard event files with --tensorboard. Only the
+main rank writes; on other ranks every call does nothing. Drawing needs matplotlib
+(`pip install 'tritonsagan[plot]'`); without it the run says so once and writes the rest.
+
+    tritonsagan-curves runs/a runs/b --out compare.png      # several runs, one colour each
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+from .cli import run_command
+from .errors import ConfigError, TritonsaganError
+from .weights_io import atomic_write_bytes
+
+METRICS_NAME = "metrics.jsonl"
+CURVES_NAME = "curves.png"
+TENSORBOARD_DIR = "tensorboard"
+HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+
+# (panel title, [(record key, line label, line style)]); list-valued keys draw one line per entry.
+PANELS = [
+    ("hinge losses", [("loss_d", "D", "-"), ("loss_g", "G", "--")]),
+    ("D logits (mean)", [("d_real", "real", "-"), ("d_fake", "fake", "--")]),
+    ("attention gamma", [("gamma_g", "G", "-"), ("gamma_d", "D", "--")]),
+    ("FID (G_ema)", [("fid", "FID", "-")]),
+    ("KID (G_ema)", [("kid", "KID", "-")]),
+    ("throughput (images/s)", [("images_per_s", "images/s", "-")]),
+]
+
+
+class MetricsError(TritonsaganError, ValueError):
+    """A metrics file that cannot be read."""
+
+
+def read_metrics(run: str | os.PathLike) -> list[dict]:
+    """The records of a run directory's metrics.jsonl (or of that file itself)."""
+    path = Path(run)
+    path = path / METRICS_NAME if path.is_dir() else path
+    if not path.is_file():
+        raise MetricsError(f"no {METRICS_NAME} at {path}")
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # a last line cut short by a killed run
+            raise MetricsError(f"{path}, line {number}: not JSON") from None
+    return records
+
+
+def _series(records: list[dict], key: str) -> list[tuple[str, list[float], list[float]]]:
+    """(suffix, steps, values) for a key; a list-valued key gives one series per position."""
+    rows = [(r["step"], r[key]) for r in records if key in r and r[key] is not None]
+    if not rows:
+        return []
+    if isinstance(rows[0][1], list):
+        width = max(len(v) for _, v in rows)
+        return [
+            (f" {i}" if width > 1 else "", [s for s, v in rows if len(v) > i], [v[i] for _, v in rows if len(v) > i])
+            for i in range(width)
+        ]
+    return [("", [s for s, _ in rows], [float(v) for _, v in rows])]
+
+
+def plot_curves(runs: dict[str, list[dict]], path: str | os.PathLike) -> Path:
+    """One picture of every panel in PANELS; each run one colour, overlaid for comparison."""
+    if not HAS_MATPLOTLIB:
+        raise ConfigError("drawing curves needs matplotlib: pip install 'tritonsagan[plot]'")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(15, 8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(2, 3).flatten()
+    colours = [f"C{i}" for i in range(10)]
+    for ax, (title, lines) in zip(axes, PANELS):
+        drawn = False
+        for run_index, (run_name, records) in enumerate(runs.items()):
+            for key, label, style in lines:
+                for suffix, steps, values in _series(records, key):
+                    name = f"{label}{suffix}" if len(runs) == 1 else f"{run_name}: {label}{suffix}"
+                    marker = "o" if len(steps) < 20 else None
+                    ax.plot(steps, values, style, color=colours[run_index % len(colours)], marker=marker, markersize=3, label=name)
+                    drawn = True
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes, color="gray")
+    figure.suptitle(", ".join(runs))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+class MetricsLog:
+    """metrics.jsonl, curves.png and (optionally) TensorBoard events of one run, main rank only."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False) -> None:
+        self.run_dir, self.enabled = run_dir, enabled
+        self.records: list[dict] = read_metrics(run_dir) if enabled and (run_dir / METRICS_NAME).is_file() else []
+        self.file = (run_dir / METRICS_NAME).open("a") if enabled else None
+        self.tensorboard = None
+        if enabled and tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise ConfigError("--tensorboard needs tensorboardX: pip install 'tritonsagan[tensorboard]'") from None
+            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+        if enabled and not HAS_MATPLOTLIB:
+            print(f"note: no {CURVES_NAME} (matplotlib is not installed: pip install 'tritonsagan[plot]')", file=sys.stderr)
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.records.append(record)
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                values = value if isinstance(value, list) else [value]
+                for i, v in enumerate(values):
+                    if key != "step" and isinstance(v, (int, float)):
+                        self.tensorboard.add_scalar(key if len(values) == 1 else f"{key}/{i}", v, record["step"])
+            self.tensorboard.flush()
+        if HAS_MATPLOTLIB:
+            plot_curves({self.run_dir.name: self.records}, self.run_dir / CURVES_NAME)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritonsagan-curves", description="Draw the training curves of one or several runs from their metrics.jsonl.")
+    parser.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
+    parser.add_argument("--out", default=CURVES_NAME, help=f"PNG to write (default: {CURVES_NAME})")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> str:
+    runs = {}
+    for run in args.runs:
+        path = Path(run)
+        name = path.name if path.is_dir() else path.parent.name
+        runs[name if name not in runs else str(path)] = read_metrics(path)
+    return f"wrote {plot_curves(runs, args.out)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
