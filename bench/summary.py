@@ -32,17 +32,21 @@ def _sn_cell(totals: dict) -> str:
     return f"{format_number(fused)} / {format_number(totals.get('torch parametrization', {}).get('fwd_bwd_ms'))}"
 
 
+TRAIN_IDS = ("a", "b", "c", "d", "e", "f")
+
+
 def _train_cell(rows: list[dict]) -> str:
     if not rows:
         return "-"
-    speeds = " / ".join(format_number(r["images_per_s"]) if r["available"] else "n/a" for r in rows)
+    by_id = {r["id"]: r for r in rows}
+    speeds = " / ".join(format_number(by_id[i]["images_per_s"]) if i in by_id and by_id[i]["available"] else "n/a" for i in TRAIN_IDS)
     return f"ch {rows[0]['ch']}, batch {rows[0]['batch']}: {speeds}"
 
 
 def summary_markdown(reports: list[tuple[str, dict]]) -> str:
     lines = [
         "| report | device | attention fwd+bwd ms, G 32x32: Triton / best SDPA / bmm+softmax "
-        "| SN fwd+bwd ms, all layers of G and D: fused / torch | train step images/s: (a) / (b) / (c) / (d) |",
+        "| SN fwd+bwd ms, all layers of G and D: fused / torch | train step images/s: (a) / (b) / (c) / (d) / (e) / (f) |",
         "|---|---|---|---|---|",
     ]
     for name, report in reports:

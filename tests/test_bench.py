@@ -52,11 +52,13 @@ def test_quick_report_has_every_section(tmp_path):
         assert math.isclose(total["fwd_bwd_ms"], expected, rel_tol=1e-9)
 
     train = {r["id"]: r for r in report["train_step"]}
-    assert set(train) == {"a", "b", "c", "d"}
+    assert set(train) == {"a", "b", "c", "d", "e", "f"}
     assert train["a"]["backend"] == "naive" and train["c"]["compile"] is True
-    for key in ("a", "b", "c"):
+    assert train["e"]["diffaug"] == "color,translation,cutout" and all(train[k]["diffaug"] == "" for k in "abcd")
+    for key in ("a", "b", "c", "e"):
         assert train[key]["available"] and _positive(train[key]["images_per_s"])
-    assert train["d"]["available"] is False and "CUDA" in train["d"]["reason"]
+    for key in ("d", "f"):
+        assert train[key]["available"] is False and "CUDA" in train[key]["reason"]
 
     targets = report["targets"]
     assert len(targets) == 9 and all(t["status"] == "not measured" and t["met"] is None for t in targets)  # no Triton, no bf16

