@@ -18,10 +18,10 @@ from rich.table import Table
 
 from ..cli import add_device_argument, resolve_device, run_command
 from ..weights_io import atomic_write_bytes
-from . import attention, floor, hopper, spectral_norm, train_step
+from . import attention, data, floor, hopper, spectral_norm, train_step
 from .targets import evaluate_targets
 
-TIMED_SECTIONS = ("attention", "sn", "train")
+TIMED_SECTIONS = ("attention", "sn", "train", "data")
 
 
 def cpu_model() -> str:
@@ -124,6 +124,22 @@ def train_table(rows: list[dict]) -> Table:
     return table
 
 
+def data_tables(section: dict) -> list[Table]:
+    samples = Table(title="Data: per-sample cost (uint8 128x128, as training reads it)")
+    for column in ("source", "ms per sample", "samples/s"):
+        samples.add_column(column)
+    for r in section["folder"]:
+        samples.add_row(f"image folder, {r['files']} files", _fmt(r["ms_per_sample"]), _fmt(1e3 / r["ms_per_sample"]))
+    packed = section["packed"]
+    samples.add_row(f"packed, {packed['images']} images", _fmt(packed["ms_per_sample"]), _fmt(1e3 / packed["ms_per_sample"]))
+    loader = Table(title="Data: whole DataLoader (batches of uint8 images, flips included)")
+    for column in ("source", "workers", "batch", "images/s"):
+        loader.add_column(column)
+    for r in section["loader"]:
+        loader.add_row(r["source"], str(r["workers"]), str(r["batch"]), _fmt(r["images_per_s"]))
+    return [samples, loader]
+
+
 def targets_table(targets: list[dict]) -> Table:
     table = Table(title="Targets")
     for column in ("target", "required", "measured", "status"):
@@ -154,6 +170,10 @@ def run(device: torch.device, only: str | None, quick: bool, with_hopper: bool, 
     if only in (None, "train"):
         report["train_step"] = train_step.run(device, quick)
         console.print(train_table(report["train_step"]))
+    if only in (None, "data"):
+        report["data"] = data.run(quick)
+        for table in data_tables(report["data"]):
+            console.print(table)
     report["targets"] = evaluate_targets(report)
     console.print(targets_table(report["targets"]))
     return report

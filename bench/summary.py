@@ -43,18 +43,28 @@ def _train_cell(rows: list[dict]) -> str:
     return f"ch {rows[0]['ch']}, batch {rows[0]['batch']}: {speeds}"
 
 
+def _data_cell(section: dict | None) -> str:
+    """ms per sample of the folder stream (smallest / largest folder); best packed loader images/s."""
+    if not section:
+        return "-"
+    folder = sorted(section["folder"], key=lambda r: r["files"])
+    packed = max(r["images_per_s"] for r in section["loader"] if r["source"] == "packed")
+    return f"{format_number(folder[0]['ms_per_sample'])} / {format_number(folder[-1]['ms_per_sample'])}; {format_number(packed)}"
+
+
 def summary_markdown(reports: list[tuple[str, dict]]) -> str:
     lines = [
         "| report | device | attention fwd+bwd ms, G 32x32: Triton / best SDPA / bmm+softmax "
-        "| SN fwd+bwd ms, all layers of G and D: fused / torch | train step images/s: (a) / (b) / (c) / (d) / (e) / (f) |",
-        "|---|---|---|---|---|",
+        "| SN fwd+bwd ms, all layers of G and D: fused / torch | train step images/s: (a) / (b) / (c) / (d) / (e) / (f) "
+        "| data: folder stream ms/sample, 100 / 200,000 files; packed loader images/s |",
+        "|---|---|---|---|---|---|",
     ]
     for name, report in reports:
         env = report["environment"]
         device = f"{env['device']} (torch {env['torch']}{', quick' if report.get('quick') else ''})"
         attention = _attention_cell(report.get("attention", []))
         sn = _sn_cell(report["spectral_norm"]["totals"]) if "spectral_norm" in report else "-"
-        lines.append(f"| `{name}` | {device} | {attention} | {sn} | {_train_cell(report.get('train_step', []))} |")
+        lines.append(f"| `{name}` | {device} | {attention} | {sn} | {_train_cell(report.get('train_step', []))} | {_data_cell(report.get('data'))} |")
     return "\n".join(lines)
 
 

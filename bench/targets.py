@@ -3,8 +3,10 @@
 Attention (fwd+bwd, G and D shapes, batch >= 64): >= 2x the best SDPA backend, >= 4x bmm + softmax,
 within 2x of the device floor, extra memory linear in N. Fused spectral norm: >= 2x torch's
 parametrization summed over all layers. Compiled bf16 training step: >= 2x the images/s of the
-port-style reference. A target whose numbers are not in the report (no Triton or no bf16 on this
-device) is "not measured", never "met".
+port-style reference. Data: the image-folder stream's per-sample cost at 200,000 files within 1.2x
+of its cost at 100 files; a packed dataset through the DataLoader at 10,000 images/s or more.
+A target whose numbers are not in the report (no Triton or no bf16 on this device) is
+"not measured", never "met".
 """
 
 from __future__ import annotations
@@ -76,4 +78,15 @@ def evaluate_targets(report: dict) -> list[dict]:
     steps = {r["id"]: r for r in report.get("train_step", []) if r["available"]}
     speedup = steps["d"]["images_per_s"] / steps["a"]["images_per_s"] if "a" in steps and "d" in steps else None
     targets.append(_target("training step: compiled bf16 over the port-style reference", 2.0, speedup, "images/s, same device and batch"))
-    return targets
+    return targets + _data_targets(report.get("data"))
+
+
+def _data_targets(section: dict | None) -> list[dict]:
+    """The folder stream's per-sample cost must not grow with the folder; a packed dataset must feed a GPU."""
+    folder = {r["files"]: r["ms_per_sample"] for r in section["folder"]} if section else {}
+    growth = folder[max(folder)] / folder[min(folder)] if len(folder) > 1 else None
+    packed = max((r["images_per_s"] for r in section["loader"] if r["source"] == "packed"), default=None) if section else None
+    return [
+        _target("data: folder stream per-sample cost, 200,000 files over 100 files", 1.2, growth, "same JPEG, consecutive samples", at_most=True),
+        _target("data: packed dataset through the DataLoader, images/s", 10_000.0, packed, "batch 256, flips, best worker count"),
+    ]

@@ -60,8 +60,15 @@ def test_quick_report_has_every_section(tmp_path):
     for key in ("d", "f"):
         assert train[key]["available"] is False and "CUDA" in train[key]["reason"]
 
+    data = report["data"]
+    assert [r["files"] for r in data["folder"]] == [100, 200_000] and all(_positive(r["ms_per_sample"]) for r in data["folder"])
+    assert _positive(data["packed"]["ms_per_sample"])
+    assert {r["source"] for r in data["loader"]} == {"packed", "folder (200000 files)"} and all(_positive(r["images_per_s"]) for r in data["loader"])
+
     targets = report["targets"]
-    assert len(targets) == 9 and all(t["status"] == "not measured" and t["met"] is None for t in targets)  # no Triton, no bf16
+    gpu_targets, data_targets = targets[:-2], targets[-2:]
+    assert len(gpu_targets) == 9 and all(t["status"] == "not measured" and t["met"] is None for t in gpu_targets)  # no Triton, no bf16
+    assert all(t["target"].startswith("data:") and t["measured"] is not None and t["met"] in (True, False) for t in data_targets)
 
     table = summary_markdown([("cpu.json", report)]).splitlines()
     assert len(table) == 3 and table[2].startswith("| `cpu.json` |")

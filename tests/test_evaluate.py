@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from tritonsagan.data import BuiltinPhotoStream
@@ -21,7 +22,6 @@ from tritonsagan.evaluate import (
     find_feature_weights,
     main,
 )
-from tritonsagan.images import to_uint8
 from tritonsagan.metrics import feature_statistics, frechet_distance
 from tritonsagan.models import Generator
 
@@ -64,7 +64,7 @@ def generator_dir(tmp_path):
 
 def _builtin_batches(photos, seed: int, n: int):
     stream = BuiltinPhotoStream(seed, photos)
-    return (to_uint8(x) for x, _, _ in DataLoader(Subset(stream, range(n)), batch_size=32))
+    return (x for x, _, _ in DataLoader(Subset(stream, range(n)), batch_size=32))
 
 
 def test_resize_matches_tf1_resize_bilinear():
@@ -207,3 +207,17 @@ def test_real_inception_features():
     again, _ = network(images)
     assert torch.allclose(features, again, rtol=1e-4, atol=1e-5)
 
+
+def test_eval_reads_a_packed_dataset(tmp_path, net_path, generator_dir, capsys):
+    from tritonsagan.packed import prepare
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "src").mkdir()
+    for i in range(40):
+        Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "src" / f"{i}.png")
+    prepare(tmp_path / "src", tmp_path / "packed", progress=False)
+    out = tmp_path / "eval.json"
+    assert _eval("--weights", str(generator_dir), "--data", str(tmp_path / "packed"), "--n", "30", "--fid-weights", str(net_path),
+                 "--kid-subset-size", "10", "--out", str(out)) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["reference"] == f"{tmp_path / 'packed'}, n=30" and np.isfinite(result["fid"])

@@ -153,7 +153,7 @@ def test_image_folder_with_corrupt_non_image_grayscale_and_rgba_files(tmp_path):
     skipped = 0
     for index in range(3 * len(dataset)):  # three epochs: every file is visited
         image, label, n_skipped = dataset[index]
-        assert image.shape == (3, 128, 128) and image.min() >= -1 and image.max() <= 1
+        assert image.shape == (3, 128, 128) and image.dtype == torch.uint8  # converted to [-1, 1] on the device
         skipped += n_skipped
     assert skipped == 3  # the corrupt file, once per epoch, skipped instead of crashing
     assert torch.equal(dataset[7][0], dataset[7][0])  # a pure function of the index
@@ -193,9 +193,9 @@ def test_builtin_stream_is_offline_real_and_deterministic(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     dataset = BuiltinPhotoStream(seed=3)
     images = [dataset[i] for i in range(20)]
-    assert all(img.shape == (3, 128, 128) and -1 <= img.min() and img.max() <= 1 for img, _, _ in images)
+    assert all(img.shape == (3, 128, 128) and img.dtype == torch.uint8 for img, _, _ in images)
     assert len({label for _, label, _ in images}) > 5
-    assert float(images[0][0].std()) > 0.02  # a real photo crop, not a constant
+    assert float(images[0][0].float().std()) > 2.5  # a real photo crop, not a constant
     assert torch.equal(BuiltinPhotoStream(seed=3)[5][0], images[5][0])
     assert not torch.equal(BuiltinPhotoStream(seed=4)[5][0], images[5][0])
 

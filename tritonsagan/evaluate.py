@@ -38,7 +38,6 @@ from .cli import add_device_argument, parse_int_list, resolve_device, run_comman
 from .data import make_dataset
 from .errors import TritonsaganError
 from .generate import generate_batches, load_generator
-from .images import to_uint8
 from .metrics import feature_statistics, frechet_distance, inception_score, kernel_inception_distance
 from .models import Generator
 from .weights_io import WeightsError, atomic_write_json, load_safetensors, save_safetensors
@@ -209,11 +208,11 @@ def extract_features(
 
 def real_batches(data: str, n: int, batch_size: int, seed: int = 0, workers: int = 0) -> tuple[Iterable[torch.Tensor], int]:
     """uint8 batches of real images and how many there are: the first n of the builtin stream, or
-    up to n images of a folder, each file once (centre crops, flipped half of the time)."""
+    up to n images of a folder (centre crops) or packed dataset, each once, flipped half of the time."""
     dataset = make_dataset(data, seed, conditional=False, random_crop=False)
     count = n if data == "builtin" else min(n, len(dataset))
     loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, num_workers=workers)
-    return (to_uint8(images) for images, _, _ in loader), count
+    return (images for images, _, _ in loader), count
 
 
 def reference_stats(network: FeatureNetwork, data: str, n: int, batch_size: int = 50, workers: int = 0, progress: bool = True) -> ReferenceStats:

@@ -14,8 +14,13 @@ from .weights_io import atomic_write_bytes
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) floats in [-1, 1] -> uint8 (B, 3, H, W)."""
+    """(B, 3, H, W) floats in [-1, 1] -> uint8 (B, 3, H, W) on the CPU."""
     return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [-1, 1], on their device (batches travel as uint8, convert there)."""
+    return images.float().div_(127.5).sub_(1.0)
 
 
 def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2) -> np.ndarray:

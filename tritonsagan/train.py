@@ -34,7 +34,7 @@ from .data import IMAGE_SIZE, make_dataset, make_loader
 from .diffaug import augment, draw, parse_policy
 from .errors import ConfigError, TritonsaganError
 from .evaluate import FID_WEIGHTS_ENV, FidMonitor
-from .images import make_grid, save_png, to_uint8
+from .images import from_uint8, make_grid, save_png, to_uint8
 from .models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention
 from .models.config import ATTENTION_RESOLUTION, BASE_WIDTH, Z_DIM
 from .models.layers import refresh_spectral_norm_vectors
@@ -317,7 +317,7 @@ class Trainer:
             real, real_y, batch_skipped = next(self.batches)
             skipped += int(batch_skipped.sum())
             real_y = real_y.to(device, non_blocking=True) if self.num_classes else None
-            batches.append((real.to(device, non_blocking=True), real_y))
+            batches.append((from_uint8(real.to(device, non_blocking=True)), real_y))
         return {**self.step_on(batches), "skipped": skipped}
 
     def step_on(self, batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:

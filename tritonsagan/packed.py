@@ -1,0 +1,278 @@
+"""Packed datasets: an image folder decoded, cropped and resized once into uint8 128x128 shards.
+
+    tritonsagan-prepare /data/imagenet/train /data/imagenet128 --conditional --workers 16
+    tritonsagan-train --data /data/imagenet128 --conditional ...
+
+Layout of DEST (memory-mappable, no pickle):
+- `images_00000.npy` ...: uint8 (count, 3, 128, 128) per shard, one shard per SHARD_FILES source
+  files (4096 images: 201 MB), readable images only;
+- `labels_00000.npy` ...: int64 (count,) class indices (0 without --conditional);
+- `manifest.json`: the format, the source and settings, the class names, per shard its files, count
+  and the source files skipped as unreadable, and whether packing is complete.
+Each shard is written atomically and the manifest after it, so an interrupted `tritonsagan-prepare`
+resumes at the first shard it had not finished. Training reads a packed dataset memory-mapped, with a
+random horizontal flip per sample (nothing is decoded), with the streams' guarantees (tritonsagan.data).
+
+Like BigGAN-PyTorch's make_hdf5.py (uint8 ImageNet at 128x128 once) without HDF5, and like
+StyleGAN2-ADA's dataset_tool without PNG decoding at training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .cli import run_command
+from .data import IMAGE_SIZE, UNREADABLE, DataError, EpochOrder, ImageFolderStream, center_square, fit_short_side, load_rgb
+from .weights_io import atomic_write_bytes, atomic_write_json
+
+FORMAT = "tritonsagan-packed"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_FILES = 4096
+IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
+IMAGE_BYTES = int(np.prod(IMAGE_SHAPE))
+CROPS = ("center", "short-side")
+# The manifest entries that say what was packed: a resume must find them unchanged.
+IDENTITY = ("format", "version", "image_size", "source", "conditional", "crop", "classes", "files", "files_sha256", "shard_files")
+
+
+def is_packed_dataset(path: str | os.PathLike) -> bool:
+    manifest = Path(path) / MANIFEST_NAME
+    if not manifest.is_file():
+        return False
+    try:
+        return json.loads(manifest.read_text()).get("format") == FORMAT
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    path = Path(root) / MANIFEST_NAME
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{root}: not a packed dataset (no {MANIFEST_NAME})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(f"{path}: not a tritonsagan packed dataset manifest")
+    if manifest.get("version") != VERSION or manifest.get("image_size") != IMAGE_SIZE:
+        raise DataError(f"{path}: packed with format version {manifest.get('version')} at {manifest.get('image_size')}px; "
+                        f"this tritonsagan reads version {VERSION} at {IMAGE_SIZE}px")  # fmt: skip
+    return manifest
+
+
+def _shard_names(index: int) -> tuple[str, str]:
+    return f"images_{index:05d}.npy", f"labels_{index:05d}.npy"
+
+
+def _open_shard(root: Path, shard: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's images (memory-mapped) and labels, checked against the manifest."""
+    arrays = []
+    for key, shape, dtype in (("images", (shard["count"], *IMAGE_SHAPE), np.uint8), ("labels", (shard["count"],), np.int64)):
+        path = root / shard[key]
+        if not path.is_file():
+            raise DataError(f"{path}: shard file missing (the manifest lists it); pack the dataset again with tritonsagan-prepare")
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as err:  # numpy refuses a file shorter than its header says
+            raise DataError(f"{path}: truncated or damaged shard ({err}); pack the dataset again with tritonsagan-prepare") from None
+        if array.shape != shape or array.dtype != dtype:
+            raise DataError(f"{path}: holds {array.dtype} {array.shape}, the manifest says {np.dtype(dtype)} {shape}")
+        arrays.append(array)
+    return arrays[0], arrays[1]
+
+
+def _flip(seed: int, index: int) -> bool:
+    """A fair coin per (seed, sample index): the low bit of a splitmix64 hash (cheap, stateless)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index + 1) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return bool((z ^ (z >> 31)) & 1)
+
+
+class PackedDataset(Dataset):
+    """A finished packed dataset as an endless stream: sample i is image order_e[i mod n] of epoch
+    e = i // n, flipped left-right when the (seed, i) coin says so; uint8 (3, 128, 128)."""
+
+    def __init__(self, root: str | os.PathLike, seed: int, conditional: bool = False) -> None:
+        self.root = Path(root)
+        manifest = read_manifest(self.root)
+        if not manifest["complete"]:
+            raise DataError(f"{self.root}: packing was interrupted ({len(manifest['shards'])} shards written); run tritonsagan-prepare again to finish it")
+        if conditional and not manifest["conditional"]:
+            raise DataError(f"{self.root}: packed without --conditional, so it has no classes; pack it with --conditional or train without")
+        self.classes = list(manifest["classes"]) if conditional else []
+        self.shards = manifest["shards"]
+        labels = [_open_shard(self.root, shard)[1] for shard in self.shards]  # checks every shard up front
+        self.labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
+        self.offsets = np.cumsum([0] + [shard["count"] for shard in self.shards])
+        if len(self.labels) == 0:
+            raise DataError(f"{self.root}: the packed dataset holds no images")
+        self.seed = seed
+        self.order = EpochOrder(seed, len(self.labels))
+        self._images: list[np.ndarray] | None = None  # memory maps, opened lazily in each worker
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        if self._images is None:
+            self._images = [_open_shard(self.root, shard)[0] for shard in self.shards]
+        epoch, position = divmod(index, len(self.labels))
+        item = int(self.order(epoch)[position])
+        shard = int(np.searchsorted(self.offsets, item, side="right")) - 1
+        image = self._images[shard][item - self.offsets[shard]]
+        if _flip(self.seed, index):
+            image = image[:, :, ::-1]
+        return torch.from_numpy(np.array(image)), int(self.labels[item]), 0  # a copy: the map is read-only
+
+
+# ---- packing ------------------------------------------------------------------------------------------
+
+
+def _decode(job: tuple[str, str]) -> np.ndarray | None:
+    """One source file -> uint8 (3, 128, 128), or None when it cannot be read."""
+    path, crop = job
+    try:
+        image = load_rgb(Path(path))
+    except UNREADABLE:
+        return None
+    if crop == "center":
+        image = center_square(image)
+    else:
+        image = fit_short_side(image)
+        left, top = (image.size[0] - IMAGE_SIZE) // 2, (image.size[1] - IMAGE_SIZE) // 2
+        image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _expected_manifest(source: ImageFolderStream, conditional: bool, crop: str) -> dict:
+    listing = "".join(f"{path.relative_to(source.root).as_posix()}\t{label}\n" for path, label in source.files)
+    return {
+        "format": FORMAT, "version": VERSION, "image_size": IMAGE_SIZE, "layout": "uint8 (count, 3, 128, 128) per shard",
+        "source": str(source.root.resolve()), "conditional": conditional, "crop": crop, "classes": source.classes,
+        "files": len(source.files), "files_sha256": hashlib.sha256(listing.encode()).hexdigest(), "shard_files": SHARD_FILES,
+    }  # fmt: skip
+
+
+def _finished_shards(dest: Path, expected: dict) -> list[dict]:
+    """The shards an earlier run of the same packing finished (and that are intact); [] for a new DEST."""
+    if not dest.exists():
+        return []
+    if not dest.is_dir():
+        raise DataError(f"{dest} exists and is a file, not a packed dataset folder")
+    if not (dest / MANIFEST_NAME).is_file():
+        if any(dest.iterdir()):
+            raise DataError(f"{dest} exists, is not empty and is not a packed dataset (no {MANIFEST_NAME}); choose a new or empty DEST")
+        return []
+    manifest = read_manifest(dest)
+    changed = [key for key in IDENTITY if manifest.get(key) != expected[key]]
+    if changed:
+        raise DataError(
+            f"{dest} holds a packed dataset of {manifest.get('source')} that differs in {', '.join(changed)}; "
+            "choose another DEST (or delete it to pack again)"
+        )
+    finished = []
+    for shard in manifest["shards"]:
+        try:
+            _open_shard(dest, shard)
+        except DataError:
+            break  # repack from the first damaged shard on
+        finished.append(shard)
+    return finished
+
+
+def prepare(src: str | os.PathLike, dest: str | os.PathLike, conditional: bool = False, workers: int = 1, crop: str = "center", progress: bool = True) -> dict:
+    """Pack every readable image under src into dest (resuming an interrupted packing); the manifest."""
+    if crop not in CROPS:
+        raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
+    source = ImageFolderStream(src, seed=0, conditional=conditional)  # the file list, classes, and their checks
+    dest = Path(dest)
+    manifest = _expected_manifest(source, conditional, crop)
+    shards = _finished_shards(dest, manifest)
+    total_shards = -(-len(source.files) // SHARD_FILES)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("packing"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(), disable=not progress)
+    task = bar.add_task("files", total=len(source.files), completed=min(len(shards) * SHARD_FILES, len(source.files)))
+    pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else None
+    try:
+        with bar:
+            for index in range(len(shards), total_shards):
+                files = source.files[index * SHARD_FILES : (index + 1) * SHARD_FILES]
+                jobs = [(str(path), crop) for path, _ in files]
+                decoded = pool.map(_decode, jobs, chunksize=32) if pool else map(_decode, jobs)
+                images, labels, skipped = [], [], []
+                for (path, label), image in zip(files, decoded):
+                    if image is None:
+                        skipped.append(path.relative_to(source.root).as_posix())
+                    else:
+                        images.append(image)
+                        labels.append(label)
+                    bar.advance(task)
+                images_name, labels_name = _shard_names(index)
+                stacked = np.stack(images) if images else np.empty((0, *IMAGE_SHAPE), np.uint8)
+                atomic_write_bytes(dest / images_name, _npy_bytes(stacked))
+                atomic_write_bytes(dest / labels_name, _npy_bytes(np.asarray(labels, dtype=np.int64)))
+                shards.append({"images": images_name, "labels": labels_name, "count": len(images), "first_file": index * SHARD_FILES, "skipped": skipped})
+                _write_manifest(dest, manifest, shards, complete=index == total_shards - 1)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    final = read_manifest(dest)
+    if final["count"] == 0:
+        raise DataError(f"{src}: none of the {len(source.files)} image files could be read")
+    return final
+
+
+def _write_manifest(dest: Path, manifest: dict, shards: list[dict], complete: bool) -> None:
+    counts = {"count": sum(s["count"] for s in shards), "skipped_files": sum(len(s["skipped"]) for s in shards)}
+    atomic_write_json(dest / MANIFEST_NAME, {**manifest, **counts, "shards": shards, "complete": complete})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritonsagan-prepare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", help="image folder (with --conditional: one sub-folder per class)")
+    parser.add_argument("dest", help="folder for the packed dataset (new, empty, or an interrupted packing of the same SRC to resume)")
+    parser.add_argument("--conditional", action="store_true", help="sub-folders of SRC are classes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: one per CPU)")
+    parser.add_argument("--crop", choices=CROPS, default="center",
+                        help="center: the central square, resized to 128 (BigGAN's make_hdf5); short-side: the shorter side "
+                        "resized to 128, then the central 128x128 (default: center)")  # fmt: skip
+    return parser
+
+
+def _run(args: argparse.Namespace) -> str:
+    manifest = prepare(args.src, args.dest, args.conditional, max(1, args.workers), args.crop, progress=sys.stderr.isatty())
+    classes = f" in {len(manifest['classes'])} classes" if manifest["conditional"] else ""
+    return f"packed {manifest['count']} images{classes} into {args.dest} ({manifest['skipped_files']} unreadable files skipped, listed in {MANIFEST_NAME})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
