@@ -122,15 +122,15 @@ def _specialise(kernel: Any, args: tuple, kwargs: dict) -> tuple[dict, dict, lis
     return signature, constexprs, divisible
 
 
-def _offered_configs(kernel: Any, args: tuple, kwargs: dict) -> list[tuple[dict, int, int]]:
-    """The configs the autotuner would try for this launch, after its pruning; one for a plain kernel."""
+def _offered_configs(kernel: Any, args: tuple, kwargs: dict, pruned: bool) -> list[tuple[dict, int, int]]:
+    """The configs the autotuner would try for this launch (after its pruning, unless not `pruned`);
+    triton's default launch options for a plain kernel."""
     if not hasattr(kernel, "configs"):
         return [({}, kwargs.get("num_warps", 4), kwargs.get("num_stages", 3))]
     configs = kernel.configs
     prune = getattr(kernel, "early_config_prune", None)
-    if prune is not None:
-        named = dict(zip(_jit_function(kernel).arg_names, args))
-        configs = prune(configs, named, **kwargs)
+    if pruned and prune is not None:
+        configs = prune(configs, dict(zip(_jit_function(kernel).arg_names, args)), **kwargs)
     return [(dict(c.kwargs), c.num_warps, c.num_stages) for c in configs]
 
 
@@ -142,10 +142,7 @@ def _cases_from(op: str, shape: str, dtype: torch.dtype, record: Callable[[], No
     cases = []
     for launch in launches:
         signature, constexprs, divisible = _specialise(launch.kernel, launch.args, launch.kwargs)
-        if all_configs and hasattr(launch.kernel, "configs"):
-            configs = [(dict(c.kwargs), c.num_warps, c.num_stages) for c in launch.kernel.configs]
-        else:
-            configs = _offered_configs(launch.kernel, launch.args, launch.kwargs)
+        configs = _offered_configs(launch.kernel, launch.args, launch.kwargs, pruned=not all_configs)
         cases.append(Case(
             op, shape, _dtype_name(dtype), _kernel_path(launch.kernel), tuple(signature.items()), tuple(constexprs.items()),
             tuple(divisible), tuple((tuple(kw.items()), w, s) for kw, w, s in configs),
@@ -274,7 +271,8 @@ def compile_job(job: CompileJob) -> dict:
     try:
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     except Exception as err:  # the compiler's own errors (e.g. out of resources at compile time)
-        return {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}"}
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        return {"error": f"{type(err).__name__}: {first_line}"}
     registers, spill_bytes, instruction = _resources(compiled.asm["cubin"])
     has_dot = "tt.dot" in compiled.asm["ttir"]
     return {"registers": registers, "spill_bytes": spill_bytes, "shared_bytes": compiled.metadata.shared, "dot": instruction if has_dot else None}

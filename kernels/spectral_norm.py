@@ -25,7 +25,7 @@ from ._triton_support import HAS_TRITON, check_triton_device, triton_can_run
 from .backend import selected_backend
 
 if HAS_TRITON:
-    from . import spectral_norm_kernels  # registers the tritonsagan::sn_* ops
+    from . import spectral_norm_kernels  # noqa: F401 (registers the tritonsagan::sn_* ops)
 
 INIT_POWER_ITERATIONS = 15
 

@@ -50,7 +50,7 @@ def _field(default, help: str, **metadata):
 
 @dataclass
 class TrainConfig:
-    data: str = _field("builtin", "image folder, or 'builtin' for the offline photo stream from scikit-image's wheel")
+    data: str = _field("builtin", "image folder, packed dataset (tritonsagan-prepare), or 'builtin' for the offline photo stream from scikit-image's wheel")
     out: str = _field("runs/sagan", "run directory: config, metrics, samples, checkpoints, generator weights")
     steps: int = _field(1_000_000, "total generator steps")
     batch_size: int = _field(256, "global batch size (split across ranks)")
