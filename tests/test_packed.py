@@ -153,7 +153,7 @@ def test_folder_stream_order_equals_the_slow_reference_and_covers_each_file_once
         (lambda root: root.mkdir(), False, "no image files"),
         (lambda root: (root.mkdir(), (root / "notes.txt").write_text("x")), False, "no image files"),
         (lambda root: (root.mkdir(), (root / "a.png").write_bytes(b"junk")), False, "none of the 1 image files could be read"),
-        (lambda root: (_source(root), (root / "empty").mkdir()), True, r"no readable image in 1 class folders: empty \(no image files\)"),
+        (lambda root: (_source(root), (root / "empty").mkdir()), True, r"no readable image in 1 class folder: empty \(no image files\)"),
     ],
 )
 def test_unusable_sources(tmp_path, capsys, make, conditional, match):

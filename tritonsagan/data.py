@@ -128,7 +128,8 @@ class ImageFolderStream(Dataset):
             per_class = [_image_files(d) for d in class_dirs]
             unusable = [f"{d.name} ({_unreadable(found)})" for d, found in zip(class_dirs, per_class) if not _has_readable_image(found)]
             if unusable:
-                raise DataError(f"{self.root}: no readable image in {len(unusable)} class folders: {', '.join(unusable)}")
+                folders = f"{len(unusable)} class folder{'s' if len(unusable) > 1 else ''}"
+                raise DataError(f"{self.root}: no readable image in {folders}: {', '.join(unusable)}")
             files = [(f, label) for label, found in enumerate(per_class) for f in found]
         else:
             self.classes = []
