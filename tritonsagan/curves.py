@@ -1,7 +1,9 @@
 """Training curves: the run's metrics.jsonl, drawn as a picture, and tritonsagan-curves.
 
 `MetricsLog` is what a training run writes through: one JSON line per record in metrics.jsonl,
-<run>/curves.png redrawn after each record, and TensorBoard event files with --tensorboard. Only the
+<run>/curves.png redrawn at the logs (at most every REDRAW_SECONDS, since a drawing costs a few
+tenths of a second that a fast GPU step should not wait for, and once more at the end), and
+TensorBoard event files with --tensorboard. Only the
 main rank writes; on other ranks every call does nothing. Drawing needs matplotlib
 (`pip install 'tritonsagan[plot]'`); without it the run says so once and writes the rest.
 
@@ -14,8 +16,10 @@ import argparse
 import importlib.util
 import io
 import json
+import math
 import os
 import sys
+import time
 from pathlib import Path
 
 from .cli import run_command
@@ -26,6 +30,7 @@ METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"
 TENSORBOARD_DIR = "tensorboard"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+REDRAW_SECONDS = 30.0
 
 # (panel title, [(record key, line label, line style)]); list-valued keys draw one line per entry.
 PANELS = [
@@ -117,6 +122,7 @@ class MetricsLog:
         self.run_dir, self.enabled = run_dir, enabled
         self.records: list[dict] = read_metrics(run_dir) if enabled and (run_dir / METRICS_NAME).is_file() else []
         self.file = (run_dir / METRICS_NAME).open("a") if enabled else None
+        self.drawn_at, self.drawn_records = -math.inf, len(self.records)
         self.tensorboard = None
         if enabled and tensorboard:
             try:
@@ -140,10 +146,17 @@ class MetricsLog:
                     if key != "step" and isinstance(v, (int, float)):
                         self.tensorboard.add_scalar(key if len(values) == 1 else f"{key}/{i}", v, record["step"])
             self.tensorboard.flush()
+        if time.monotonic() - self.drawn_at >= REDRAW_SECONDS:
+            self._draw()
+
+    def _draw(self) -> None:
         if HAS_MATPLOTLIB:
             plot_curves({self.run_dir.name: self.records}, self.run_dir / CURVES_NAME)
+            self.drawn_at, self.drawn_records = time.monotonic(), len(self.records)
 
     def close(self) -> None:
+        if self.enabled and len(self.records) != self.drawn_records:
+            self._draw()
         if self.file is not None:
             self.file.close()
         if self.tensorboard is not None:
