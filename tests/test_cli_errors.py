@@ -58,6 +58,15 @@ def test_train_width_that_cannot_split_into_attention_heads(ch, step, tmp_path, 
     assert not (tmp_path / "run").exists()  # refused before anything was read or written
 
 
+@pytest.mark.parametrize("values, message", [({"compile": "yes"}, "config key 'compile' must be bool | None, got 'yes'"),
+                                             ({"steps": "ten"}, "config key 'steps' must be int, got 'ten'")])  # fmt: skip
+def test_config_file_value_of_the_wrong_type(values, message, tmp_path, capsys):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps(values))
+    assert train_main(["--config", str(config), "--out", str(tmp_path / "run")]) == 1
+    assert _error(capsys) == f"error: {message}\n"
+
+
 def test_model_widths_are_checked_up_front():
     with pytest.raises(ValueError, match=r"Discriminator: ch=6 .* 12 channels, which must be a multiple of 8; use a ch that is a multiple of 4"):
         Discriminator(ch=6)

@@ -67,5 +67,5 @@ def build_config(config_cls: type[C], args: argparse.Namespace) -> C:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)
         elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"config key {name!r} must be {kind.__name__}, got {value!r}")
+            raise ConfigError(f"config key {name!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")  # bool | None has no __name__
     return config_cls(**values)
