@@ -42,6 +42,7 @@ SN_WIDTH = 64  # base width whose SN weight shapes are compiled
 ATTENTION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SN_DTYPES = (torch.float32, torch.bfloat16)
 REPORT_BATCH = 64  # the batch only enters the strides, which are multiples of 16 at any batch
+GROUPED_SHAPE = "all SN layers of G and D"
 
 
 class HopperCheckUnavailable(TritonsaganError, RuntimeError):
@@ -199,13 +200,15 @@ def attention_cases(widths: Iterable[int] = ATTENTION_WIDTHS, dtypes: Iterable[t
 
 
 def spectral_norm_cases(ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_DTYPES, all_configs: bool = False) -> list[Case]:
-    """Every launch of the fused spectral norm (training forward, eval sigma, backward) for each SN
-    weight shape of G and D at width ch."""
-    from ..kernels.spectral_norm_kernels import power_iteration_launch, rows_launch, scale_backward_launch, scale_launch
+    """Every launch of the fused spectral norm (training forward, eval sigma, backward; W / sigma
+    also written in bfloat16 from float32, as under autocast) for each SN weight shape of G and D at
+    width ch, and the grouped power iteration over all of them."""
+    from ..kernels.spectral_norm_kernels import grouped_power_iteration_launch, power_iteration_launch, rows_launch, scale_backward_launch, scale_launch
     from .spectral_norm import layer_shapes
 
     cases = []
-    for shape in sorted(layer_shapes(ch, num_classes=1000)):
+    shapes = layer_shapes(ch, num_classes=1000)
+    for shape in sorted(shapes):
         rows, cols = shape[0], torch.Size(shape[1:]).numel()
         for dtype in dtypes:
             w = torch.empty(rows, cols, device="meta", dtype=dtype)
@@ -216,9 +219,19 @@ def spectral_norm_cases(ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_D
                 power_iteration_launch(w, u, v, 1, 1e-12, torch.empty_like(u), torch.empty_like(v), sigma)
                 rows_launch(w, v, torch.empty(rows, device="meta"))
                 scale_launch(w, sigma, torch.empty_like(w))
+                if w.dtype == torch.float32:
+                    scale_launch(w, sigma, torch.empty_like(w, dtype=torch.bfloat16))
                 scale_backward_launch(torch.empty_like(w), w, u, v, sigma, torch.empty_like(w))
 
             cases += _cases_from("spectral norm", f"{rows} x {cols}", dtype, record, all_configs)
+    matrices = [(shape[0], torch.Size(shape[1:]).numel()) for shape, count in sorted(shapes.items()) for _ in range(count)]
+    for dtype in dtypes:
+        weights = [torch.empty(r, c, device="meta", dtype=dtype) for r, c in matrices]
+        us = [torch.empty(r, device="meta", dtype=dtype) for r, _ in matrices]
+        vs = [torch.empty(c, device="meta", dtype=dtype) for _, c in matrices]
+        sigmas = [torch.empty((), device="meta") for _ in matrices]
+        record_group = lambda: grouped_power_iteration_launch(weights, us, vs, sigmas, 1, 1e-12)  # noqa: E731
+        cases += _cases_from("spectral norm, grouped", f"{GROUPED_SHAPE} ({len(matrices)})", dtype, record_group, all_configs)
     return cases
 
 

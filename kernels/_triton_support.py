@@ -50,13 +50,32 @@ class KernelLaunch:
 _recorded: list[KernelLaunch] | None = None
 
 
+def _fake(args: tuple) -> bool:
+    """Whether the arguments are a tracer's fake tensors (no data), as under torch.compile."""
+    from torch._subclasses.fake_tensor import is_fake
+
+    return any(isinstance(a, torch.Tensor) and is_fake(a) for a in args)
+
+
 def launch(kernel: Any, grid: Callable[[dict], tuple[int, ...]] | tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-    """Launch a Triton kernel through torch.library.wrap_triton (so torch.compile sees it), or
-    record it inside `record_launches`."""
+    """Launch a Triton kernel, or record it inside `record_launches`.
+
+    Through torch.library.wrap_triton only while a tracer is looking (torch.compile must see the
+    kernel): on plain tensors wrap_triton's eager path would rebuild a pruned autotuner, benchmarking
+    every config again, at each call. Interpreted kernels run directly (torch < 2.13's wrap_triton
+    refuses them); on fake tensors there they have nothing to compute (e.g. torch._dynamo.explain).
+    """
+    from torch.utils._python_dispatch import is_in_torch_dispatch_mode
+
     if _recorded is not None:
         _recorded.append(KernelLaunch(kernel, args, kwargs))
-        return
-    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+    elif INTERPRET:
+        if not _fake(args):
+            kernel[grid](*args, **kwargs)
+    elif _fake(args) or is_in_torch_dispatch_mode():
+        torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+    else:
+        kernel[grid](*args, **kwargs)
 
 
 @contextlib.contextmanager

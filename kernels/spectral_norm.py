@@ -14,6 +14,10 @@ Two paths, both checked against torch's parametrization by the tests:
   v = normalize(W^T u), sigma = u^T W v = ||W^T u|| comes for free, so the forward is three reads
   of W and one write of W_sn.
 `spectral_norm` picks the Triton path for CUDA tensors and the torch path otherwise.
+
+Grouped (a model's tuning switch): `sn_update_vectors_grouped` refreshes u, v and sigma of every
+layer of a model at once (on the Triton path three launches in all, instead of three per layer),
+then each layer takes `spectral_norm_after_update`, which divides without updating again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from ._triton_support import HAS_TRITON, check_triton_device, triton_can_run
 from .backend import selected_backend
 
 if HAS_TRITON:
-    from . import spectral_norm_kernels  # noqa: F401 (registers the tritonsagan::sn_* ops)
+    from . import spectral_norm_kernels  # registers the tritonsagan::sn_* triton_ops
 
 INIT_POWER_ITERATIONS = 15
 
@@ -50,6 +54,16 @@ def check_spectral_norm_inputs(weight: torch.Tensor, u: torch.Tensor, v: torch.T
         raise ValueError(f"spectral_norm: weight, u, v must be on one device, got {weight.device}, {u.device}, {v.device}")
 
 
+def _triton_path(weight: torch.Tensor) -> bool:
+    backend = selected_backend()
+    return backend == "triton" or (backend == "auto" and weight.is_cuda and triton_can_run(weight))
+
+
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast computes in on this device type, or None outside autocast."""
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def _power_iteration(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float) -> None:
     for _ in range(n_power_iterations):
         u.copy_(F.normalize(torch.mv(w, v), dim=0, eps=eps))
@@ -64,6 +78,38 @@ def sn_update_vectors(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power
     Returns nothing; the Triton path's `sn_update_vectors_and_sigma` also returns sigma and copies of u, v."""
     with torch.no_grad():
         _power_iteration(w, u, v, n_power_iterations, eps)
+
+
+@torch.library.custom_op("tritonsagan::sn_update_vectors_grouped", mutates_args=("us", "vs", "sigmas"))
+def sn_update_vectors_grouped(
+    weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor], sigmas: list[torch.Tensor],
+    n_power_iterations: int, eps: float,
+) -> None:  # fmt: skip
+    """`sn_update_vectors` of many contiguous matrices at once, also writing each sigma = u^T W v
+    into a 0-d tensor: the grouped Triton kernels where the Triton path runs, else a loop.
+    Opaque to torch.compile, like `sn_update_vectors`, and chosen at run time."""
+    for w, u, v, sigma in zip(weights, us, vs, sigmas, strict=True):
+        check_spectral_norm_inputs(w, u, v, n_power_iterations)
+        if w.ndim != 2 or not w.is_contiguous() or w.dtype != weights[0].dtype or sigma.shape != () or sigma.dtype != sigmas[0].dtype:
+            raise ValueError(
+                f"sn_update_vectors_grouped: needs contiguous matrices of one dtype and 0-d sigmas of one dtype, got weight "
+                f"{tuple(w.shape)} {w.dtype} (contiguous: {w.is_contiguous()}), sigma {tuple(sigma.shape)} {sigma.dtype}"
+            )
+    if not weights:
+        return
+    if _triton_path(weights[0]):
+        check_triton_device("sn_update_vectors_grouped", weights[0])
+        spectral_norm_kernels.grouped_power_iteration_launch(weights, us, vs, sigmas, n_power_iterations, eps)
+        return
+    with torch.no_grad():
+        for w, u, v, sigma in zip(weights, us, vs, sigmas):
+            _power_iteration(w, u, v, n_power_iterations, eps)
+            sigma.copy_(torch.dot(u, torch.mv(w, v)))
+
+
+@sn_update_vectors_grouped.register_fake
+def _(weights, us, vs, sigmas, n_power_iterations, eps) -> None:
+    return None
 
 
 @torch.no_grad()
@@ -83,8 +129,10 @@ def spectral_norm_torch(
     n_power_iterations: int = 1,
     eps: float = 1e-12,
     training: bool = True,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """weight / sigma(weight); in training mode u and v are first updated in place."""
+    """weight / sigma(weight), in out_dtype (default: weight's); in training mode u and v are
+    first updated in place."""
     check_spectral_norm_inputs(weight, u, v, n_power_iterations)
     if weight.ndim == 1:
         return F.normalize(weight, dim=0, eps=eps)
@@ -94,7 +142,7 @@ def spectral_norm_torch(
     # Clones: autograd must not see the buffers' later in-place updates (e.g. D(real) then D(fake)).
     u_const, v_const = u.clone(), v.clone()
     sigma = torch.dot(u_const, torch.mv(w, v_const))
-    return weight / sigma
+    return (weight / sigma).to(out_dtype or weight.dtype)
 
 
 def spectral_norm_triton(
@@ -104,10 +152,12 @@ def spectral_norm_triton(
     n_power_iterations: int = 1,
     eps: float = 1e-12,
     training: bool = True,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """`spectral_norm_torch` by fused Triton kernels, with autograd (CUDA, or CPU under TRITON_INTERPRET=1).
 
-    float32, float16 or bfloat16 weights; u and v share the weight's dtype; sums in float32.
+    float32, float16 or bfloat16 weights; u and v share the weight's dtype; sums in float32; the
+    result is written in out_dtype directly (e.g. the autocast dtype, sparing autocast's cast).
     """
     check_spectral_norm_inputs(weight, u, v, n_power_iterations)
     check_triton_device("spectral_norm_triton", weight)
@@ -121,7 +171,7 @@ def spectral_norm_triton(
     else:
         sigma = torch.ops.tritonsagan.sn_sigma(w.detach(), u, v)
         u_used, v_used = u.clone(), v.clone()  # the backward must not see later in-place updates
-    return torch.ops.tritonsagan.sn_scale(w, u_used, v_used, sigma).view_as(weight)
+    return torch.ops.tritonsagan.sn_scale(w, u_used, v_used, sigma, out_dtype).view_as(weight)
 
 
 def spectral_norm(
@@ -131,9 +181,21 @@ def spectral_norm(
     n_power_iterations: int = 1,
     eps: float = 1e-12,
     training: bool = True,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Spectral normalisation: the Triton kernels for CUDA tensors, the torch path otherwise."""
-    backend = selected_backend()
-    if backend == "triton" or (backend == "auto" and weight.is_cuda and triton_can_run(weight)):
-        return spectral_norm_triton(weight, u, v, n_power_iterations, eps, training)
-    return spectral_norm_torch(weight, u, v, n_power_iterations, eps, training)
+    if _triton_path(weight):
+        return spectral_norm_triton(weight, u, v, n_power_iterations, eps, training, out_dtype)
+    return spectral_norm_torch(weight, u, v, n_power_iterations, eps, training, out_dtype)
+
+
+def spectral_norm_after_update(
+    weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """weight / sigma for a weight whose u, v and sigma `sn_update_vectors_grouped` refreshed in this
+    training forward: the same result as `spectral_norm(..., training=True)` had it updated them itself."""
+    if _triton_path(weight):
+        check_triton_device("spectral_norm_after_update", weight)
+        # Clones: the backward must not see the next forward's in-place updates.
+        return torch.ops.tritonsagan.sn_scale(weight.flatten(1).contiguous(), u.clone(), v.clone(), sigma.clone(), out_dtype).view_as(weight)
+    return spectral_norm_torch(weight, u, v, training=False, out_dtype=out_dtype)

@@ -1,9 +1,9 @@
 """SAGAN-128 generator, discriminator and their layers."""
 
-from .config import DiscriminatorConfig, GeneratorConfig
+from .config import DiscriminatorConfig, GeneratorConfig, TuningConfig
 from .discriminator import Discriminator
 from .generator import Generator
-from .layers import ClassBatchNorm2d, DBlock, GBlock, SelfAttention, SNConv2d, SNEmbedding, SNLinear
+from .layers import ClassBatchNorm2d, DBlock, GBlock, SelfAttention, SNConv2d, SNEmbedding, SNLinear, set_tuning
 
 __all__ = [
     "ClassBatchNorm2d",
@@ -17,4 +17,6 @@ __all__ = [
     "SNConv2d",
     "SNEmbedding",
     "SNLinear",
+    "TuningConfig",
+    "set_tuning",
 ]

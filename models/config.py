@@ -77,3 +77,15 @@ class DiscriminatorConfig:
     def attention_block(self) -> int:
         """Index of the block followed by self-attention (-1: none)."""
         return _attention_block("Discriminator", self.attn_res, D_BLOCK_RESOLUTIONS)
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    """How G and D compute, never what: the same weights and, up to float rounding, the same results.
+    Each switch stays off until a GPU report shows it faster (tritonsagan-bench's tuning variants)."""
+
+    channels_last: bool = False  # activations in channels_last memory format (NHWC convolutions)
+    fused_qkv: bool = False  # the attention block's theta, phi, g as one 1x1 convolution of their stacked weights
+    grouped_sn: bool = False  # every SN layer's power iteration in one grouped update per training forward
+    sn_autocast_dtype: bool = False  # W / sigma written in the autocast dtype (no separate cast)
+

@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import D_WIDTHS, DiscriminatorConfig
-from .layers import DBlock, SelfAttention, SNEmbedding, SNLinear
+from .config import D_WIDTHS, DiscriminatorConfig, TuningConfig
+from .layers import DBlock, SelfAttention, SNEmbedding, SNLinear, update_spectral_norm_group
 from .pretrained import PretrainedMixin
 from .validation import check_labels
 
@@ -37,6 +37,7 @@ class Discriminator(PretrainedMixin, nn.Module):
         self.attention = SelfAttention(widths[cfg.attention_block]) if cfg.attn_res else None
         self.linear = SNLinear(widths[-1], 1)
         self.embed = SNEmbedding(cfg.num_classes, widths[-1]) if cfg.num_classes > 0 else None
+        self.tuning = TuningConfig()  # how it computes (layers.set_tuning), not part of the saved config
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, 3, 128, 128), y (B,) class indices when conditional -> logits (B,)."""
@@ -44,7 +45,9 @@ class Discriminator(PretrainedMixin, nn.Module):
         if x.ndim != 4 or tuple(x.shape[1:]) != IMAGE_SHAPE:
             raise ValueError(f"Discriminator: x must have shape (B, {', '.join(map(str, IMAGE_SHAPE))}), got {tuple(x.shape)}")
         check_labels("Discriminator", y, x.shape[0], cfg.num_classes)
-        h = x
+        if self.training and self.tuning.grouped_sn:
+            update_spectral_norm_group(self)
+        h = x.contiguous(memory_format=torch.channels_last) if self.tuning.channels_last else x
         for i, block in enumerate(self.blocks):
             h = block(h)
             if i == cfg.attention_block:

@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import G_WIDTHS, GeneratorConfig
-from .layers import GBlock, SelfAttention, SNConv2d, SNLinear
+from .config import G_WIDTHS, GeneratorConfig, TuningConfig
+from .layers import GBlock, SelfAttention, SNConv2d, SNLinear, update_spectral_norm_group
 from .pretrained import PretrainedMixin
 from .validation import check_labels
 
@@ -31,6 +31,7 @@ class Generator(PretrainedMixin, nn.Module):
         self.attention = SelfAttention(widths[cfg.attention_block + 1]) if cfg.attn_res else None
         self.bn = nn.BatchNorm2d(widths[-1])
         self.conv_out = SNConv2d(widths[-1], 3, 3, padding=1)
+        self.tuning = TuningConfig()  # how it computes (layers.set_tuning), not part of the saved config
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, z_dim), y (B,) class indices when conditional -> images (B, 3, 128, 128) in [-1, 1]."""
@@ -38,7 +39,11 @@ class Generator(PretrainedMixin, nn.Module):
         if z.ndim != 2 or z.shape[1] != cfg.z_dim:
             raise ValueError(f"Generator: z must have shape (B, {cfg.z_dim}), got {tuple(z.shape)}")
         check_labels("Generator", y, z.shape[0], cfg.num_classes)
+        if self.training and self.tuning.grouped_sn:
+            update_spectral_norm_group(self)
         x = self.linear(z).view(z.shape[0], -1, 4, 4)
+        if self.tuning.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)  # every later activation follows its input's format
         for i, block in enumerate(self.blocks):
             x = block(x, y)
             if i == cfg.attention_block:

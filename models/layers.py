@@ -12,7 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import attention, init_spectral_norm_vectors, spectral_norm
-from ..kernels.spectral_norm import sn_update_vectors
+from ..kernels.spectral_norm import autocast_dtype, sn_update_vectors, sn_update_vectors_grouped, spectral_norm_after_update
+from .config import ATTENTION_GROUP, TuningConfig
 
 
 class SpectralNormMixin:
@@ -30,6 +31,9 @@ class SpectralNormMixin:
         u, v = init_spectral_norm_vectors(self.weight, eps)
         self.register_buffer("weight_u", u)
         self.register_buffer("weight_v", v)
+        # sigma of the last grouped update (derived from weight, u, v, so not saved)
+        self.register_buffer("weight_sigma", torch.ones((), dtype=torch.float32), persistent=False)
+        self.sn_grouped = self.sn_autocast_dtype = False  # set by set_tuning
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.weight)
@@ -38,7 +42,10 @@ class SpectralNormMixin:
             nn.init.zeros_(bias)
 
     def normalized_weight(self) -> torch.Tensor:
-        return spectral_norm(self.weight, self.weight_u, self.weight_v, self.n_power_iterations, self.sn_eps, self.training)
+        out_dtype = autocast_dtype(self.weight.device.type) if self.sn_autocast_dtype else None
+        if self.sn_grouped and self.training:  # the model's update_spectral_norm_group ran at the start of its forward
+            return spectral_norm_after_update(self.weight, self.weight_u, self.weight_v, self.weight_sigma, out_dtype)
+        return spectral_norm(self.weight, self.weight_u, self.weight_v, self.n_power_iterations, self.sn_eps, self.training, out_dtype)
 
     @torch.no_grad()
     def refresh_vectors(self, n_power_iterations: int = 1) -> None:
@@ -47,11 +54,45 @@ class SpectralNormMixin:
             sn_update_vectors(self.weight.flatten(1), self.weight_u, self.weight_v, n_power_iterations, self.sn_eps)
 
 
+def spectral_norm_layers(model: nn.Module) -> list[SpectralNormMixin]:
+    return [module for module in model.modules() if isinstance(module, SpectralNormMixin)]
+
+
+def update_spectral_norm_group(model: nn.Module, n_power_iterations: int | None = None) -> None:
+    """One grouped power-iteration update of every SN layer of `model` (u, v and sigma in place).
+    n_power_iterations defaults to the layers' own (which must agree)."""
+    layers = spectral_norm_layers(model)
+    settings = {(layer.n_power_iterations, layer.sn_eps) for layer in layers}
+    if len(settings) > 1:
+        raise ValueError(f"grouped spectral norm: the layers' (n_power_iterations, eps) differ: {sorted(settings)}")
+    if not layers:
+        return
+    (own_iterations, eps), = settings
+    sn_update_vectors_grouped(
+        [layer.weight.flatten(1) for layer in layers], [layer.weight_u for layer in layers], [layer.weight_v for layer in layers],
+        [layer.weight_sigma for layer in layers], n_power_iterations or own_iterations, eps,
+    )  # fmt: skip
+
+
 def refresh_spectral_norm_vectors(model: nn.Module, n_power_iterations: int = 1) -> None:
-    """`refresh_vectors` of every spectrally normalised layer in `model`."""
+    """`refresh_vectors` of every spectrally normalised layer in `model` (one grouped update when
+    the model's tuning groups them)."""
+    if model.tuning.grouped_sn:
+        with torch.no_grad():
+            update_spectral_norm_group(model, n_power_iterations)
+        return
+    for module in spectral_norm_layers(model):
+        module.refresh_vectors(n_power_iterations)
+
+
+def set_tuning(model: nn.Module, tuning: TuningConfig) -> None:
+    """Switch how a G or D computes (see TuningConfig); its weights and results stay the same."""
+    model.tuning = tuning
     for module in model.modules():
         if isinstance(module, SpectralNormMixin):
-            module.refresh_vectors(n_power_iterations)
+            module.sn_grouped, module.sn_autocast_dtype = tuning.grouped_sn, tuning.sn_autocast_dtype
+        elif isinstance(module, SelfAttention):
+            module.fused_qkv = tuning.fused_qkv
 
 
 class SNConv2d(SpectralNormMixin, nn.Conv2d):
@@ -81,21 +122,33 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        if channels % 8 != 0:
-            raise ValueError(f"SelfAttention: channels must be a multiple of 8, got {channels}")
+        if channels % ATTENTION_GROUP != 0:
+            raise ValueError(f"SelfAttention: channels must be a multiple of {ATTENTION_GROUP}, got {channels}")
         self.channels = channels
         self.theta = SNConv2d(channels, channels // 8, 1, bias=False)
         self.phi = SNConv2d(channels, channels // 8, 1, bias=False)
         self.g = SNConv2d(channels, channels // 2, 1, bias=False)
         self.out = SNConv2d(channels // 2, channels, 1, bias=False)
         self.gamma = nn.Parameter(torch.zeros(()))
+        self.fused_qkv = False  # set by set_tuning
+
+    def _queries_keys_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Conv outputs are (B, C', H*W); transposed views go into attention without copies.
+        if not self.fused_qkv:
+            queries = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
+            keys = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/8)
+            values = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/2)
+            return queries, keys, values
+        # One 1x1 convolution of the stacked weights, each still normalised by its own sigma.
+        weight = torch.cat([self.theta.normalized_weight(), self.phi.normalized_weight(), self.g.normalized_weight()])
+        d_qk, d_v = self.theta.out_channels, self.g.out_channels
+        theta_x, phi_g_x = F.conv2d(x, weight).split([d_qk, d_qk + d_v], dim=1)
+        keys, values = F.max_pool2d(phi_g_x, 2).flatten(2).transpose(1, 2).split([d_qk, d_v], dim=2)
+        return theta_x.flatten(2).transpose(1, 2), keys, values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
-        # Conv outputs are (B, C', H*W); transposed views go into attention without copies.
-        queries = self.theta(x).flatten(2).transpose(1, 2)  # (B, N, C/8)
-        keys = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/8)
-        values = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, N/4, C/2)
+        queries, keys, values = self._queries_keys_values(x)
         attended = attention(queries, keys, values)  # (B, N, C/2)
         attended = attended.transpose(1, 2).reshape(batch, channels // 2, height, width)
         return x + self.gamma * self.out(attended)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tritonsagan.bench.hopper import SM90_SHARED_LIMIT, HopperCheckUnavailable, compile_report
+from tritonsagan.bench.hopper import GROUPED_SHAPE, SM90_SHARED_LIMIT, HopperCheckUnavailable, compile_report
 from tritonsagan.bench.spectral_norm import layer_shapes
 
 KERNEL_FILES = sorted((Path(__file__).parents[1] / "kernels").glob("*_kernels.py"))
@@ -60,9 +60,13 @@ def test_report_covers_every_kernel_shape_and_dtype(rows):
     assert attention.keys() == {"_attention_fwd_kernel", "_attention_bwd_dkdv_kernel", "_attention_bwd_dq_kernel"}
     assert all(found == expected for found in attention.values())
 
-    sn_shapes = {f"{shape[0]} x {torch.Size(shape[1:]).numel()}" for shape in layer_shapes(64, num_classes=1000)}
+    shapes = layer_shapes(64, num_classes=1000)
+    sn_shapes = {f"{shape[0]} x {torch.Size(shape[1:]).numel()}" for shape in shapes}
     for kernel in ("_sn_rows_kernel", "_sn_cols_kernel", "_sn_finish_kernel", "_sn_scale_kernel", "_sn_grad_dot_kernel", "_sn_grad_write_kernel"):
         assert {(r["shape"], r["dtype"]) for r in rows if r["kernel"] == kernel} == {(s, d) for s in sn_shapes for d in ("float32", "bfloat16")}
+    grouped = f"{GROUPED_SHAPE} ({sum(shapes.values())})"
+    for kernel in ("_sn_group_rows_kernel", "_sn_group_cols_kernel", "_sn_group_finish_kernel"):
+        assert {(r["shape"], r["dtype"]) for r in rows if r["kernel"] == kernel} == {(grouped, d) for d in ("float32", "bfloat16")}
 
 
 def test_autotuners_offer_a_choice_where_they_tune(rows):

@@ -8,8 +8,8 @@ policy is a comma list of
 - `translation`: a shift by up to 1/8 of the image size along each axis, zero fill;
 - `cutout`: a square of half the image size, at a random centre, set to zero.
 
-The random draws are made apart from the augmentation (`draw`, on the CPU from a seeded
-torch.Generator, per image), so the augmentation itself (`augment`) is a pure function of the images
+The random draws are made apart from the augmentation (`draw`, from a seeded torch.Generator,
+per image), so the augmentation itself (`augment`) is a pure function of the images
 and the draws: batched tensor operations with no Python loop over images, no graph break under
 torch.compile, fine under bf16 autocast, and a resumed run draws exactly what the first one did.
 """
@@ -41,18 +41,19 @@ def _shift(size: int, ratio: float) -> int:
 
 
 def draw(policy: tuple[str, ...], batch: int, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """The random parameters of one augmentation of `batch` square images of side `size` (CPU tensors)."""
+    """The random parameters of one augmentation of `batch` square images of side `size` (on the generator's device)."""
     params: dict[str, torch.Tensor] = {}
+    device = generator.device
     if "color" in policy:
-        params["brightness"] = torch.rand(batch, generator=generator) - 0.5
-        params["saturation"] = torch.rand(batch, generator=generator) * 2
-        params["contrast"] = torch.rand(batch, generator=generator) + 0.5
+        params["brightness"] = torch.rand(batch, generator=generator, device=device) - 0.5
+        params["saturation"] = torch.rand(batch, generator=generator, device=device) * 2
+        params["contrast"] = torch.rand(batch, generator=generator, device=device) + 0.5
     if "translation" in policy:
         shift = _shift(size, TRANSLATION_RATIO)
-        params["translation"] = torch.randint(-shift, shift + 1, (batch, 2), generator=generator)
+        params["translation"] = torch.randint(-shift, shift + 1, (batch, 2), generator=generator, device=device)
     if "cutout" in policy:
         side = _shift(size, CUTOUT_RATIO)
-        params["cutout"] = torch.randint(0, size + (1 - side % 2), (batch, 2), generator=generator)  # square centres
+        params["cutout"] = torch.randint(0, size + (1 - side % 2), (batch, 2), generator=generator, device=device)  # square centres
     return params
 
 

@@ -35,13 +35,15 @@ from .diffaug import augment, draw, parse_policy
 from .errors import ConfigError, TritonsaganError
 from .evaluate import FID_WEIGHTS_ENV, FidMonitor
 from .images import from_uint8, make_grid, save_png, to_uint8
-from .models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention
+from .models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
 from .models.config import ATTENTION_RESOLUTION, BASE_WIDTH, Z_DIM
 from .models.layers import refresh_spectral_norm_vectors
 from .weights_io import atomic_write_json
 
 
 DIFFAUG_BUILTIN = "color,translation,cutout"
+COMPILE_SCOPES = ("loss", "step")
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
 
 
 def _field(default, help: str, **metadata):
@@ -88,6 +90,24 @@ class TrainConfig:
         f"auto: {DIFFAUG_BUILTIN} for --data builtin (17 photos: D overfits without it), none for folders",
     )
     tensorboard: bool = _field(False, "also write TensorBoard event files to <out>/tensorboard (needs tritonsagan[tensorboard])")
+    # Tunings: each changes how the step computes, not what (same results up to float rounding); off
+    # until a GPU report shows it faster (tritonsagan-bench's tuning variants).
+    compile_scope: str = _field(
+        "loss",
+        "what --compile compiles: loss (the loss computations with their backward) or step (also the optimiser steps and "
+        "the EMA update, with the latents and DiffAugment draws made on the device so the step never waits on the host)",
+        choices=COMPILE_SCOPES,
+    )
+    compile_mode: str = _field("default", "torch.compile mode (reduce-overhead: CUDA graphs)", choices=COMPILE_MODES)
+    fused_adam: bool = _field(False, "Adam's fused implementation on CUDA (foreach elsewhere)")
+    channels_last: bool = _field(TuningConfig.channels_last, "convolutions on channels_last (NHWC) activations")
+    fused_qkv: bool = _field(TuningConfig.fused_qkv, "the attention block's theta, phi, g 1x1 convolutions as one, each weight still normalised on its own")
+    grouped_sn: bool = _field(TuningConfig.grouped_sn, "the power iteration of all SN layers of a model in one grouped update (Triton: 3 launches instead of 3 per layer)")
+    sn_autocast_dtype: bool = _field(TuningConfig.sn_autocast_dtype, "write W / sigma directly in the autocast dtype (Triton path)")
+
+    @property
+    def tuning(self) -> TuningConfig:
+        return TuningConfig(self.channels_last, self.fused_qkv, self.grouped_sn, self.sn_autocast_dtype)
 
 
 def resolve_diffaug(policy: str, data: str) -> str:
@@ -168,7 +188,8 @@ def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 
 class EMA:
-    """G_ema = decay * G_ema + (1 - decay) * G after each step from `start` (a copy before it).
+    """G_ema = decay * G_ema + (1 - decay) * G after each step from `start` (a copy before it):
+    `average(G, weight(step))`.
 
     Buffers stay consistent with the averaged weights: BN statistics are copied from G, and the
     spectral-norm vectors of G_ema get one power iteration on G_ema's own weights per update.
@@ -178,11 +199,14 @@ class EMA:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay, self.start = decay, start
 
+    def weight(self, step: int) -> float:
+        """How much of G goes into G_ema at this step (1: a copy)."""
+        return 1.0 - (self.decay if step >= self.start else 0.0)
+
     @torch.no_grad()
-    def update(self, source: torch.nn.Module, step: int) -> None:
-        decay = self.decay if step >= self.start else 0.0
+    def average(self, source: torch.nn.Module, weight: float) -> None:
         ema_params, params = list(self.model.parameters()), list(source.parameters())
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        torch._foreach_lerp_(ema_params, params, weight)
         for (name, ema_buffer), buffer in zip(self.model.named_buffers(), source.buffers()):
             if not name.endswith(("weight_u", "weight_v")):
                 ema_buffer.copy_(buffer)
@@ -224,15 +248,18 @@ class Trainer:
         self.num_classes = self.dataset.num_classes if cfg.conditional else 0
         self.G, self.D = self._build_models()
         self.ema = EMA(self.G, cfg.ema_decay, cfg.ema_start)
-        betas = (cfg.beta1, cfg.beta2)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.opt_g, self.opt_d = self._adam(self.G, cfg.lr_g), self._adam(self.D, cfg.lr_d)
         self.modules = {"G": self.G, "D": self.D, "G_ema": self.ema.model}
         self.optimizers = {"opt_G": self.opt_g, "opt_D": self.opt_d}
         self.step, resumed_rng = self._resume()
         self.G_train, self.D_train = self._wrap_distributed()
-        self.d_loss_fn = torch.compile(self._d_losses) if cfg.compile else self._d_losses
-        self.g_loss_fn = torch.compile(self._g_loss) if cfg.compile else self._g_loss
+        whole_step = cfg.compile and cfg.compile_scope == "step"
+        self.d_loss_fn, self.g_loss_fn = self._compiled(self._d_losses, cfg.compile), self._compiled(self._g_loss, cfg.compile)
+        self.opt_d_step, self.opt_g_step = self._compiled(self.opt_d.step, whole_step), self._compiled(self.opt_g.step, whole_step)
+        self.ema_average = self._compiled(self.ema.average, whole_step)
+        # Drawn on the device, the latents never wait for a host-to-device copy (other numbers than
+        # the CPU generator's on CUDA; the same on CPU).
+        self.draw_device = self.world.device if whole_step else torch.device("cpu")
         self.per_rank_batch = cfg.batch_size // self.world.world_size
         self.batches = self._data_stream()
         self.sample_z, self.sample_y = self._sample_inputs()
@@ -246,9 +273,22 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         G = Generator(ch=cfg.ch, z_dim=cfg.z_dim, num_classes=self.num_classes, attn_res=cfg.attn_res).to(device)
         D = Discriminator(ch=cfg.ch, num_classes=self.num_classes, attn_res=cfg.attn_res).to(device)
+        for model in (G, D):
+            set_tuning(model, cfg.tuning)
         if cfg.sync_bn:
             G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
         return G, D
+
+    def _adam(self, model: torch.nn.Module, lr: float) -> torch.optim.Adam:
+        implementation = {}
+        if self.cfg.fused_adam:  # one kernel per step on CUDA; the multi-tensor path elsewhere
+            implementation = {"fused": True} if self.on_cuda else {"foreach": True}
+        return torch.optim.Adam(model.parameters(), lr=lr, betas=(self.cfg.beta1, self.cfg.beta2), **implementation)
+
+    def _compiled(self, fn, enabled: bool):
+        if not enabled:
+            return fn
+        return torch.compile(fn, mode=None if self.cfg.compile_mode == "default" else self.cfg.compile_mode)
 
     def _wrap_distributed(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         if self.world.world_size == 1:
@@ -300,9 +340,9 @@ class Trainer:
         """Latents, fake labels and DiffAugment parameters of one D/G slot: a pure function of
         (seed, step, slot, rank), so a resumed run needs no RNG state for them. The augmentation is
         drawn after the latents, so runs without it draw the same latents as before it existed."""
-        gen = torch.Generator().manual_seed(latent_seed(self.cfg.seed, self.step, slot, self.world.rank))
-        z = torch.randn(self.per_rank_batch, self.cfg.z_dim, generator=gen)
-        y = torch.randint(self.num_classes, (self.per_rank_batch,), generator=gen) if self.num_classes else None
+        gen = torch.Generator(self.draw_device).manual_seed(latent_seed(self.cfg.seed, self.step, slot, self.world.rank))
+        z = torch.randn(self.per_rank_batch, self.cfg.z_dim, generator=gen, device=self.draw_device)
+        y = torch.randint(self.num_classes, (self.per_rank_batch,), generator=gen, device=self.draw_device) if self.num_classes else None
         augmentation = draw(self.diffaug, augmented_images, IMAGE_SIZE, gen)
         device = self.world.device
         return z.to(device), None if y is None else y.to(device), {k: v.to(device) for k, v in augmentation.items()}
@@ -327,19 +367,19 @@ class Trainer:
             self.opt_d.zero_grad(set_to_none=True)
             loss_d, d_real, d_fake = self.d_loss_fn(real, real_y, z, fake_y, augmentation)
             loss_d.backward()
-            self.opt_d.step()
+            self.opt_d_step()
 
         z, fake_y, augmentation = self._draws(self.cfg.n_dis, augmented_images=self.per_rank_batch)
         self.D.eval().requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g = self.g_loss_fn(z, fake_y, augmentation)
         loss_g.backward()
-        self.opt_g.step()
+        self.opt_g_step()
         self.D.train().requires_grad_(True)
 
         self._sync_buffers()
         self.step += 1
-        self.ema.update(self.G, self.step)
+        self.ema_average(self.G, self.ema.weight(self.step))
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": d_real, "d_fake": d_fake}
 
     def _sync_buffers(self) -> None:

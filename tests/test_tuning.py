@@ -1,0 +1,175 @@
+"""The tuning switches compute what the default path computes: models in float64, the grouped and
+autocast-dtype spectral-norm kernels against float64, and training runs with each switch on (the
+same losses as the default run, and bitwise exact resumes)."""
+
+import json
+
+import pytest
+import torch
+
+from tritonsagan.kernels import use_backend
+from tritonsagan.kernels.spectral_norm import sn_update_vectors_grouped, spectral_norm_triton
+from tritonsagan.models import Discriminator, Generator, TuningConfig, set_tuning
+from tritonsagan.train import TrainConfig, train
+from utils import rel_err
+
+MODEL_SWITCHES = ["channels_last", "fused_qkv", "grouped_sn"]
+
+
+def _models_forward_backward(tuning: TuningConfig, dtype: torch.dtype, backend: str) -> dict[str, torch.Tensor]:
+    """Two training-mode passes of G and D (so the power-iteration updates accumulate): logits, grads, SN vectors."""
+    torch.manual_seed(3)
+    G, D = Generator(ch=8, num_classes=3).to(dtype), Discriminator(ch=8, num_classes=3).to(dtype)
+    for model in (G, D):
+        set_tuning(model, tuning)
+        with torch.no_grad():
+            model.attention.gamma.fill_(0.7)
+    z, y = torch.randn(3, 128, dtype=dtype), torch.tensor([0, 2, 1])
+    with use_backend(backend):
+        D(G(z, y), y)
+        logits = D(G(z, y), y)
+        logits.square().sum().backward()
+    return {
+        "logits": logits.detach(),
+        "G theta grad": G.attention.theta.weight.grad,
+        "G g grad": G.attention.g.weight.grad,
+        "G linear grad": G.linear.weight.grad,
+        "D first conv grad": D.blocks[0].conv1.weight.grad,
+        "D embed grad": D.embed.weight.grad,
+        "G linear u": G.linear.weight_u,
+        "D attention phi v": D.attention.phi.weight_v,
+    }
+
+
+@pytest.mark.parametrize("switch", MODEL_SWITCHES)
+def test_model_switch_matches_default_in_float64(switch):
+    default = _models_forward_backward(TuningConfig(), torch.float64, "torch")
+    tuned = _models_forward_backward(TuningConfig(**{switch: True}), torch.float64, "torch")
+    for name, want in default.items():
+        assert rel_err(tuned[name], want) < 1e-12, name
+
+
+def test_grouped_spectral_norm_on_the_triton_kernels_matches_the_layers_own():
+    """Interpreted Triton kernels (fp32): the grouped update gives what each layer's own update gives."""
+    default = _models_forward_backward(TuningConfig(), torch.float32, "triton")
+    tuned = _models_forward_backward(TuningConfig(grouped_sn=True), torch.float32, "triton")
+    for name, want in default.items():
+        assert rel_err(tuned[name], want) < 1e-5, name
+
+
+def _power_iteration_float64(w, u, v, n):
+    w, u, v = w.double(), u.double(), v.double()
+    for _ in range(n):
+        u = torch.nn.functional.normalize(w @ v, dim=0, eps=1e-12)
+        v = torch.nn.functional.normalize(w.t() @ u, dim=0, eps=1e-12)
+    return u, v, u @ w @ v
+
+
+@pytest.mark.parametrize("n_power_iterations", [1, 3])
+def test_grouped_kernels_match_float64_on_awkward_shapes(n_power_iterations):
+    shapes = [(7, 5), (33, 300), (1, 17), (300, 3), (129, 257)]  # a single row, few columns, nothing a block multiple
+    weights = [torch.randn(r, c) for r, c in shapes]
+    us = [torch.nn.functional.normalize(torch.randn(r), dim=0) for r, _ in shapes]
+    vs = [torch.nn.functional.normalize(torch.randn(c), dim=0) for _, c in shapes]
+    expected = [_power_iteration_float64(w, u, v, n_power_iterations) for w, u, v in zip(weights, us, vs)]
+    sigmas = [torch.full((), float("nan")) for _ in shapes]  # poisoned: every one must be written
+    with use_backend("triton"):
+        sn_update_vectors_grouped(weights, us, vs, sigmas, n_power_iterations, 1e-12)
+    for shape, u, v, sigma, (u_ref, v_ref, sigma_ref) in zip(shapes, us, vs, sigmas, expected):
+        assert rel_err(u, u_ref) < 1e-5 and rel_err(v, v_ref) < 1e-5 and rel_err(sigma, sigma_ref) < 1e-5, shape
+
+
+def test_grouped_update_refuses_what_it_cannot_serve():
+    w = torch.randn(8, 6)
+    u, v = torch.randn(8), torch.randn(6)
+    with pytest.raises(ValueError, match=r"contiguous matrices .* got weight \(6, 8\)"):
+        sn_update_vectors_grouped([w.t()], [torch.randn(6)], [torch.randn(8)], [torch.zeros(())], 1, 1e-12)
+    with pytest.raises(ValueError, match=r"needs u \(8,\) and v \(6,\)"):
+        sn_update_vectors_grouped([w], [v], [u], [torch.zeros(())], 1, 1e-12)
+
+
+def test_scale_written_in_another_dtype_matches_float64():
+    """W / sigma written directly in half precision (as under autocast), and its backward, against float64."""
+    weight = torch.randn(40, 3, 3, 3).requires_grad_()
+    u, v = torch.nn.functional.normalize(torch.randn(40), dim=0), torch.nn.functional.normalize(torch.randn(27), dim=0)
+    u_ref, v_ref, sigma_ref = _power_iteration_float64(weight.detach().flatten(1), u, v, 1)
+    out = spectral_norm_triton(weight, u, v, out_dtype=torch.float16)
+    grad = torch.randn(weight.shape, dtype=torch.float16)
+    (grad_w,) = torch.autograd.grad(out, weight, grad)
+    w64 = weight.detach().double().requires_grad_()
+    ref = w64 / (u_ref @ w64.flatten(1) @ v_ref)
+    (grad_ref,) = torch.autograd.grad(ref, w64, grad.double())
+    assert out.dtype == torch.float16 and rel_err(out, ref) < 1e-3
+    assert grad_w.dtype == torch.float32 and rel_err(grad_w, grad_ref) < 1e-3
+
+
+def test_models_with_every_switch_compile_without_graph_breaks():
+    """Under bf16 autocast with the Triton path chosen (traced only: the interpreter has no bf16 to run)."""
+    G, D = Generator(ch=8, num_classes=3), Discriminator(ch=8, num_classes=3)
+    for model in (G, D):
+        set_tuning(model, TuningConfig(channels_last=True, fused_qkv=True, grouped_sn=True, sn_autocast_dtype=True))
+
+    def step(z, y):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return D(G(z, y), y).float().mean()
+
+    with use_backend("triton"):
+        explanation = torch._dynamo.explain(step)(torch.randn(2, 128), torch.tensor([0, 1]))
+    torch._dynamo.reset()
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+# ---- training with each switch --------------------------------------------------------------------
+
+TINY = dict(ch=8, batch_size=4, workers=0, num_samples=4, log_every=1, sample_every=100, save_every=1, compile=False)
+# sn_autocast_dtype acts only under autocast on the Triton path (test_scale_written_in_another_dtype_...).
+TRAIN_SWITCHES = {
+    "channels_last + fused_qkv": dict(channels_last=True, fused_qkv=True),
+    "grouped_sn": dict(grouped_sn=True),
+    "fused_adam": dict(fused_adam=True),
+    "compile_scope step": dict(compile=True, compile_scope="step"),
+}
+
+
+def _run(out, steps: int, **overrides) -> list[dict]:
+    train(TrainConfig(out=str(out), steps=steps, **{**TINY, **overrides}))
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _checkpoint(run) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from tritonsagan.checkpoint import latest_checkpoint
+
+    return load_file(latest_checkpoint(run / "checkpoints"))
+
+
+@pytest.fixture(scope="module")
+def default_losses(tmp_path_factory) -> list[dict]:
+    return _run(tmp_path_factory.mktemp("default"), 2)
+
+
+@pytest.mark.parametrize("switch", TRAIN_SWITCHES)
+def test_training_switch_matches_default_and_resumes_exactly(switch, default_losses, tmp_path, monkeypatch):
+    if "compile" in TRAIN_SWITCHES[switch]:
+        # aot_eager: dynamo and AOTAutograd trace the whole step as inductor would get it, in seconds on a CPU.
+        compile_fn = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compile_fn(fn, backend="aot_eager"))
+    straight = _run(tmp_path / "straight", 2, **TRAIN_SWITCHES[switch])
+    # float32 with another summation order: step 1 agrees to rounding, and Adam's first update
+    # (about lr * sign(grad)) carries that into step 2 at ~1e-4 relative.
+    for got, want in zip(straight, default_losses, strict=True):
+        for key in ("loss_d", "loss_g", "d_real", "d_fake"):
+            assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-5), (got["step"], key)
+    _run(tmp_path / "split", 1, **TRAIN_SWITCHES[switch])
+    _run(tmp_path / "split", 2, **TRAIN_SWITCHES[switch])
+    first, second = _checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "split")
+    assert [k for k in first if not torch.equal(first[k], second[k])] == []
+
+
+@pytest.mark.parametrize("mode", ["max-autotune", "reduce-overhead"])
+def test_compile_mode_and_scope_reach_torch_compile(mode, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append((getattr(fn, "__name__", ""), mode)) or fn)
+    _run(tmp_path, 1, compile=True, compile_scope="step", compile_mode=mode)
+    assert compiled == [(name, mode) for name in ("_d_losses", "_g_loss", "step", "step", "average")]
