@@ -1,14 +1,21 @@
 # Two entry points for a fresh machine (see README.md); both create .venv and install torch
 # (the CPU build 2.13.0 when none is present) and the package first:
 #   make demo   - a short CPU training on the built-in photos: sample grids and generator weights in runs/demo
-#   make test   - the test suite
+#   make test   - the test suite, then the kernel tests and the Hopper compile check again under
+#                 the GPU machine's triton (3.6) in a second environment, .venv-triton36
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+GPU_TRITON ?= 3.6.0
+VENV_GPU_TRITON ?= .venv-triton36
+PY_GPU_TRITON := $(VENV_GPU_TRITON)/bin/python
+KERNEL_TESTS := tests/test_attention_triton.py tests/test_spectral_norm_triton.py tests/test_hopper_compile.py
 
-.PHONY: setup demo test
+.PHONY: setup setup-gpu-triton demo test
 
 setup: $(VENV)/.installed
+
+setup-gpu-triton: $(VENV_GPU_TRITON)/.installed
 
 # torch goes in first and pinned: an unpinned torch would pull the CUDA build.
 $(VENV)/.installed: pyproject.toml
@@ -18,8 +25,19 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-test: setup
+# The GPU machine's triton beside the CPU torch; its interpreter calls int() on 0-d arrays, which
+# numpy >= 2.4 refuses.
+$(VENV_GPU_TRITON)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV_GPU_TRITON)
+	$(PY_GPU_TRITON) -m pip install -q --upgrade pip
+	$(PY_GPU_TRITON) -c "import torch" 2>/dev/null || $(PY_GPU_TRITON) -m pip install -q torch==2.13.0
+	$(PY_GPU_TRITON) -m pip install -q triton==$(GPU_TRITON) 'numpy<2.4'
+	$(PY_GPU_TRITON) -m pip install -q -e '.[test]'
+	touch $@
+
+test: setup setup-gpu-triton
 	$(PY) -m pytest -q
+	$(PY_GPU_TRITON) -m pytest -q $(KERNEL_TESTS)
 
 demo: setup
 	$(VENV)/bin/tritonsagan-train --out runs/demo --ch 16 --batch-size 16 --steps 200 \

@@ -17,11 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ..cli import add_device_argument, resolve_device, run_command
+from ..errors import ConfigError
 from ..weights_io import atomic_write_bytes
 from . import attention, data, floor, hopper, spectral_norm, train_step
 from .targets import evaluate_targets
 
 TIMED_SECTIONS = ("attention", "sn", "train", "data")
+ALL_SECTIONS = (*TIMED_SECTIONS, "hopper")
 
 
 def cpu_model() -> str:
@@ -111,16 +113,19 @@ def sn_table(rows: list[dict], totals: dict) -> Table:
 
 
 def train_table(rows: list[dict]) -> Table:
-    table = Table(title="Training step at 128x128 (speed-up vs the port-style reference)")
-    for column in ("variant", "ch", "batch", "step ms", "images/s", "peak MiB", "vs (a)"):
+    table = Table(title="Training step at 128x128 (speed-up vs the port-style reference, at float32 (a) and at equal precision (a'))")
+    for column in ("variant", "ch", "batch", "step ms", "images/s", "% floor", "peak MiB", "vs (a)", "vs (a')"):
         table.add_column(column)
-    base = next((r.get("step_ms") for r in rows if r["id"] == "a" and r["available"]), None)
+    base = {r["id"]: r.get("step_ms") for r in rows if r["id"] in ("a", "a'") and r["available"]}
     for r in rows:
         if not r["available"]:
-            table.add_row(r["variant"], str(r["ch"]), str(r["batch"]), "n/a", r.get("reason", "-"), "-", "-")
+            table.add_row(r["variant"], str(r["ch"]), str(r["batch"]), "n/a", r.get("reason", "-"), *["-"] * 4)
             continue
         peak = r["peak_extra_bytes"] / 2**20 if r["peak_extra_bytes"] is not None else None
-        table.add_row(r["variant"], str(r["ch"]), str(r["batch"]), _fmt(r["step_ms"]), _fmt(r["images_per_s"]), _fmt(peak), _ratio(base, r["step_ms"]))
+        table.add_row(
+            r["variant"], str(r["ch"]), str(r["batch"]), _fmt(r["step_ms"]), _fmt(r["images_per_s"]), _fmt(r["pct_of_floor"]), _fmt(peak),
+            _ratio(base.get("a"), r["step_ms"]), _ratio(base.get("a'"), r["step_ms"]),
+        )  # fmt: skip
     return table
 
 
@@ -149,28 +154,28 @@ def targets_table(targets: list[dict]) -> Table:
     return table
 
 
-def run(device: torch.device, only: str | None, quick: bool, with_hopper: bool, console: Console) -> dict:
+def run(device: torch.device, sections: set[str], quick: bool, variants: list[train_step.Variant], console: Console) -> dict:
     report: dict = {"environment": environment(device), "quick": quick}
     console.print(report["environment"])
-    if only == "hopper" or with_hopper:
+    if "hopper" in sections:
         report["hopper"] = hopper.compile_report()
         console.print(hopper.report_table(report["hopper"]))
-    if only == "hopper":
+    if not sections & set(TIMED_SECTIONS):
         return report
     report["floor"] = floor.measure_floor(device, quick)
     console.print(f"device floor: {report['floor']['flops_per_s'] / 1e12:.1f} TFLOP/s ({report['floor']['matmul_dtype']} matmul), "
                   f"{report['floor']['bytes_per_s'] / 1e9:.0f} GB/s (copy)")  # fmt: skip
-    if only in (None, "attention"):
+    if "attention" in sections:
         report["attention"] = attention.run(device, report["floor"], quick)
         console.print(attention_table(report["attention"]))
-    if only in (None, "sn"):
+    if "sn" in sections:
         rows = spectral_norm.run(device, quick)
         report["spectral_norm"] = {"layers": rows, "totals": spectral_norm.totals(rows)}
         console.print(sn_table(rows, report["spectral_norm"]["totals"]))
-    if only in (None, "train"):
-        report["train_step"] = train_step.run(device, quick)
+    if "train" in sections:
+        report["train_step"] = train_step.run(device, report["floor"], quick, variants)
         console.print(train_table(report["train_step"]))
-    if only in (None, "data"):
+    if "data" in sections:
         report["data"] = data.run(quick)
         for table in data_tables(report["data"]):
             console.print(table)
@@ -179,27 +184,54 @@ def run(device: torch.device, only: str | None, quick: bool, with_hopper: bool, 
     return report
 
 
+def merge_reports(earlier: dict, later: dict) -> dict:
+    """`later`'s sections over `earlier`'s (training-step rows by variant id), targets re-evaluated:
+    one report from several commands, each inside the GPU machine's time limit per command."""
+    merged = {**earlier, **later, "quick": earlier.get("quick", False) or later["quick"]}
+    if "train_step" in earlier and "train_step" in later:
+        rows = {r["id"]: r for r in earlier["train_step"] + later["train_step"]}
+        merged["train_step"] = [rows[i] for i in train_step.VARIANT_IDS if i in rows]
+    merged["targets"] = evaluate_targets(merged)
+    return merged
+
+
+def parse_sections(text: str | None, with_hopper: bool) -> set[str]:
+    if not text:
+        return set(TIMED_SECTIONS) | ({"hopper"} if with_hopper else set())
+    sections = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(sections - set(ALL_SECTIONS))
+    if unknown:
+        raise ConfigError(f"--only: unknown section {', '.join(unknown)}; sections: {', '.join(ALL_SECTIONS)}")
+    return sections | ({"hopper"} if with_hopper else set())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (smaller models on CPU)")
-    parser.add_argument("--only", choices=(*TIMED_SECTIONS, "hopper"), help="run one section")
+    parser.add_argument("--only", help=f"run these sections only (comma list of {', '.join(ALL_SECTIONS)})")
     parser.add_argument("--hopper", action="store_true", help="also compile every Triton kernel for Hopper (sm_90a, no GPU needed): "
                         "registers, spills, shared memory, dot instructions per autotune config")  # fmt: skip
+    parser.add_argument("--variants", help=f"training-step variants: comma list of ids ({', '.join(train_step.VARIANT_IDS)}) "
+                        f"or groups ({', '.join(train_step.VARIANT_GROUPS)}); default: all")  # fmt: skip
     add_device_argument(parser)
     parser.add_argument("--json", help="write every number to this JSON file, or into this folder as <device>_<date>.json")
+    parser.add_argument("--merge", action="store_true", help="with --json: add this run's sections to the report already there")
     return parser
 
 
 def _run(args: argparse.Namespace) -> str | None:
     device = torch.device(resolve_device(args.device))
+    sections, variants = parse_sections(args.only, args.hopper), train_step.select_variants(args.variants)
     # Off a terminal (a log file, CI) rich would wrap the tables at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    report = run(device, args.only, args.quick, args.hopper, console)
+    report = run(device, sections, args.quick, variants, console)
     if not args.json:
         return None
     path = Path(args.json)
     if args.json.endswith("/") or path.is_dir():
         path = path / report_name(report)
+    if args.merge and path.is_file():
+        report = merge_reports(json.loads(path.read_text()), report)
     atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
     return f"wrote {path}"
 

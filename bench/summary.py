@@ -32,7 +32,7 @@ def _sn_cell(totals: dict) -> str:
     return f"{format_number(fused)} / {format_number(totals.get('torch parametrization', {}).get('fwd_bwd_ms'))}"
 
 
-TRAIN_IDS = ("a", "b", "c", "d", "e", "f")
+TRAIN_IDS = ("a", "a'", "b", "c", "d", "e", "f")
 
 
 def _train_cell(rows: list[dict]) -> str:
@@ -55,7 +55,7 @@ def _data_cell(section: dict | None) -> str:
 def summary_markdown(reports: list[tuple[str, dict]]) -> str:
     lines = [
         "| report | device | attention fwd+bwd ms, G 32x32: Triton / best SDPA / bmm+softmax "
-        "| SN fwd+bwd ms, all layers of G and D: fused / torch | train step images/s: (a) / (b) / (c) / (d) / (e) / (f) "
+        "| SN fwd+bwd ms, all layers of G and D: fused / torch | train step images/s: (a) / (a') / (b) / (c) / (d) / (e) / (f) "
         "| data: folder stream ms/sample, 100 / 200,000 files; packed loader images/s |",
         "|---|---|---|---|---|---|",
     ]

@@ -1,56 +1,147 @@
 """The full training step (G and D, hinge loss, Adam, EMA) at 128x128, images per second.
 
 (a) the port-style reference: bmm + softmax attention and torch spectral norm, eager, float32;
+(a') (a) under the same bf16 autocast and TF32 as (d): the reference at equal precision;
 (b) our kernels, eager; (c) our kernels under torch.compile; (d) (c) with bf16 autocast;
-(e), (f): (c), (d) with DiffAugment (color, translation, cutout), its cost.
+(e), (f): (c), (d) with DiffAugment (color, translation, cutout), its cost;
+(d+...): (d) with one tuning switch (TrainConfig fields, off by default) or all of them.
 All are our own Trainer, switched between kernel backends and options.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 
 from ..kernels import use_backend
+from ..errors import ConfigError
+from ..models import Discriminator, Generator
 from ..train import TrainConfig, Trainer
 from .timing import median_ms, peak_extra_bytes
 
 FULL_DIFFAUG = "color,translation,cutout"
-VARIANTS = [  # id, name, kernel backend, compile, bf16, DiffAugment policy
-    ("a", "port-style reference", "naive", False, False, ""),
-    ("b", "ours, eager", "auto", False, False, ""),
-    ("c", "ours, compiled", "auto", True, False, ""),
-    ("d", "ours, compiled + bf16", "auto", True, True, ""),
-    ("e", "(c) + DiffAugment", "auto", True, False, FULL_DIFFAUG),
-    ("f", "(d) + DiffAugment", "auto", True, True, FULL_DIFFAUG),
+
+
+@dataclass(frozen=True)
+class Variant:
+    id: str
+    name: str
+    backend: str = "auto"  # kernels.use_backend
+    compile: bool = True
+    bf16: bool = True
+    tf32: bool = True  # TF32 for the float32 matmuls and convolutions autocast leaves
+    diffaug: str = ""
+    tuning: dict = field(default_factory=dict)  # TrainConfig fields
+
+
+VARIANTS = [
+    Variant("a", "port-style reference", backend="naive", compile=False, bf16=False, tf32=False),
+    Variant("a'", "port-style reference, bf16 + TF32", backend="naive", compile=False),
+    Variant("b", "ours, eager", compile=False, bf16=False, tf32=False),
+    Variant("c", "ours, compiled", bf16=False, tf32=False),
+    Variant("d", "ours, compiled + bf16"),
+    Variant("e", "(c) + DiffAugment", bf16=False, tf32=False, diffaug=FULL_DIFFAUG),
+    Variant("f", "(d) + DiffAugment", diffaug=FULL_DIFFAUG),
 ]
+TUNINGS = {  # (d) plus each switch
+    "channels_last": {"channels_last": True},
+    "fused_adam": {"fused_adam": True},
+    "grouped_sn": {"grouped_sn": True},
+    "sn_autocast_dtype": {"sn_autocast_dtype": True},
+    "fused_qkv": {"fused_qkv": True},
+    "compile_scope_step": {"compile_scope": "step"},
+    "max_autotune": {"compile_mode": "max-autotune"},
+    "reduce_overhead": {"compile_mode": "reduce-overhead"},
+}
+ALL_SWITCHES = {"channels_last": True, "fused_adam": True, "grouped_sn": True, "sn_autocast_dtype": True, "fused_qkv": True, "compile_scope": "step"}
+VARIANTS += [Variant(f"d+{name}", f"(d) + {name}", tuning=tuning) for name, tuning in TUNINGS.items()]
+VARIANTS.append(Variant("d+all", "(d) + every switch but the compile mode", tuning=ALL_SWITCHES))
+VARIANT_IDS = [v.id for v in VARIANTS]
+VARIANT_GROUPS = {  # --variants may name a group; each fits one GPU-run command (tritonsagan.gpu_run)
+    "core": ["a", "a'", "b", "c", "d", "e", "f"],
+    "switches": [f"d+{name}" for name in ("channels_last", "fused_adam", "grouped_sn", "sn_autocast_dtype", "fused_qkv")],
+    "compile": ["d+compile_scope_step", "d+max_autotune", "d+reduce_overhead", "d+all"],
+}
 
 
-def run(device: torch.device, quick: bool = False) -> list[dict]:
+def select_variants(spec: str | None) -> list[Variant]:
+    """All variants, or a comma list of ids and group names (core, switches, compile)."""
+    if not spec:
+        return VARIANTS
+    wanted = []
+    for name in (part.strip() for part in spec.split(",") if part.strip()):
+        if name not in VARIANT_GROUPS and name not in VARIANT_IDS:
+            raise ConfigError(f"--variants: unknown variant {name!r}; ids: {', '.join(VARIANT_IDS)}; groups: {', '.join(VARIANT_GROUPS)}")
+        wanted += VARIANT_GROUPS.get(name, [name])
+    return [v for v in VARIANTS if v.id in wanted]
+
+
+@contextlib.contextmanager
+def _tf32(allowed: bool) -> Iterator[None]:
+    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+
+
+def flops_per_image(ch: int) -> float:
+    """FLOPs of one D step and one G step per image (torch's FLOP counter on meta tensors): D on
+    real and fake forward and backward, G forward without grad for the D step, G and D forward and
+    backward for the G step. Attention counted as bmm + softmax, the FLOPs any implementation does."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        G, D = Generator(ch=ch), Discriminator(ch=ch)
+        z, images = torch.randn(1, G.config.z_dim), torch.randn(2, 3, 128, 128)
+    counter = FlopCounterMode(display=False)
+    with use_backend("naive"), counter:
+        with torch.no_grad():
+            G(z)
+        D(images).sum().backward()  # D step: real and fake
+        D(G(z)).sum().backward()  # G step
+    return float(counter.get_total_flops())
+
+
+def run(device: torch.device, floor: dict, quick: bool = False, variants: list[Variant] | None = None) -> list[dict]:
+    """A row per variant: step time, images/s, and the fraction of the device floor's FLOP/s it reaches."""
     on_cuda = device.type == "cuda"
     ch, batch = (64, 64 if quick else 256) if on_cuda else ((8, 4) if quick else (16, 8))
+    flops = flops_per_image(ch)
     rows = []
-    for variant_id, name, backend, compiled, bf16, diffaug in VARIANTS:
-        row = {"id": variant_id, "variant": f"({variant_id}) {name}", "ch": ch, "batch": batch, "backend": backend, "compile": compiled,
-               "bf16": bf16, "diffaug": diffaug}  # fmt: skip
-        if bf16 and not on_cuda:
+    for variant in variants or VARIANTS:
+        row = {"id": variant.id, "variant": f"({variant.id}) {variant.name}", "ch": ch, "batch": batch, "backend": variant.backend,
+               "compile": variant.compile, "bf16": variant.bf16, "tf32": variant.tf32, "diffaug": variant.diffaug,
+               "tuning": variant.tuning}  # fmt: skip
+        if variant.bf16 and not on_cuda:
             rows.append({**row, "available": False, "reason": "bf16 autocast is a CUDA path"})
             continue
-        with tempfile.TemporaryDirectory() as out:
-            cfg = TrainConfig(out=out, ch=ch, batch_size=batch, compile=compiled, bf16=bf16, diffaug=diffaug, workers=0, device=str(device))
-            trainer = Trainer(cfg)
-            real = torch.rand(batch, 3, 128, 128, device=device) * 2 - 1
-
-            def step():
-                with use_backend(backend):
-                    trainer.step_on([(real, None)])
-
+        with tempfile.TemporaryDirectory() as out, _tf32(variant.tf32 and on_cuda):
+            cfg = TrainConfig(out=out, ch=ch, batch_size=batch, compile=variant.compile, bf16=variant.bf16, diffaug=variant.diffaug,
+                              workers=0, device=str(device), **variant.tuning)  # fmt: skip
             try:
+                trainer = Trainer(cfg)
+                real = torch.rand(batch, 3, 128, 128, device=device) * 2 - 1
+
+                def step():
+                    with use_backend(variant.backend):
+                        trainer.step_on([(real, None)])
+
                 ms = median_ms(step, device, quick)
                 peak = peak_extra_bytes(step, device)
-            except torch.OutOfMemoryError as err:
-                rows.append({**row, "available": False, "reason": str(err).splitlines()[0][:200]})
+            except Exception as err:  # out of memory, or a compile mode this torch refuses: reported, not fatal
+                rows.append({**row, "available": False, "reason": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"})
                 continue
-        rows.append({**row, "available": True, "step_ms": ms, "images_per_s": batch / (ms * 1e-3), "peak_extra_bytes": peak})
+            finally:
+                if on_cuda:
+                    torch._dynamo.reset()  # each variant compiles afresh; free the last one's graphs
+                    torch.cuda.empty_cache()
+        images_per_s = batch / (ms * 1e-3)
+        rows.append({**row, "available": True, "step_ms": ms, "images_per_s": images_per_s, "peak_extra_bytes": peak,
+                     "flops_per_image": flops, "pct_of_floor": 100 * images_per_s * flops / floor["flops_per_s"]})  # fmt: skip
     return rows

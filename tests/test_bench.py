@@ -12,6 +12,7 @@ from tritonsagan.bench import hopper
 from tritonsagan.bench.cli import main as bench_main, report_name
 from tritonsagan.bench.summary import format_number, summary_markdown
 from tritonsagan.bench.targets import evaluate_targets
+from tritonsagan.bench.train_step import VARIANT_IDS
 
 
 def _bench(tmp_path, *args: str) -> dict:
@@ -38,8 +39,8 @@ def test_quick_report_has_every_section(tmp_path):
     attention = report["attention"]
     assert {r["impl"] for r in attention} >= {"triton", "naive bmm+softmax", "torch chunked"}
     for row in attention:
-        if row["impl"] == "triton":
-            assert row["available"] is False  # no CUDA: marked, not failed
+        if row["impl"] in ("triton", "flex (compiled)"):
+            assert row["available"] is False and row["reason"]  # no CUDA: marked, not failed
         else:
             assert row["available"] is True
             assert all(_positive(row[key]) for key in ("fwd_ms", "fwd_bwd_ms", "fwd_bwd_tflops", "fwd_bwd_pct_of_floor"))
@@ -52,13 +53,16 @@ def test_quick_report_has_every_section(tmp_path):
         assert math.isclose(total["fwd_bwd_ms"], expected, rel_tol=1e-9)
 
     train = {r["id"]: r for r in report["train_step"]}
-    assert set(train) == {"a", "b", "c", "d", "e", "f"}
-    assert train["a"]["backend"] == "naive" and train["c"]["compile"] is True
+    assert list(train) == VARIANT_IDS and {"a", "a'", "b", "c", "d", "e", "f", "d+grouped_sn", "d+max_autotune", "d+all"} <= set(train)
+    assert train["a"]["backend"] == "naive" and train["a'"]["backend"] == "naive" and train["a'"]["bf16"] and train["a'"]["tf32"]
+    assert train["c"]["compile"] is True and train["d+channels_last"]["tuning"] == {"channels_last": True}
     assert train["e"]["diffaug"] == "color,translation,cutout" and all(train[k]["diffaug"] == "" for k in "abcd")
     for key in ("a", "b", "c", "e"):
-        assert train[key]["available"] and _positive(train[key]["images_per_s"])
-    for key in ("d", "f"):
-        assert train[key]["available"] is False and "CUDA" in train[key]["reason"]
+        assert train[key]["available"] and _positive(train[key]["images_per_s"]) and _positive(train[key]["pct_of_floor"])
+        assert train[key]["flops_per_image"] == pytest.approx(2.63e9, rel=0.01)  # ch 8: torch's FLOP counter, D step + G step
+    for key in VARIANT_IDS:
+        if train[key]["bf16"]:
+            assert train[key]["available"] is False and "CUDA" in train[key]["reason"]
 
     data = report["data"]
     assert [r["files"] for r in data["folder"]] == [100, 200_000] and all(_positive(r["ms_per_sample"]) for r in data["folder"])
@@ -67,12 +71,29 @@ def test_quick_report_has_every_section(tmp_path):
 
     targets = report["targets"]
     gpu_targets, data_targets = targets[:-2], targets[-2:]
-    assert len(gpu_targets) == 9 and all(t["status"] == "not measured" and t["met"] is None for t in gpu_targets)  # no Triton, no bf16
+    assert len(gpu_targets) == 12 and all(t["status"] == "not measured" and t["met"] is None for t in gpu_targets)  # no Triton, no bf16
     assert all(t["target"].startswith("data:") and t["measured"] is not None and t["met"] in (True, False) for t in data_targets)
 
     table = summary_markdown([("cpu.json", report)]).splitlines()
     assert len(table) == 3 and table[2].startswith("| `cpu.json` |")
-    assert f"{format_number(train['a']['images_per_s'])} / {format_number(train['b']['images_per_s'])}" in table[2]
+    assert f"{format_number(train['a']['images_per_s'])} / n/a / {format_number(train['b']['images_per_s'])}" in table[2]
+
+
+def test_sections_and_variants_merge_into_one_report(tmp_path):
+    """The GPU run writes one report from several commands: --only, --variants and --merge."""
+    first = _bench(tmp_path, "--only", "sn", "--variants", "a")
+    assert "spectral_norm" in first and "train_step" not in first
+    merged = _bench(tmp_path, "--only", "train", "--variants", "b,a", "--merge")
+    assert merged["spectral_norm"] == first["spectral_norm"] and [r["id"] for r in merged["train_step"]] == ["a", "b"]
+    merged = _bench(tmp_path, "--only", "train", "--variants", "a',a", "--merge")  # a row replaced, one added
+    assert [r["id"] for r in merged["train_step"]] == ["a", "a'", "b"] and len(merged["targets"]) == 14
+
+
+def test_unknown_section_or_variant_is_a_clear_error(capsys):
+    assert bench_main(["--only", "attention,gpu", "--device", "cpu"]) == 1
+    assert "error: --only: unknown section gpu" in capsys.readouterr().err
+    assert bench_main(["--variants", "d,x", "--device", "cpu"]) == 1
+    assert "error: --variants: unknown variant 'x'" in capsys.readouterr().err
 
 
 def test_only_runs_one_section(tmp_path):
@@ -95,11 +116,13 @@ def test_targets_met_missed_and_by_how_much():
                  _attention_row(shape, 128, "triton", 2.0, pct=40.0), _attention_row(shape, 128, "sdpa cudnn", 5.0),
                  _attention_row(shape, 128, "naive bmm+softmax", 9.0)]  # fmt: skip
     rows += [_attention_row("D 32x32", 256, "triton", 1.0, peak=100), _attention_row("G 64x64", 256, "triton", 1.0, peak=420)]
+    rows += [_attention_row("G 32x32", 64, "flex (compiled)", 1.2), _attention_row("G 32x32", 128, "flex (compiled)", 3.0)]
     report = {
         "attention": rows,
         "spectral_norm": {"totals": {"triton fused": {"fwd_bwd_ms": 4.0}, "torch parametrization": {"fwd_bwd_ms": 6.0}}},
-        "train_step": [{"id": "a", "variant": "(a) ref", "available": True, "images_per_s": 100.0},
-                       {"id": "d", "variant": "(d) bf16", "available": True, "images_per_s": 250.0}],
+        "train_step": [{"id": "a", "variant": "(a) ref", "available": True, "images_per_s": 100.0, "ch": 64, "batch": 256},
+                       {"id": "a'", "variant": "(a') ref bf16", "available": True, "images_per_s": 1000.0, "ch": 64, "batch": 256},
+                       {"id": "d", "variant": "(d) bf16", "available": True, "images_per_s": 1800.0, "ch": 64, "batch": 256}],
     }  # fmt: skip
     by_name = {t["target"]: t for t in evaluate_targets(report)}
     sdpa = by_name["attention G 32x32: speed-up over the best SDPA backend"]
@@ -112,8 +135,13 @@ def test_targets_met_missed_and_by_how_much():
     assert memory["measured"] == 4.2 and memory["met"] is True
     sn = by_name["spectral norm: fused speed-up over torch's parametrization"]
     assert sn["measured"] == 1.5 and sn["status"] == "missed by 1.33x"
-    train = by_name["training step: compiled bf16 over the port-style reference"]
-    assert train["measured"] == 2.5 and train["met"] is True
+    flex = by_name["attention G 32x32: speed-up over FlexAttention (compiled)"]
+    assert flex["measured"] == 1.2 and flex["status"] == "missed by 1.08x"  # worst of batch 64 (1.2x) and 128 (1.5x)
+    assert by_name["attention D 32x32: speed-up over FlexAttention (compiled)"]["status"] == "not measured"
+    train = by_name["training step: compiled bf16 (d) over the port-style reference at equal precision (a')"]
+    assert train["measured"] == 1.8 and train["met"] is True
+    speed = by_name["training step: compiled bf16 (d) images/s at ch 64, batch 256"]
+    assert speed["measured"] == 1800.0 and speed["status"] == "missed by 1.11x"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")

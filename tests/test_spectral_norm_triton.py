@@ -6,6 +6,7 @@ import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from tritonsagan.kernels import spectral_norm_triton, use_backend
+from tritonsagan.kernels.spectral_norm import sn_update_vectors_grouped
 from tritonsagan.kernels.spectral_norm_kernels import power_iteration_launch, scale_backward_launch, scale_launch
 from tritonsagan.models import Discriminator, Generator, SNConv2d
 from utils import rel_err
@@ -126,6 +127,52 @@ def test_one_dimensional_weight_and_bad_dtypes():
         spectral_norm_triton(w64, torch.randn(4, dtype=torch.float64), torch.randn(5, dtype=torch.float64))
     with pytest.raises(ValueError, match="floating point"):
         spectral_norm_triton(torch.ones(4, 5, dtype=torch.int64), torch.randn(4), torch.randn(5))
+
+
+def _power_iteration_float64(w, u, v, n):
+    w, u, v = w.double(), u.double(), v.double()
+    for _ in range(n):
+        u = torch.nn.functional.normalize(w @ v, dim=0, eps=1e-12)
+        v = torch.nn.functional.normalize(w.t() @ u, dim=0, eps=1e-12)
+    return u, v, u @ w @ v
+
+
+@pytest.mark.parametrize("n_power_iterations", [1, 3])
+def test_grouped_kernels_match_float64_on_awkward_shapes(n_power_iterations):
+    shapes = [(7, 5), (33, 300), (1, 17), (300, 3), (129, 257)]  # a single row, few columns, nothing a block multiple
+    weights = [torch.randn(r, c, device=DEVICE) for r, c in shapes]
+    us = [torch.nn.functional.normalize(torch.randn(r, device=DEVICE), dim=0) for r, _ in shapes]
+    vs = [torch.nn.functional.normalize(torch.randn(c, device=DEVICE), dim=0) for _, c in shapes]
+    expected = [_power_iteration_float64(w, u, v, n_power_iterations) for w, u, v in zip(weights, us, vs)]
+    sigmas = [torch.full((), float("nan"), device=DEVICE) for _ in shapes]  # poisoned: every one must be written
+    with use_backend("triton"):
+        sn_update_vectors_grouped(weights, us, vs, sigmas, n_power_iterations, 1e-12)
+    for shape, u, v, sigma, (u_ref, v_ref, sigma_ref) in zip(shapes, us, vs, sigmas, expected):
+        assert rel_err(u, u_ref) < 1e-5 and rel_err(v, v_ref) < 1e-5 and rel_err(sigma, sigma_ref) < 1e-5, shape
+
+
+def test_grouped_update_refuses_what_it_cannot_serve():
+    w = torch.randn(8, 6, device=DEVICE)
+    u, v = torch.randn(8, device=DEVICE), torch.randn(6, device=DEVICE)
+    with pytest.raises(ValueError, match=r"contiguous matrices .* got weight \(6, 8\)"):
+        sn_update_vectors_grouped([w.t()], [v], [u], [torch.zeros((), device=DEVICE)], 1, 1e-12)
+    with pytest.raises(ValueError, match=r"needs u \(8,\) and v \(6,\)"):
+        sn_update_vectors_grouped([w], [v], [u], [torch.zeros((), device=DEVICE)], 1, 1e-12)
+
+
+def test_scale_written_in_another_dtype_matches_float64():
+    """W / sigma written directly in half precision (as under autocast), and its backward, against float64."""
+    weight = torch.randn(40, 3, 3, 3, device=DEVICE).requires_grad_()
+    u, v = (torch.nn.functional.normalize(torch.randn(n, device=DEVICE), dim=0) for n in (40, 27))
+    u_ref, v_ref, sigma_ref = _power_iteration_float64(weight.detach().flatten(1), u, v, 1)
+    out = spectral_norm_triton(weight, u, v, out_dtype=torch.float16)
+    grad = torch.randn(weight.shape, device=DEVICE, dtype=torch.float16)
+    (grad_w,) = torch.autograd.grad(out, weight, grad)
+    w64 = weight.detach().double().requires_grad_()
+    ref = w64 / (u_ref @ w64.flatten(1) @ v_ref)
+    (grad_ref,) = torch.autograd.grad(ref, w64, grad.double())
+    assert out.dtype == torch.float16 and rel_err(out, ref) < 1e-3
+    assert grad_w.dtype == torch.float32 and rel_err(grad_w, grad_ref) < 1e-3
 
 
 # ---- CUDA only ------------------------------------------------------------------------------------

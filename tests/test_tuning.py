@@ -1,6 +1,6 @@
-"""The tuning switches compute what the default path computes: models in float64, the grouped and
-autocast-dtype spectral-norm kernels against float64, and training runs with each switch on (the
-same losses as the default run, and bitwise exact resumes)."""
+"""The tuning switches compute what the default path computes: models in float64 (the grouped and
+autocast-dtype spectral-norm kernels are tested in test_spectral_norm_triton.py), and training runs
+with each switch on (the same losses as the default run, and bitwise exact resumes)."""
 
 import json
 
@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from tritonsagan.kernels import use_backend
-from tritonsagan.kernels.spectral_norm import sn_update_vectors_grouped, spectral_norm_triton
 from tritonsagan.models import Discriminator, Generator, TuningConfig, set_tuning
 from tritonsagan.train import TrainConfig, train
 from utils import rel_err
@@ -55,52 +54,6 @@ def test_grouped_spectral_norm_on_the_triton_kernels_matches_the_layers_own():
     tuned = _models_forward_backward(TuningConfig(grouped_sn=True), torch.float32, "triton")
     for name, want in default.items():
         assert rel_err(tuned[name], want) < 1e-5, name
-
-
-def _power_iteration_float64(w, u, v, n):
-    w, u, v = w.double(), u.double(), v.double()
-    for _ in range(n):
-        u = torch.nn.functional.normalize(w @ v, dim=0, eps=1e-12)
-        v = torch.nn.functional.normalize(w.t() @ u, dim=0, eps=1e-12)
-    return u, v, u @ w @ v
-
-
-@pytest.mark.parametrize("n_power_iterations", [1, 3])
-def test_grouped_kernels_match_float64_on_awkward_shapes(n_power_iterations):
-    shapes = [(7, 5), (33, 300), (1, 17), (300, 3), (129, 257)]  # a single row, few columns, nothing a block multiple
-    weights = [torch.randn(r, c) for r, c in shapes]
-    us = [torch.nn.functional.normalize(torch.randn(r), dim=0) for r, _ in shapes]
-    vs = [torch.nn.functional.normalize(torch.randn(c), dim=0) for _, c in shapes]
-    expected = [_power_iteration_float64(w, u, v, n_power_iterations) for w, u, v in zip(weights, us, vs)]
-    sigmas = [torch.full((), float("nan")) for _ in shapes]  # poisoned: every one must be written
-    with use_backend("triton"):
-        sn_update_vectors_grouped(weights, us, vs, sigmas, n_power_iterations, 1e-12)
-    for shape, u, v, sigma, (u_ref, v_ref, sigma_ref) in zip(shapes, us, vs, sigmas, expected):
-        assert rel_err(u, u_ref) < 1e-5 and rel_err(v, v_ref) < 1e-5 and rel_err(sigma, sigma_ref) < 1e-5, shape
-
-
-def test_grouped_update_refuses_what_it_cannot_serve():
-    w = torch.randn(8, 6)
-    u, v = torch.randn(8), torch.randn(6)
-    with pytest.raises(ValueError, match=r"contiguous matrices .* got weight \(6, 8\)"):
-        sn_update_vectors_grouped([w.t()], [torch.randn(6)], [torch.randn(8)], [torch.zeros(())], 1, 1e-12)
-    with pytest.raises(ValueError, match=r"needs u \(8,\) and v \(6,\)"):
-        sn_update_vectors_grouped([w], [v], [u], [torch.zeros(())], 1, 1e-12)
-
-
-def test_scale_written_in_another_dtype_matches_float64():
-    """W / sigma written directly in half precision (as under autocast), and its backward, against float64."""
-    weight = torch.randn(40, 3, 3, 3).requires_grad_()
-    u, v = torch.nn.functional.normalize(torch.randn(40), dim=0), torch.nn.functional.normalize(torch.randn(27), dim=0)
-    u_ref, v_ref, sigma_ref = _power_iteration_float64(weight.detach().flatten(1), u, v, 1)
-    out = spectral_norm_triton(weight, u, v, out_dtype=torch.float16)
-    grad = torch.randn(weight.shape, dtype=torch.float16)
-    (grad_w,) = torch.autograd.grad(out, weight, grad)
-    w64 = weight.detach().double().requires_grad_()
-    ref = w64 / (u_ref @ w64.flatten(1) @ v_ref)
-    (grad_ref,) = torch.autograd.grad(ref, w64, grad.double())
-    assert out.dtype == torch.float16 and rel_err(out, ref) < 1e-3
-    assert grad_w.dtype == torch.float32 and rel_err(grad_w, grad_ref) < 1e-3
 
 
 def test_models_with_every_switch_compile_without_graph_breaks():
@@ -173,3 +126,28 @@ def test_compile_mode_and_scope_reach_torch_compile(mode, tmp_path, monkeypatch)
     monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append((getattr(fn, "__name__", ""), mode)) or fn)
     _run(tmp_path, 1, compile=True, compile_scope="step", compile_mode=mode)
     assert compiled == [(name, mode) for name in ("_d_losses", "_g_loss", "step", "step", "average")]
+
+
+@pytest.mark.gpu
+def test_every_model_switch_on_cuda_compiled_in_bf16_matches_default():
+    """The GPU run's check of the switches as training uses them: compiled, bf16 autocast, Triton kernels."""
+    results = []
+    for tuning in (TuningConfig(), TuningConfig(channels_last=True, fused_qkv=True, grouped_sn=True, sn_autocast_dtype=True)):
+        torch.manual_seed(5)
+        G, D = Generator(ch=16, num_classes=3).cuda(), Discriminator(ch=16, num_classes=3).cuda()
+        for model in (G, D):
+            set_tuning(model, tuning)
+            with torch.no_grad():
+                model.attention.gamma.fill_(0.7)
+
+        def step(z, y):
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                return D(G(z, y), y).float()
+
+        z, y = torch.randn(8, 128, device="cuda"), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1], device="cuda")
+        logits = torch.compile(step, fullgraph=True)(z, y)
+        logits.square().sum().backward()
+        results.append((logits.detach(), G.attention.theta.weight.grad, D.blocks[0].conv1.weight.grad, G.linear.weight_u))
+        torch._dynamo.reset()
+    for name, got, want in zip(("logits", "G theta grad", "D conv1 grad", "G linear u"), *results):
+        assert rel_err(got, want) < 3e-2, name
