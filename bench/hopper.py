@@ -330,8 +330,9 @@ def build_report(cases: list[Case], workers: int) -> list[dict]:
     return rows
 
 
-def run_in_this_process(all_configs: bool = False, workers: int | None = None) -> dict:
-    """The report; only valid in a process where the kernels were not decorated for the interpreter."""
+def run_in_this_process(all_configs: bool = False, workers: int | None = None, quick: bool = False) -> dict:
+    """The report; only valid in a process where the kernels were not decorated for the interpreter.
+    quick: G and D at ch 64 in bfloat16 and the SN layers in float32 only (a rehearsal's check)."""
     import triton
 
     from ..kernels._triton_support import INTERPRET
@@ -339,12 +340,16 @@ def run_in_this_process(all_configs: bool = False, workers: int | None = None) -
     if INTERPRET:
         raise RuntimeError("the Hopper compile report cannot be built under TRITON_INTERPRET=1; use compile_report()")
     check_available()
-    cases = attention_cases(all_configs=all_configs) + spectral_norm_cases(all_configs=all_configs)
+    if quick:
+        cases = attention_cases((SN_WIDTH,), (torch.bfloat16,), all_configs) + spectral_norm_cases(SN_WIDTH, (torch.float32,), all_configs)
+    else:
+        cases = attention_cases(all_configs=all_configs) + spectral_norm_cases(all_configs=all_configs)
     rows = build_report(cases, workers or os.cpu_count() or 1)
-    return {"triton": triton.__version__, "target": "cuda sm_90a", "shared_limit_bytes": SM90_SHARED_LIMIT, "all_configs": all_configs, "rows": rows}
+    return {"triton": triton.__version__, "target": "cuda sm_90a", "shared_limit_bytes": SM90_SHARED_LIMIT, "all_configs": all_configs,
+            "quick": quick, "rows": rows}  # fmt: skip
 
 
-def compile_report(all_configs: bool = False, workers: int | None = None, timeout: float = 3600) -> dict:
+def compile_report(all_configs: bool = False, workers: int | None = None, timeout: float = 3600, quick: bool = False) -> dict:
     """The report, built in a fresh process without TRITON_INTERPRET. Raises HopperCheckUnavailable
     where triton cannot compile for NVIDIA GPUs."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -352,7 +357,7 @@ def compile_report(all_configs: bool = False, workers: int | None = None, timeou
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         command = [sys.executable, "-m", "tritonsagan.bench.hopper", "--json", str(out)]
-        command += ["--all-configs"] * all_configs + (["--workers", str(workers)] if workers else [])
+        command += ["--all-configs"] * all_configs + ["--quick"] * quick + (["--workers", str(workers)] if workers else [])
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if result.returncode == UNAVAILABLE_EXIT:
             raise HopperCheckUnavailable(result.stderr.strip().splitlines()[-1])
@@ -382,9 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-configs", action="store_true", help="every config of each autotuner, before pruning")
     parser.add_argument("--workers", type=int, help="parallel compiles (default: one per CPU)")
     parser.add_argument("--quiet", action="store_true", help="no table")
+    parser.add_argument("--quick", action="store_true", help="G and D at ch 64 in bfloat16, SN in float32 only")
     args = parser.parse_args(argv)
     try:
-        report = run_in_this_process(args.all_configs, args.workers)
+        report = run_in_this_process(args.all_configs, args.workers, args.quick)
     except HopperCheckUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return UNAVAILABLE_EXIT

@@ -247,3 +247,13 @@ def test_two_process_gloo_ddp_keeps_ranks_identical(tmp_path):
     assert [k for k in rank0 if not torch.equal(rank0[k], rank1[k])] == []
     assert any(k.endswith("weight_u") for k in rank0) and any(k.endswith("running_mean") for k in rank0)
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [3]  # written by rank 0 only, once
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_continues(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(tiny_config(run, steps=4, log_every=1, max_minutes=1e-6))  # up at the first log step
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [1]
+    assert "stopped at --max-minutes 1e-06 after step 1 of 4 (run it again to continue)" in capsys.readouterr().out
+    train(tiny_config(run, steps=4, log_every=1))
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")][-1] == 4
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]

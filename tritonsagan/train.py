@@ -55,6 +55,7 @@ class TrainConfig:
     data: str = _field("builtin", "image folder, packed dataset (tritonsagan-prepare), or 'builtin' for the offline photo stream from scikit-image's wheel")
     out: str = _field("runs/sagan", "run directory: config, metrics, samples, checkpoints, generator weights")
     steps: int = _field(1_000_000, "total generator steps")
+    max_minutes: float = _field(0.0, "stop after this many minutes of training, with a checkpoint, to continue later with the same command (0: no limit)")
     batch_size: int = _field(256, "global batch size (split across ranks)")
     ch: int = _field(BASE_WIDTH, "base channel width of G and D")
     z_dim: int = _field(Z_DIM, "latent size")
@@ -157,6 +158,8 @@ def check_config(cfg: TrainConfig, world: Distributed) -> None:
     for name in ("steps", "batch_size", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
         if getattr(cfg, name) < 1:
             problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
+    if not cfg.max_minutes >= 0:
+        problems.append(f"max_minutes must be >= 0, got {cfg.max_minutes}")
     if cfg.fid_every < 0 or cfg.fid_n < 2:
         problems.append(f"fid_every must be >= 0 and fid_n >= 2, got {cfg.fid_every} and {cfg.fid_n}")
     if cfg.batch_size % world.world_size:
@@ -469,6 +472,16 @@ def _progress(enabled: bool, total: int, completed: int):
     return progress, task
 
 
+def time_is_up(deadline: float, world: Distributed) -> bool:
+    """Whether the --max-minutes deadline has passed, agreed by every rank (they must stop at one step)."""
+    up = time.perf_counter() >= deadline
+    if world.world_size > 1:
+        flag = torch.tensor(float(up), device=world.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        up = bool(flag)
+    return up
+
+
 def train(cfg: TrainConfig) -> Trainer:
     """Train to cfg.steps (resuming when a checkpoint is there); return the trainer with its models."""
     trainer = Trainer(cfg)
@@ -485,6 +498,8 @@ def train(cfg: TrainConfig) -> Trainer:
     progress, task = _progress(main and Console().is_terminal, cfg.steps, trainer.step) or (None, None)
     finite = torch.ones((), dtype=torch.bool, device=world.device)
     skipped_total, start_time, start_step = 0, time.perf_counter(), trainer.step
+    deadline = start_time + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    stopped_for_time = False
     if progress:
         progress.start()
     try:
@@ -492,7 +507,10 @@ def train(cfg: TrainConfig) -> Trainer:
             out = trainer.train_step()
             finite &= torch.isfinite(out["loss_d"]) & torch.isfinite(out["loss_g"])
             skipped_total += out["skipped"]
-            step, last = trainer.step, trainer.step == cfg.steps
+            step = trainer.step
+            # The clock is read at log steps only, where a multi-rank run syncs anyway.
+            stopped_for_time = step % cfg.log_every == 0 and step < cfg.steps and time_is_up(deadline, world)
+            last = step == cfg.steps or stopped_for_time
             if (step % cfg.log_every == 0 or last or step % cfg.save_every == 0) and not bool(finite):
                 raise TrainingDiverged(
                     f"loss became NaN or Inf by step {step}; stopping. The last good checkpoint is "
@@ -531,12 +549,17 @@ def train(cfg: TrainConfig) -> Trainer:
                     trainer.save()
                 if world.world_size > 1:
                     dist.barrier()
+            if stopped_for_time:
+                break
     finally:
         if progress:
             progress.stop()
         log.close()
     if main:
-        print(f"done: {trainer.step} steps; samples in {trainer.run_dir / 'samples'}, generator weights in {trainer.run_dir / 'generator'}", flush=True)
+        ended = f"done: {trainer.step} steps"
+        if stopped_for_time:
+            ended = f"stopped at --max-minutes {cfg.max_minutes:g} after step {trainer.step} of {cfg.steps} (run it again to continue)"
+        print(f"{ended}; samples in {trainer.run_dir / 'samples'}, generator weights in {trainer.run_dir / 'generator'}", flush=True)
     return trainer
 
 
