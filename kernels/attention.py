@@ -142,17 +142,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 
     """softmax(scale * q k^T) v: the Triton kernels for CUDA tensors, the chunked torch path otherwise.
 
     Head dims beyond the kernels' limits (see `attention_triton`) take the chunked torch path on
-    CUDA too, with a warning. `tritonsagan.kernels.use_backend(...)` overrides the choice.
+    CUDA too, with a warning (in eager mode). `tritonsagan.kernels.use_backend(...)` overrides the choice.
     """
     backend = selected_backend()
     if backend == "auto" and q.is_cuda and triton_can_run(q):
         if attention_kernels.head_dims_supported(q.shape[2], v.shape[2]):
             return attention_triton(q, k, v, scale)
-        warnings.warn(
-            f"attention: d_qk {q.shape[2]}, d_v {v.shape[2]} exceed the Triton kernels' limits (d_qk <= {attention_kernels.MAX_D_QK}, "
-            f"d_v <= {attention_kernels.MAX_D_V}); running the slower chunked torch path",
-            stacklevel=2,
-        )
+        if not torch.compiler.is_compiling():  # a warning inside a compiled region would break the graph
+            warnings.warn(
+                f"attention: d_qk {q.shape[2]}, d_v {v.shape[2]} exceed the Triton kernels' limits (d_qk <= {attention_kernels.MAX_D_QK}, "
+                f"d_v <= {attention_kernels.MAX_D_V}); running the slower chunked torch path",
+                stacklevel=2,
+            )
         return attention_chunked(q, k, v, scale)
     if backend == "triton":
         return attention_triton(q, k, v, scale)
