@@ -30,8 +30,9 @@ MAX_D_V = 256
 # tier, chosen from the Hopper compile report (`python -m tritonsagan.bench.hopper --all-configs`)
 # under triton 3.6 (the GPU machine's) and the newest triton: none spills or exceeds shared memory,
 # and half-precision dots become wgmma (which needs the dot's M side, BLOCK_M or for dK/dV BLOCK_N,
-# of at least 64). ieee fp32 dots run on FMA and need small tiles. A tier (BLOCK_DQK, BLOCK_DV) serves every head-dim pair it covers; the compile check
-# (tests/test_hopper_compile.py) compiles each list at the tier's SAGAN shapes.
+# of at least 64). ieee fp32 dots run on FMA and need small tiles. A tier (BLOCK_DQK, BLOCK_DV)
+# serves every head-dim pair it covers; the compile check (tests/test_hopper_compile.py) compiles
+# each list at the tier's SAGAN shapes.
 HEAD_DIM_TIERS = ((16, 64), (32, 128), (64, 256))
 CONFIG_TABLE: dict[str, dict[str, dict[int, list[tuple[int, int, int, int]]]]] = {
     "forward": {

@@ -107,11 +107,6 @@ def sn_update_vectors_grouped(
             sigma.copy_(torch.dot(u, torch.mv(w, v)))
 
 
-@sn_update_vectors_grouped.register_fake
-def _(weights, us, vs, sigmas, n_power_iterations, eps) -> None:
-    return None
-
-
 @torch.no_grad()
 def init_spectral_norm_vectors(weight: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
     """Random unit u, v refined by 15 power iterations, as torch does at construction."""

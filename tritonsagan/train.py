@@ -365,6 +365,8 @@ class Trainer:
 
     def step_on(self, batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
         """The training step proper, on given real batches (one per D step): D steps, G step, EMA."""
+        if self.cfg.compile and self.cfg.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are done with: CUDA graphs may reuse their memory
         for slot, (real, real_y) in enumerate(batches):
             z, fake_y, augmentation = self._draws(slot, augmented_images=2 * self.per_rank_batch)  # real and fake
             self.opt_d.zero_grad(set_to_none=True)
@@ -508,8 +510,8 @@ def train(cfg: TrainConfig) -> Trainer:
             finite &= torch.isfinite(out["loss_d"]) & torch.isfinite(out["loss_g"])
             skipped_total += out["skipped"]
             step = trainer.step
-            # The clock is read at log steps only, where a multi-rank run syncs anyway.
-            stopped_for_time = step % cfg.log_every == 0 and step < cfg.steps and time_is_up(deadline, world)
+            # The clock is read at log steps only: every rank must stop at the same step, agreed by an all-reduce.
+            stopped_for_time = bool(cfg.max_minutes) and step % cfg.log_every == 0 and step < cfg.steps and time_is_up(deadline, world)
             last = step == cfg.steps or stopped_for_time
             if (step % cfg.log_every == 0 or last or step % cfg.save_every == 0) and not bool(finite):
                 raise TrainingDiverged(
