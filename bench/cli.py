@@ -196,9 +196,8 @@ def merge_reports(earlier: dict, later: dict) -> dict:
 
 
 def parse_sections(text: str | None, with_hopper: bool) -> set[str]:
-    if not text:
-        return set(TIMED_SECTIONS) | ({"hopper"} if with_hopper else set())
-    sections = {part.strip() for part in text.split(",") if part.strip()}
+    """--only's comma list (default: every timed section), plus hopper with --hopper."""
+    sections = {part.strip() for part in (text or ",".join(TIMED_SECTIONS)).split(",") if part.strip()}
     unknown = sorted(sections - set(ALL_SECTIONS))
     if unknown:
         raise ConfigError(f"--only: unknown section {', '.join(unknown)}; sections: {', '.join(ALL_SECTIONS)}")
