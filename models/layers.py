@@ -75,8 +75,8 @@ def update_spectral_norm_group(model: nn.Module, n_power_iterations: int | None 
 
 
 def refresh_spectral_norm_vectors(model: nn.Module, n_power_iterations: int = 1) -> None:
-    """`refresh_vectors` of every spectrally normalised layer in `model` (one grouped update when
-    the model's tuning groups them)."""
+    """`refresh_vectors` of every spectrally normalised layer of a G or D (one grouped update when
+    its tuning groups them)."""
     if model.tuning.grouped_sn:
         with torch.no_grad():
             update_spectral_norm_group(model, n_power_iterations)
