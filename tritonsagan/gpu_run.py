@@ -23,7 +23,6 @@ commands are known to work before a GPU is there.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import subprocess
@@ -35,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from .cli import run_command
+from .curves import METRICS_NAME, read_metrics
 from .errors import ConfigError, TritonsaganError
 from .weights_io import atomic_write_json
 
@@ -77,18 +77,13 @@ def _train(options: dict, log: Path, *switches: str) -> int:
     return _run_logged([sys.executable, "-m", "tritonsagan.train", *switches, *_flags(options)], log)
 
 
-def _metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
 def _grids(run: Path) -> list[Path]:
     return sorted((run / "samples").glob("step_*_ema.png"))
 
 
 def _training_summary(run: Path, exit_code: int) -> dict:
     """What a person checks of a training run: it ran, it stayed finite, its samples moved."""
-    records = [r for r in _metrics(run) if "loss_d" in r]
+    records = [r for r in read_metrics(run) if "loss_d" in r] if (run / METRICS_NAME).is_file() else []
     losses = [r[key] for r in records for key in ("loss_d", "loss_g")]
     grids = _grids(run)
     change = None
@@ -160,7 +155,7 @@ def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool) -> bool
         G_ema = Generator.from_pretrained(run_dir / "generator").half()
         weights = G_ema.save_pretrained(out / PRETRAINED_NAME) / "model.safetensors"
         summary["weights_bytes"] = weights.stat().st_size
-        for name in ("metrics.jsonl", "config.json", "curves.png"):
+        for name in (METRICS_NAME, "config.json", "curves.png"):
             if (run_dir / name).is_file():
                 shutil.copy(run_dir / name, out / name)
         for grid in _grids(run_dir)[-1:] + sorted((run_dir / "samples").glob("step_*.png"))[-1:]:
