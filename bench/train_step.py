@@ -57,7 +57,7 @@ TUNINGS = {  # (d) plus each switch
     "max_autotune": {"compile_mode": "max-autotune"},
     "reduce_overhead": {"compile_mode": "reduce-overhead"},
 }
-ALL_SWITCHES = {"channels_last": True, "fused_adam": True, "grouped_sn": True, "sn_autocast_dtype": True, "fused_qkv": True, "compile_scope": "step"}
+ALL_SWITCHES = {key: value for tuning in TUNINGS.values() if "compile_mode" not in tuning for key, value in tuning.items()}
 VARIANTS += [Variant(f"d+{name}", f"(d) + {name}", tuning=tuning) for name, tuning in TUNINGS.items()]
 VARIANTS.append(Variant("d+all", "(d) + every switch but the compile mode", tuning=ALL_SWITCHES))
 VARIANT_IDS = [v.id for v in VARIANTS]
