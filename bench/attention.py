@@ -8,8 +8,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from ..kernels import attention_naive, attention_chunked, attention_triton
-from ..kernels._triton_support import triton_can_run
+from tritonsagan.kernels import attention_chunked, attention_naive, attention_triton
+from tritonsagan.kernels._triton_support import triton_can_run
+
 from .timing import floor_ms, median_ms, peak_extra_bytes, rotating
 
 # (name, N_q, N_k, d_qk, d_v): G and D at 32x32 (queries H*W, keys pooled to H*W/4), and G's

@@ -16,9 +16,10 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from ..cli import add_device_argument, resolve_device, run_command
-from ..errors import ConfigError
-from ..weights_io import atomic_write_bytes
+from tritonsagan.atomic_write import atomic_write_bytes
+from tritonsagan.cli import add_device_argument, resolve_device, run_command
+from tritonsagan.errors import ConfigError
+
 from . import attention, data, floor, hopper, spectral_norm, train_step
 from .targets import evaluate_targets
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..data import ImageFolderStream, builtin_photo_dir, make_loader
-from ..packed import PackedDataset, prepare
+from tritonsagan.data import ImageFolderStream, builtin_photo_dir, make_loader
+from tritonsagan.packed import PackedDataset, prepare
 
 FOLDER_SIZES = (100, 200_000)
 PACKED_IMAGES = 1024

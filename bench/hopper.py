@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..errors import TritonsaganError
+from tritonsagan.errors import TritonsaganError
 
 SM90_SHARED_LIMIT = 232448  # bytes of shared memory one block may use on an H100/H200 (227 KiB)
 ATTENTION_WIDTHS = (32, 64, 128)  # base widths ch whose G and D attention shapes are compiled
@@ -136,7 +136,7 @@ def _offered_configs(kernel: Any, args: tuple, kwargs: dict, pruned: bool) -> li
 
 
 def _cases_from(op: str, shape: str, dtype: torch.dtype, record: Callable[[], None], all_configs: bool) -> list[Case]:
-    from ..kernels._triton_support import record_launches
+    from tritonsagan.kernels._triton_support import record_launches
 
     with record_launches() as launches:
         record()
@@ -169,8 +169,8 @@ def _allow_tf32(allowed: bool) -> Iterator[None]:
 def attention_cases(widths: Iterable[int] = ATTENTION_WIDTHS, dtypes: Iterable[torch.dtype] = ATTENTION_DTYPES, all_configs: bool = False) -> list[Case]:
     """Forward and backward launches of G's and D's attention at 32x32 for each base width; float32
     both with exact dots and with TF32 allowed (torch.backends.cuda.matmul.allow_tf32)."""
-    from ..kernels.attention_kernels import attention_bwd_launch, attention_fwd_launch
-    from ..models import Discriminator, Generator
+    from tritonsagan.kernels.attention_kernels import attention_bwd_launch, attention_fwd_launch
+    from tritonsagan.models import Discriminator, Generator
 
     variants = [(dtype, tf32) for dtype in dtypes for tf32 in ((False, True) if dtype == torch.float32 else (False,))]
     cases, seen = [], set()
@@ -203,7 +203,14 @@ def spectral_norm_cases(ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_D
     """Every launch of the fused spectral norm (training forward, eval sigma, backward; W / sigma
     also written in bfloat16 from float32, as under autocast) for each SN weight shape of G and D at
     width ch, and the grouped power iteration over all of them."""
-    from ..kernels.spectral_norm_kernels import grouped_power_iteration_launch, power_iteration_launch, rows_launch, scale_backward_launch, scale_launch
+    from tritonsagan.kernels.spectral_norm_kernels import (
+        grouped_power_iteration_launch,
+        power_iteration_launch,
+        rows_launch,
+        scale_backward_launch,
+        scale_launch,
+    )
+
     from .spectral_norm import layer_shapes
 
     cases = []
@@ -335,7 +342,7 @@ def run_in_this_process(all_configs: bool = False, workers: int | None = None, q
     quick: G and D at ch 64 in bfloat16 and the SN layers in float32 only (a rehearsal's check)."""
     import triton
 
-    from ..kernels._triton_support import INTERPRET
+    from tritonsagan.kernels._triton_support import INTERPRET
 
     if INTERPRET:
         raise RuntimeError("the Hopper compile report cannot be built under TRITON_INTERPRET=1; use compile_report()")

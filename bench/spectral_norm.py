@@ -8,10 +8,11 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
-from ..kernels import init_spectral_norm_vectors, spectral_norm_torch, spectral_norm_triton
-from ..kernels._triton_support import triton_can_run
-from ..models import Discriminator, Generator
-from ..models.layers import SpectralNormMixin
+from tritonsagan.kernels import init_spectral_norm_vectors, spectral_norm_torch, spectral_norm_triton
+from tritonsagan.kernels._triton_support import triton_can_run
+from tritonsagan.models import Discriminator, Generator
+from tritonsagan.models.layers import SpectralNormMixin
+
 from .timing import median_ms
 
 

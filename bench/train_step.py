@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..kernels import use_backend
-from ..errors import ConfigError
-from ..models import Discriminator, Generator
-from ..train import TrainConfig, Trainer
+from tritonsagan.errors import ConfigError
+from tritonsagan.kernels import use_backend
+from tritonsagan.models import Discriminator, Generator
+from tritonsagan.train import TrainConfig, Trainer
+
 from .timing import median_ms, peak_extra_bytes
 
 FULL_DIFFAUG = "color,translation,cutout"

@@ -11,8 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..kernels import attention, init_spectral_norm_vectors, spectral_norm
-from ..kernels.spectral_norm import autocast_dtype, sn_update_vectors, sn_update_vectors_grouped, spectral_norm_after_update
+from tritonsagan.kernels import attention, init_spectral_norm_vectors, spectral_norm
+from tritonsagan.kernels.spectral_norm import autocast_dtype, sn_update_vectors, sn_update_vectors_grouped, spectral_norm_after_update
+
 from .config import ATTENTION_GROUP, TuningConfig
 
 

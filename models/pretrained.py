@@ -13,41 +13,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-import torch.nn as nn
 
-from ..weights_io import WeightsError, atomic_write_json, load_safetensors, save_safetensors
+from tritonsagan.atomic_write import atomic_write_json
+from tritonsagan.weights_io import WeightsError, check_state_dict, load_safetensors, save_safetensors
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-LISTED_KEYS = 8  # how many offending keys an error message shows
 
 M = TypeVar("M", bound="PretrainedMixin")
-
-
-def _list_keys(keys: list[str]) -> str:
-    shown = ", ".join(keys[:LISTED_KEYS])
-    return shown + (f" (+{len(keys) - LISTED_KEYS} more)" if len(keys) > LISTED_KEYS else "")
-
-
-def check_state_dict(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    """Raise a WeightsError naming the missing, unexpected and mis-shaped keys."""
-    expected = model.state_dict()
-    problems = []
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    mismatched = [
-        f"{key} {tuple(tensors[key].shape)} vs model {tuple(expected[key].shape)}"
-        for key in sorted(set(expected) & set(tensors))
-        if tensors[key].shape != expected[key].shape
-    ]
-    if missing:
-        problems.append(f"missing keys: {_list_keys(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_list_keys(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch: {_list_keys(mismatched)}")
-    if problems:
-        raise WeightsError(f"{path}: weights do not fit {type(model).__name__}: " + "; ".join(problems))
 
 
 class PretrainedMixin:

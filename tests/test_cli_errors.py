@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-import tritonsagan.weights_io as weights_io
+import tritonsagan.atomic_write as atomic_write
 from tritonsagan.bench.cli import main as bench_main
 from tritonsagan.checkpoint import list_checkpoints
 from tritonsagan.curves import main as curves_main
@@ -86,7 +86,7 @@ def test_full_disk_while_checkpointing_names_the_file_and_the_last_good_checkpoi
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_fsync(fd)
 
-    monkeypatch.setattr(weights_io.os, "fsync", fsync_on_a_full_disk)
+    monkeypatch.setattr(atomic_write.os, "fsync", fsync_on_a_full_disk)
     capsys.readouterr()
     assert train_main(["--out", str(run), "--steps", "4", "--save-every", "2", *TINY]) == 1
     err = _error(capsys)

@@ -1,7 +1,8 @@
 """tritonsagan: Self-Attention GANs (SAGAN, 128x128) with Triton attention and spectral-norm kernels."""
 
+from tritonsagan.models import Discriminator, Generator
+
 from .generate import generate, load_generator
-from .models import Discriminator, Generator
 from .weights_io import WeightsError
 
 __version__ = "0.1.0"

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .models.pretrained import check_state_dict
-from .weights_io import WeightsError, atomic_write_json, load_safetensors, save_safetensors
+from .atomic_write import atomic_write_json
+from .weights_io import WeightsError, check_state_dict, load_safetensors, save_safetensors
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{7,})\.safetensors$")
 

@@ -22,9 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic_write import atomic_write_bytes
 from .cli import run_command
 from .errors import ConfigError, TritonsaganError
-from .weights_io import atomic_write_bytes
 
 METRICS_NAME = "metrics.jsonl"
 CURVES_NAME = "curves.png"

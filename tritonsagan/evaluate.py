@@ -34,13 +34,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from tritonsagan.models import Generator
+
+from .atomic_write import atomic_write_json
 from .cli import add_device_argument, parse_int_list, resolve_device, run_command
 from .data import make_dataset
 from .errors import TritonsaganError
 from .generate import generate_batches, load_generator
 from .metrics import feature_statistics, frechet_distance, inception_score, kernel_inception_distance
-from .models import Generator
-from .weights_io import WeightsError, atomic_write_json, load_safetensors, save_safetensors
+from .weights_io import WeightsError, load_safetensors, save_safetensors
 
 FID_WEIGHTS_ENV = "TRITONSAGAN_FID_WEIGHTS"
 STATS_TAG = "tritonsagan_fid_stats"

@@ -13,12 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tritonsagan.models import Generator
+from tritonsagan.models.pretrained import WEIGHTS_NAME
+
 from .checkpoint import latest_checkpoint
 from .cli import add_device_argument, parse_int_list, resolve_device, run_command
 from .images import make_grid, save_png, to_uint8
-from .models import Generator
-from .models.pretrained import WEIGHTS_NAME, check_state_dict
-from .weights_io import WeightsError, load_safetensors
+from .weights_io import WeightsError, check_state_dict, load_safetensors
 
 GENERATOR_SUBDIR = "generator"
 

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .atomic_write import atomic_write_json
 from .cli import run_command
 from .curves import METRICS_NAME, read_metrics
 from .errors import ConfigError, TritonsaganError
-from .weights_io import atomic_write_json
 
 REPO = Path(__file__).resolve().parents[1]  # a checkout: tests/ and the kernels beside the package
 BENCH_PARTS = {  # each one GPU-run command; together the whole report
@@ -111,7 +111,7 @@ def _pytest_counts(junit: Path) -> dict:
 
 
 def check(out: Path, rehearse: bool) -> bool:
-    from .bench import hopper
+    from tritonsagan.bench import hopper
 
     junit = out / "pytest-gpu.xml"
     code = _run_logged([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(REPO / "tests"), f"--junitxml={junit}"],
@@ -144,7 +144,7 @@ def bench(out: Path, part: str, rehearse: bool, merge_with: Path | None) -> bool
 
 
 def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool) -> bool:
-    from .models import Generator
+    from tritonsagan.models import Generator
 
     options = {**PRETRAINED_TRAINING, "data": "builtin", "max-minutes": minutes, "out": run_dir}
     if rehearse:

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .atomic_write import atomic_write_bytes, atomic_write_json
 from .cli import run_command
 from .data import IMAGE_SIZE, UNREADABLE, DataError, EpochOrder, ImageFolderStream, center_square, fit_short_side, load_rgb
-from .weights_io import atomic_write_bytes, atomic_write_json
 
 FORMAT = "tritonsagan-packed"
 VERSION = 1

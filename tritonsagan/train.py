@@ -26,20 +26,20 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from tritonsagan.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
+from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, Z_DIM
+from tritonsagan.models.layers import refresh_spectral_norm_vectors
+
+from .atomic_write import atomic_write_json
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, write_checkpoint
 from .cli import resolve_device, run_command
-from .config import add_config_flags, build_config
+from .config_flags import add_config_flags, build_config
 from .curves import MetricsLog
 from .data import IMAGE_SIZE, make_dataset, make_loader
 from .diffaug import augment, draw, parse_policy
 from .errors import ConfigError, TritonsaganError
 from .evaluate import FID_WEIGHTS_ENV, FidMonitor
 from .images import from_uint8, make_grid, save_png, to_uint8
-from .models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
-from .models.config import ATTENTION_RESOLUTION, BASE_WIDTH, Z_DIM
-from .models.layers import refresh_spectral_norm_vectors
-from .weights_io import atomic_write_json
-
 
 DIFFAUG_BUILTIN = "color,translation,cutout"
 COMPILE_SCOPES = ("loss", "step")

@@ -1,66 +1,27 @@
-"""Safetensors reading and atomic writing, with errors that name the file and what is wrong.
-
-Weights and checkpoints are only ever read from safetensors (never pickle). Every write goes to a
-temporary file in the same folder, is fsynced, then renamed over the target, so a crash mid-write
-leaves the previous file intact.
-"""
+"""Weights in safetensors: reading, atomic writing, and checking a state dict against its model, with
+errors that name the file and what is wrong. Weights and checkpoints are only ever read from
+safetensors (never pickle)."""
 
 from __future__ import annotations
 
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 from safetensors.torch import load_file, save
 
+from .atomic_write import atomic_write_bytes
 from .errors import TritonsaganError
 
 SAFETENSORS_HEADER_LIMIT = 100 * 1024 * 1024  # the format's own cap on the JSON header
+LISTED_KEYS = 8  # how many offending keys an error message shows
 
 
 class WeightsError(TritonsaganError, ValueError):
     """A weights or checkpoint file that cannot be used: foreign, truncated, or mismatched."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` through a fsynced temporary file and an atomic rename. The file gets
-    the permissions the umask gives any new file; an OSError (e.g. a full disk) names the file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.errno is None:
-            raise OSError(f"{path}: {err}") from err
-        raise OSError(err.errno, err.strerror, str(path)) from err
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: object) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def save_safetensors(
@@ -108,3 +69,29 @@ def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu"
     except Exception as err:  # safetensors raises its own error types; name the file
         raise WeightsError(f"{path}: unreadable safetensors file ({err})") from None
     return tensors, metadata
+
+
+def _list_keys(keys: list[str]) -> str:
+    shown = ", ".join(keys[:LISTED_KEYS])
+    return shown + (f" (+{len(keys) - LISTED_KEYS} more)" if len(keys) > LISTED_KEYS else "")
+
+
+def check_state_dict(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Raise a WeightsError naming the missing, unexpected and mis-shaped keys."""
+    expected = model.state_dict()
+    problems = []
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    mismatched = [
+        f"{key} {tuple(tensors[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(tensors))
+        if tensors[key].shape != expected[key].shape
+    ]
+    if missing:
+        problems.append(f"missing keys: {_list_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_list_keys(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {_list_keys(mismatched)}")
+    if problems:
+        raise WeightsError(f"{path}: weights do not fit {type(model).__name__}: " + "; ".join(problems))
