@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tritonsagan.data import ImageFolderStream, builtin_photo_dir, make_loader
+from tritonsagan.data import ImageFolderStream, builtin_photo_dir
+from tritonsagan.loader import make_loader
 from tritonsagan.packed import PackedDataset, prepare
 
 FOLDER_SIZES = (100, 200_000)

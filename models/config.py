@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+IMAGE_CHANNELS, IMAGE_SIZE = 3, 128  # G's output and D's input: RGB, 128x128
+IMAGE_SHAPE = (IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
 BASE_WIDTH = 64  # ch of the official ImageNet model
 ATTENTION_RESOLUTION = 32  # where the official code puts self-attention, in G and in D
 Z_DIM = 128
@@ -19,7 +21,10 @@ G_BLOCK_RESOLUTIONS = tuple(8 * 2**i for i in range(len(G_WIDTHS) - 1))  # 8 .. 
 # Width of each D block output, in multiples of ch, and its output resolution.
 D_WIDTHS = (1, 2, 4, 8, 16, 16)
 D_BLOCK_RESOLUTIONS = (64, 32, 16, 8, 4, 4)
-ATTENTION_GROUP = 8  # the attention block's query/key convolutions have channels / 8 outputs
+# The attention block's 1x1 convolutions: query and key (theta, phi) have channels / 8 outputs, the
+# value (g) channels / 2, as in the official sn_non_local_block_sim.
+ATTENTION_QUERY_KEY_RATIO = 8
+ATTENTION_VALUE_RATIO = 2
 
 
 def _attention_block(model: str, attn_res: int, resolutions: tuple[int, ...]) -> int:
@@ -33,16 +38,16 @@ def _attention_block(model: str, attn_res: int, resolutions: tuple[int, ...]) ->
 
 
 def _check_widths(model: str, ch: int, num_classes: int, attn_res: int, attention_factor: int) -> None:
-    """ch and num_classes, and that the attention block (attention_factor * ch channels) can split them by 8."""
+    """ch and num_classes, and that the attention block's attention_factor * ch channels divide by ATTENTION_QUERY_KEY_RATIO."""
     if ch < 1:
         raise ValueError(f"{model}: ch must be positive, got {ch}")
     if num_classes < 0:
         raise ValueError(f"{model}: num_classes must be >= 0 (0: unconditional), got {num_classes}")
-    if attn_res and attention_factor * ch % ATTENTION_GROUP:
-        step = ATTENTION_GROUP // math.gcd(attention_factor, ATTENTION_GROUP)
+    if attn_res and attention_factor * ch % ATTENTION_QUERY_KEY_RATIO:
+        step = ATTENTION_QUERY_KEY_RATIO // math.gcd(attention_factor, ATTENTION_QUERY_KEY_RATIO)
         raise ValueError(
             f"{model}: ch={ch} gives the attention block at {attn_res}x{attn_res} {attention_factor * ch} channels, "
-            f"which must be a multiple of {ATTENTION_GROUP}; use a ch that is a multiple of {step} (e.g. {step * max(1, round(ch / step))})"
+            f"which must be a multiple of {ATTENTION_QUERY_KEY_RATIO}; use a ch that is a multiple of {step} (e.g. {step * max(1, round(ch / step))})"
         )
 
 

@@ -13,12 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import D_WIDTHS, DiscriminatorConfig, TuningConfig
+from .config import D_WIDTHS, IMAGE_CHANNELS, IMAGE_SHAPE, DiscriminatorConfig, TuningConfig
 from .layers import DBlock, SelfAttention, SNEmbedding, SNLinear, update_spectral_norm_group
 from .pretrained import PretrainedMixin
 from .validation import check_labels
-
-IMAGE_SHAPE = (3, 128, 128)
 
 
 class Discriminator(PretrainedMixin, nn.Module):
@@ -29,7 +27,7 @@ class Discriminator(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = cfg = dataclasses.replace(config or DiscriminatorConfig(), **fields)
         widths = [w * cfg.ch for w in D_WIDTHS]
-        in_widths = [IMAGE_SHAPE[0]] + widths[:-1]
+        in_widths = [IMAGE_CHANNELS] + widths[:-1]
         self.blocks = nn.ModuleList(
             DBlock(c_in, c_out, downsample=i < len(widths) - 1, optimized=i == 0)
             for i, (c_in, c_out) in enumerate(zip(in_widths, widths))

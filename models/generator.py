@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import G_WIDTHS, GeneratorConfig, TuningConfig
+from .config import G_WIDTHS, IMAGE_CHANNELS, GeneratorConfig, TuningConfig
 from .layers import GBlock, SelfAttention, SNConv2d, SNLinear, update_spectral_norm_group
 from .pretrained import PretrainedMixin
 from .validation import check_labels
@@ -30,7 +30,7 @@ class Generator(PretrainedMixin, nn.Module):
         self.blocks = nn.ModuleList(GBlock(c_in, c_out, cfg.num_classes) for c_in, c_out in zip(widths, widths[1:]))
         self.attention = SelfAttention(widths[cfg.attention_block + 1]) if cfg.attn_res else None
         self.bn = nn.BatchNorm2d(widths[-1])
-        self.conv_out = SNConv2d(widths[-1], 3, 3, padding=1)
+        self.conv_out = SNConv2d(widths[-1], IMAGE_CHANNELS, 3, padding=1)
         self.tuning = TuningConfig()  # how it computes (layers.set_tuning), not part of the saved config
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

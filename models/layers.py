@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tritonsagan.kernels import attention, init_spectral_norm_vectors, spectral_norm
 from tritonsagan.kernels.spectral_norm import autocast_dtype, sn_update_vectors, sn_update_vectors_grouped, spectral_norm_after_update
 
-from .config import ATTENTION_GROUP, TuningConfig
+from .config import ATTENTION_QUERY_KEY_RATIO, ATTENTION_VALUE_RATIO, TuningConfig
 
 
 class SpectralNormMixin:
@@ -123,13 +123,14 @@ class SelfAttention(nn.Module):
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        if channels % ATTENTION_GROUP != 0:
-            raise ValueError(f"SelfAttention: channels must be a multiple of {ATTENTION_GROUP}, got {channels}")
+        if channels % ATTENTION_QUERY_KEY_RATIO != 0:
+            raise ValueError(f"SelfAttention: channels must be a multiple of {ATTENTION_QUERY_KEY_RATIO}, got {channels}")
         self.channels = channels
-        self.theta = SNConv2d(channels, channels // 8, 1, bias=False)
-        self.phi = SNConv2d(channels, channels // 8, 1, bias=False)
-        self.g = SNConv2d(channels, channels // 2, 1, bias=False)
-        self.out = SNConv2d(channels // 2, channels, 1, bias=False)
+        d_qk, d_v = channels // ATTENTION_QUERY_KEY_RATIO, channels // ATTENTION_VALUE_RATIO
+        self.theta = SNConv2d(channels, d_qk, 1, bias=False)
+        self.phi = SNConv2d(channels, d_qk, 1, bias=False)
+        self.g = SNConv2d(channels, d_v, 1, bias=False)
+        self.out = SNConv2d(d_v, channels, 1, bias=False)
         self.gamma = nn.Parameter(torch.zeros(()))
         self.fused_qkv = False  # set by set_tuning
 
@@ -151,7 +152,7 @@ class SelfAttention(nn.Module):
         batch, channels, height, width = x.shape
         queries, keys, values = self._queries_keys_values(x)
         attended = attention(queries, keys, values)  # (B, N, C/2)
-        attended = attended.transpose(1, 2).reshape(batch, channels // 2, height, width)
+        attended = attended.transpose(1, 2).reshape(batch, self.g.out_channels, height, width)
         return x + self.gamma * self.out(attended)
 
 

@@ -4,14 +4,9 @@ import pytest
 import torch
 
 from tritonsagan.kernels import attention, attention_chunked, attention_naive, use_backend
-from utils import rel_err
+from helpers import ATTENTION_SHAPES, attention_float64, rel_err
 
-SHAPES = [  # (B, N_q, N_k, d_qk, d_v)
-    (2, 1024, 256, 32, 128),  # G at 32x32
-    (2, 1024, 256, 16, 64),  # D at 32x32
-    (3, 49, 49, 8, 40),  # awkward: nothing a power of two
-    (1, 5, 300, 3, 7),
-]
+SHAPES = ATTENTION_SHAPES + [(1, 5, 300, 3, 7)]  # (B, N_q, N_k, d_qk, d_v)
 
 
 def _inputs(B, Nq, Nk, dqk, dv, dtype=torch.float32):
@@ -30,9 +25,7 @@ def test_forward_and_gradients_match_float64(shape, query_chunk):
     grad_out = torch.randn_like(out)
     dq, dk, dv = torch.autograd.grad(out, (q, k, v), grad_out)
 
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    ref = attention_naive(q64, k64, v64, scale)
-    rq, rk, rv = torch.autograd.grad(ref, (q64, k64, v64), grad_out.double())
+    ref, _, (rq, rk, rv) = attention_float64(q, k, v, grad_out, scale)
 
     assert out.dtype == torch.float32 and out.shape == ref.shape
     for name, got, want in (("out", out, ref), ("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):

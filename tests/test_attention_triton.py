@@ -6,14 +6,11 @@ import torch
 from tritonsagan.kernels import attention, attention_naive, attention_triton, use_backend
 from tritonsagan.kernels.attention_kernels import attention_bwd_launch, attention_fwd_launch
 from tritonsagan.models import Discriminator, Generator, SelfAttention
-from utils import rel_err
+from helpers import ATTENTION_SHAPES, attention_float64, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-SHAPES = [  # (B, N_q, N_k, d_qk, d_v)
-    (2, 1024, 256, 32, 128),  # G at 32x32
-    (2, 1024, 256, 16, 64),  # D at 32x32
-    (3, 49, 49, 8, 40),  # 7x7: nothing a power of two or a multiple of the block
+SHAPES = ATTENTION_SHAPES + [  # (B, N_q, N_k, d_qk, d_v)
     (2, 4096, 1024, 16, 64),  # attention at 64x64
     (1, 130, 70, 64, 256),  # the largest head dims (G at ch 128)
     (2, 300, 77, 24, 200),
@@ -24,21 +21,13 @@ def _random(*shape, dtype=torch.float32):
     return torch.randn(*shape, device=DEVICE, dtype=dtype)
 
 
-def _float64_reference(q, k, v, grad_out, scale):
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
-    out = attention_naive(q64, k64, v64, scale)
-    lse = torch.logsumexp(scale * q64 @ k64.transpose(1, 2), dim=-1)
-    grads = torch.autograd.grad(out, (q64, k64, v64), grad_out.double())
-    return out.detach(), lse.detach(), grads
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_launches_match_float64_with_poisoned_outputs(shape):
     B, Nq, Nk, dqk, dv = shape
     scale = 0.9
     q, k, v = _random(B, Nq, dqk), _random(B, Nk, dqk), _random(B, Nk, dv)
     grad_out = _random(B, Nq, dv)
-    ref_out, ref_lse, (ref_dq, ref_dk, ref_dv) = _float64_reference(q, k, v, grad_out, scale)
+    ref_out, ref_lse, (ref_dq, ref_dk, ref_dv) = attention_float64(q, k, v, grad_out, scale)
 
     nan = float("nan")
     out = torch.full((B, Nq, dv), nan, device=DEVICE)
@@ -62,7 +51,7 @@ def test_autograd_on_strided_conv_layout():
     out = attention_triton(q, k, v, 1.0)
     grad_out = _random(*out.shape)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
-    ref_out, _, ref_grads = _float64_reference(q, k, v, grad_out, 1.0)
+    ref_out, _, ref_grads = attention_float64(q, k, v, grad_out, 1.0)
     assert rel_err(out, ref_out) < 1e-4
     for name, got, want in zip("qkv", grads, ref_grads):
         assert got.shape == want.shape and rel_err(got, want) < 1e-4, name
@@ -128,7 +117,7 @@ def test_half_precision(shape, dtype, bound):
     out = attention_triton(q, k, v)
     grad_out = _random(B, Nq, dv, dtype=dtype)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
-    ref_out, _, ref_grads = _float64_reference(q, k, v, grad_out, 1.0)
+    ref_out, _, ref_grads = attention_float64(q, k, v, grad_out, 1.0)
     assert out.dtype == dtype and rel_err(out, ref_out) < bound
     for name, got, want in zip("qkv", grads, ref_grads):
         assert got.dtype == dtype and rel_err(got, want) < bound, name
@@ -144,7 +133,7 @@ def test_float32_with_tf32_allowed(shape, monkeypatch):
     out = attention_triton(q, k, v)
     grad_out = _random(B, Nq, dv)
     grads = torch.autograd.grad(out, (q, k, v), grad_out)
-    ref_out, _, ref_grads = _float64_reference(q, k, v, grad_out, 1.0)
+    ref_out, _, ref_grads = attention_float64(q, k, v, grad_out, 1.0)
     assert rel_err(out, ref_out) < 5e-3
     for name, got, want in zip("qkv", grads, ref_grads):
         assert rel_err(got, want) < 5e-3, name

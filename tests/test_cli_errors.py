@@ -8,10 +8,8 @@ import json
 import os
 import stat
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import tritonsagan.atomic_write as atomic_write
 from tritonsagan.bench.cli import main as bench_main
@@ -22,6 +20,7 @@ from tritonsagan.evaluate import main as eval_main
 from tritonsagan.generate import main as generate_main
 from tritonsagan.models import Discriminator, Generator
 from tritonsagan.train import TrainConfig, main as train_main, train
+from helpers import write_image
 
 TINY = ["--ch", "8", "--batch-size", "4", "--workers", "0", "--num-samples", "4", "--log-every", "2", "--no-compile"]
 COMMANDS = {"train": train_main, "generate": generate_main, "eval": eval_main, "bench": bench_main, "curves": curves_main}
@@ -109,16 +108,11 @@ def test_run_files_get_the_umask_permissions(umask, mode, tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
 
 
-def _photo(path, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
-
-
 def test_class_folder_without_a_readable_image_is_refused_before_training(tmp_path, capsys):
     root = tmp_path / "data"
     for name in ("cats", "dogs"):
         (root / name).mkdir(parents=True)
-        _photo(root / name / "a.png", 0)
+        write_image(root / name / "a.png", 0, size=(48, 40))
     (root / "empty").mkdir()
     (root / "empty" / "notes.txt").write_text("no images here")
     (root / "broken").mkdir()

@@ -13,7 +13,7 @@ from tritonsagan import generate, load_generator
 from tritonsagan.generate import attention_maps, main, sample_latents
 from tritonsagan.models import Generator
 from tritonsagan.train import TrainConfig, train
-from utils import rel_err
+from helpers import rel_err
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from tritonsagan.kernels import attention_naive
 from tritonsagan.models import Discriminator, Generator, SelfAttention
-from utils import rel_err
+from helpers import rel_err
 
 CH = 8  # small width: the architecture is the same, only narrower
 

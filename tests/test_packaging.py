@@ -1,5 +1,7 @@
-"""The wheel installs kernels/, models/, bench/ under tritonsagan and nothing else at the top level."""
+"""The wheel installs kernels/, models/, bench/ under tritonsagan and nothing else at the top level;
+the modules import one another without circles."""
 
+import ast
 import subprocess
 import sys
 import zipfile
@@ -8,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = {"tritonsagan": "tritonsagan", "kernels": "tritonsagan.kernels", "models": "tritonsagan.models", "bench": "tritonsagan.bench"}
 
 
 def test_wheel_layout(tmp_path):
@@ -23,3 +26,46 @@ def test_wheel_layout(tmp_path):
     assert top_level == {"tritonsagan"}
     for module in ("kernels/attention.py", "kernels/spectral_norm.py", "models/generator.py", "bench/__init__.py"):
         assert f"tritonsagan/{module}" in names
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the package modules it imports anywhere in its source (lazy imports included), by
+    installed name; a package's own __init__ is left out, as re-exports are not dependencies."""
+    modules = {}
+    for folder, package in FOLDERS.items():
+        for path in (ROOT / folder).glob("*.py"):
+            if path.stem != "__init__":
+                modules[f"{package}.{path.stem}"] = path
+    graph = {}
+    for name, path in modules.items():
+        package = name.rsplit(".", 1)[0]
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(parent + ([node.module] if node.module else []))
+                imported |= {base} | {f"{base}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+        graph[name] = {m for m in imported if m in modules and m != name}
+    return graph
+
+
+def test_no_import_circles():
+    graph = _import_graph()
+    assert "tritonsagan.packed" in graph["tritonsagan.loader"] and "tritonsagan.data" in graph["tritonsagan.packed"]  # the graph sees imports
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            assert state.get(target) != "open", "import circle: " + " -> ".join([*path[path.index(target) :], target])
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

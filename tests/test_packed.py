@@ -13,32 +13,21 @@ from safetensors.torch import load_file
 
 import tritonsagan.packed as packed_module
 from tritonsagan.checkpoint import latest_checkpoint
-from tritonsagan.data import DataError, ImageFolderStream, StreamBatchSampler, make_dataset, make_loader
+from tritonsagan.data import DataError
+from tritonsagan.loader import make_dataset
 from tritonsagan.packed import MANIFEST_NAME, PackedDataset, is_packed_dataset, main as prepare_main, prepare
 from tritonsagan.train import main as train_main
+from helpers import image_folder, write_image
 
 TINY = ["--ch", "8", "--batch-size", "4", "--workers", "0", "--num-samples", "4", "--log-every", "2", "--sample-every", "2",
         "--save-every", "2", "--no-compile"]  # fmt: skip
 
 
-def _photo(path, seed: int, size=(70, 50)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
-
-
-def _source(root, classes=("cats", "dogs", "owls"), per_class=4):
-    for c, name in enumerate(classes):
-        for i in range(per_class):
-            _photo(root / name / f"{i}.png", 10 * c + i, size=(60 + 7 * i, 50 + 5 * c))
-    return root
-
-
 def test_prepare_writes_shards_labels_and_manifest(tmp_path, capsys):
-    src = _source(tmp_path / "src")
+    src = image_folder(tmp_path / "src")
     (src / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     truncated = tmp_path / "whole.jpg"
-    _photo(truncated, 99)
+    write_image(truncated, 99)
     (src / "owls" / "cut.png").write_bytes(truncated.read_bytes()[:40])  # a truncated file
     assert prepare_main([str(src), str(tmp_path / "dest"), "--conditional", "--workers", "2"]) == 0
     assert "packed 12 images in 3 classes" in capsys.readouterr().err
@@ -56,7 +45,7 @@ def test_prepare_writes_shards_labels_and_manifest(tmp_path, capsys):
 
 
 def test_an_interrupted_packing_resumes_to_the_same_dataset(tmp_path, monkeypatch):
-    src = _source(tmp_path / "src", per_class=5)
+    src = image_folder(tmp_path / "src", per_class=5)
     monkeypatch.setattr(packed_module, "SHARD_FILES", 4)  # 15 files: four shards
     prepare(src, tmp_path / "straight", conditional=True, progress=False)
     real_write = packed_module._write_manifest
@@ -81,7 +70,7 @@ def test_an_interrupted_packing_resumes_to_the_same_dataset(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("conditional", [True, False])
 def test_prepare_then_train_and_resume_exactly(tmp_path, conditional):
-    src = _source(tmp_path / "src")
+    src = image_folder(tmp_path / "src")
     prepare(src, tmp_path / "dest", conditional=conditional, progress=False)
     flags = ["--data", str(tmp_path / "dest"), *(["--conditional"] if conditional else []), *TINY]
     assert train_main(["--out", str(tmp_path / "straight"), "--steps", "4", *flags]) == 0
@@ -95,7 +84,7 @@ def test_prepare_then_train_and_resume_exactly(tmp_path, conditional):
 
 
 def test_packed_stream_is_deterministic_flips_and_covers_each_image_once_per_epoch(tmp_path):
-    prepare(_source(tmp_path / "src"), tmp_path / "dest", conditional=True, progress=False)
+    prepare(image_folder(tmp_path / "src"), tmp_path / "dest", conditional=True, progress=False)
     dataset = make_dataset(str(tmp_path / "dest"), seed=3, conditional=True)
     assert isinstance(dataset, PackedDataset) and dataset.classes == ["cats", "dogs", "owls"] and len(dataset) == 12
     stored = torch.from_numpy(np.load(tmp_path / "dest" / "images_00000.npy"))
@@ -114,36 +103,6 @@ def test_packed_stream_is_deterministic_flips_and_covers_each_image_once_per_epo
     assert not all(torch.equal(PackedDataset(tmp_path / "dest", seed=4)[i][0], dataset[i][0]) for i in range(12))
 
 
-def test_ranks_read_disjoint_samples(tmp_path):
-    prepare(_source(tmp_path / "src", per_class=8), tmp_path / "dest", progress=False)
-    dataset = PackedDataset(tmp_path / "dest", seed=0)  # 24 images
-    items = {}
-    for rank in range(2):
-        batches = iter(StreamBatchSampler(batch_size=4, rank=rank, world_size=2))
-        indices = [i for _ in range(3) for i in next(batches)]  # 2 ranks x 3 batches x 4 = one epoch
-        items[rank] = {int(dataset.order(0)[i]) for i in indices}
-    assert items[0].isdisjoint(items[1]) and items[0] | items[1] == set(range(24))
-
-
-def test_batches_are_uint8_until_the_device(tmp_path):
-    _source(tmp_path / "src")
-    for data in (str(tmp_path / "src"), "builtin"):
-        images, labels, skipped = next(iter(make_loader(make_dataset(data, 0, conditional=True), 4, 0, workers=0)))
-        assert images.dtype == torch.uint8 and images.shape == (4, 3, 128, 128)
-
-
-def test_folder_stream_order_equals_the_slow_reference_and_covers_each_file_once(tmp_path):
-    for i in range(7):
-        _photo(tmp_path / f"{i}.png", i)
-    dataset = ImageFolderStream(tmp_path, seed=5)
-    for epoch in range(3):
-        slow = np.random.default_rng([5, epoch, 7]).permutation(7)  # the definition, recomputed per sample before
-        assert np.array_equal(dataset.order(epoch), slow)
-        assert sorted(dataset.order(epoch).tolist()) == list(range(7))
-    first = [dataset[i][0] for i in range(7)]
-    assert all(torch.equal(a, b) for a, b in zip(first, (ImageFolderStream(tmp_path, seed=5)[i][0] for i in range(7))))
-
-
 # ---- bad input ------------------------------------------------------------------------------------------
 
 
@@ -153,7 +112,7 @@ def test_folder_stream_order_equals_the_slow_reference_and_covers_each_file_once
         (lambda root: root.mkdir(), False, "no image files"),
         (lambda root: (root.mkdir(), (root / "notes.txt").write_text("x")), False, "no image files"),
         (lambda root: (root.mkdir(), (root / "a.png").write_bytes(b"junk")), False, "none of the 1 image files could be read"),
-        (lambda root: (_source(root), (root / "empty").mkdir()), True, r"no readable image in 1 class folder: empty \(no image files\)"),
+        (lambda root: (image_folder(root), (root / "empty").mkdir()), True, r"no readable image in 1 class folder: empty \(no image files\)"),
     ],
 )
 def test_unusable_sources(tmp_path, capsys, make, conditional, match):
@@ -166,21 +125,21 @@ def test_unusable_sources(tmp_path, capsys, make, conditional, match):
 
 
 def test_dest_that_is_something_else(tmp_path, capsys):
-    src = _source(tmp_path / "src")
+    src = image_folder(tmp_path / "src")
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "thesis.tex").write_text("keep me")
     assert prepare_main([str(src), str(tmp_path / "busy")]) == 1
     assert "is not empty and is not a packed dataset" in capsys.readouterr().err
     assert (tmp_path / "busy" / "thesis.tex").read_text() == "keep me"
     prepare(src, tmp_path / "dest", progress=False)
-    other = _source(tmp_path / "other", classes=("x",))
+    other = image_folder(tmp_path / "other", classes=("x",))
     assert prepare_main([str(other), str(tmp_path / "dest")]) == 1
     err = capsys.readouterr().err
     assert f"holds a packed dataset of {src.resolve()} that differs in source" in err and "choose another DEST" in err
 
 
 def test_damaged_packed_datasets_are_named(tmp_path):
-    prepare(_source(tmp_path / "src"), tmp_path / "dest", conditional=True, progress=False)
+    prepare(image_folder(tmp_path / "src"), tmp_path / "dest", conditional=True, progress=False)
 
     def damaged(how):
         copy = tmp_path / how
@@ -202,7 +161,7 @@ def test_damaged_packed_datasets_are_named(tmp_path):
     (mismatched / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(DataError, match=r"holds uint8 \(12, 3, 128, 128\), the manifest says uint8 \(13, 3, 128, 128\)"):
         PackedDataset(mismatched, seed=0)
-    prepare(_source(tmp_path / "plain_src"), tmp_path / "plain", progress=False)
+    prepare(image_folder(tmp_path / "plain_src"), tmp_path / "plain", progress=False)
     with pytest.raises(DataError, match="packed without --conditional"):
         PackedDataset(tmp_path / "plain", seed=0, conditional=True)
     train_args = ["--data", str(truncated), "--out", str(tmp_path / "run"), "--steps", "1", *TINY]

@@ -9,7 +9,7 @@ from tritonsagan.kernels import spectral_norm_triton, use_backend
 from tritonsagan.kernels.spectral_norm import sn_update_vectors_grouped
 from tritonsagan.kernels.spectral_norm_kernels import power_iteration_launch, scale_backward_launch, scale_launch
 from tritonsagan.models import Discriminator, Generator, SNConv2d
-from utils import rel_err
+from helpers import rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 import tritonsagan.train as train_module
 from tritonsagan.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from tritonsagan.data import BuiltinPhotoStream, DataError, ImageFolderStream
 from tritonsagan.models import Discriminator, Generator
 from tritonsagan.train import TrainConfig, TrainingDiverged, main, train
+from helpers import write_image
 
 TINY = dict(ch=8, batch_size=4, workers=0, num_samples=4, log_every=2, sample_every=2, save_every=2, compile=False)
 
@@ -50,6 +50,7 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     for record in records:
         for key in ("loss_d", "loss_g", "d_real", "d_fake", "images_per_s", "lr_g", "lr_d"):
             assert np.isfinite(record[key]), key
+        assert record["skipped_images"] == 0  # the built-in photos never skip a file
         assert len(record["gamma_g"]) == 1 and len(record["gamma_d"]) == 1
     for step in (2, 4):
         for suffix in ("", "_ema"):
@@ -132,72 +133,18 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2]
 
 
-def _write_image(path: Path, mode: str, size=(150, 140)) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(len(str(path)))
-    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
-    array = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
-    Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode).save(path)
-
-
-def test_image_folder_with_corrupt_non_image_grayscale_and_rgba_files(tmp_path):
-    root = tmp_path / "images"
-    _write_image(root / "cats" / "gray.png", "L")
-    _write_image(root / "cats" / "nested" / "rgba.png", "RGBA")
-    _write_image(root / "dogs" / "rgb.jpg", "RGB", size=(300, 129))
-    _write_image(root / "dogs" / "small.webp", "RGB", size=(60, 90))
-    (root / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    (root / "dogs" / "notes.txt").write_text("not an image")
-    dataset = ImageFolderStream(root, seed=0, conditional=True)
-    assert dataset.classes == ["cats", "dogs"] and len(dataset) == 5  # notes.txt is not an image file
-    skipped = 0
-    for index in range(3 * len(dataset)):  # three epochs: every file is visited
-        image, label, n_skipped = dataset[index]
-        assert image.shape == (3, 128, 128) and image.dtype == torch.uint8  # converted to [-1, 1] on the device
-        skipped += n_skipped
-    assert skipped == 3  # the corrupt file, once per epoch, skipped instead of crashing
-    assert torch.equal(dataset[7][0], dataset[7][0])  # a pure function of the index
-
-    run = tmp_path / "run"
-    assert main(["--data", str(root), "--out", str(run), "--steps", "2", "--conditional", *cli_flags()]) == 0
-    assert "skipped_images" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-
-
 @pytest.mark.parametrize(
     "make, match",
     [
         (lambda root: root, "data folder not found"),
         (lambda root: root.mkdir() or root, "no image files"),
-        (lambda root: [_write_image(root / f"{i}.png", "RGB") for i in range(2)] and root, "fewer than one batch of 4"),
+        (lambda root: [write_image(root / f"{i}.png", i) for i in range(2)] and root, "fewer than one batch of 4"),
     ],
 )
 def test_unusable_folders_are_clear_errors(tmp_path, capsys, make, match):
     root = make(tmp_path / "images")
     assert main(["--data", str(root), "--out", str(tmp_path / "run"), "--steps", "1", *cli_flags()]) == 1
     assert match in capsys.readouterr().err
-
-
-def test_conditional_folder_without_class_folders(tmp_path):
-    _write_image(tmp_path / "a.png", "RGB")
-    with pytest.raises(DataError, match="one sub-folder per class"):
-        ImageFolderStream(tmp_path, seed=0, conditional=True)
-
-
-def test_builtin_stream_is_offline_real_and_deterministic(monkeypatch):
-    import socket
-
-    def no_network(*args, **kwargs):
-        raise AssertionError("the builtin data touched the network")
-
-    monkeypatch.setattr(socket, "socket", no_network)
-    monkeypatch.setattr(socket, "create_connection", no_network)
-    dataset = BuiltinPhotoStream(seed=3)
-    images = [dataset[i] for i in range(20)]
-    assert all(img.shape == (3, 128, 128) and img.dtype == torch.uint8 for img, _, _ in images)
-    assert len({label for _, label, _ in images}) > 5
-    assert float(images[0][0].float().std()) > 2.5  # a real photo crop, not a constant
-    assert torch.equal(BuiltinPhotoStream(seed=3)[5][0], images[5][0])
-    assert not torch.equal(BuiltinPhotoStream(seed=4)[5][0], images[5][0])
 
 
 def test_help_and_config_files(tmp_path, capsys):

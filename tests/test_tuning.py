@@ -10,7 +10,7 @@ import torch
 from tritonsagan.kernels import use_backend
 from tritonsagan.models import Discriminator, Generator, TuningConfig, set_tuning
 from tritonsagan.train import TrainConfig, train
-from utils import rel_err
+from helpers import rel_err
 
 MODEL_SWITCHES = ["channels_last", "fused_qkv", "grouped_sn"]
 

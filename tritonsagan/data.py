@@ -1,5 +1,6 @@
-"""Training data: an image folder, a packed dataset (tritonsagan.packed) or the built-in offline photo
-stream, as endless deterministic streams of uint8 (3, 128, 128) images.
+"""Training data sources: an image folder and the built-in offline photo stream (a packed dataset is
+in tritonsagan.packed; tritonsagan.loader picks one and batches it), each an endless deterministic
+stream of uint8 (3, 128, 128) images that keeps the `ImageStream` contract.
 
 Every sample is a pure function of (seed, global sample index): which image, the crop and the flip.
 So a run resumed at step k reads exactly the samples the uninterrupted run would have read, with
@@ -14,17 +15,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
+
+from tritonsagan.models.config import IMAGE_SIZE
 
 from .errors import TritonsaganError
 
-IMAGE_SIZE = 128
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"}
 
 # Photos bundled inside scikit-image's wheel (the ones it downloads at run time are not listed).
@@ -59,8 +61,33 @@ def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def _sample_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
-    return np.random.default_rng([seed, index, stream])
+# The last word of each random stream's seed: a sample's crop and flip never share numbers with an
+# epoch's permutation, even where a sample index equals an epoch number.
+SAMPLE_STREAM = 0
+EPOCH_ORDER_STREAM = 7
+
+
+def _sample_rng(seed: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, index, SAMPLE_STREAM])
+
+
+class ImageStream(Dataset):
+    """What every training-data source is, and all the loader and the evaluation rely on.
+
+    Item i is sample i of an endless stream: `(uint8 (3, 128, 128) image, class index, skipped)`,
+    `skipped` counting unreadable files passed over to find it. `len()` is the number of distinct
+    items, `classes` their class names ([] when unconditional), `name` says where the data is (in
+    messages). `samples_repeat`: the stream shows the same len() images epoch after epoch, so one
+    batch needs that many (False where every sample is a fresh random crop).
+    """
+
+    classes: list[str]
+    name: str
+    samples_repeat = True
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
 
 class EpochOrder:
@@ -73,16 +100,23 @@ class EpochOrder:
 
     def __call__(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
-            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch, 7]).permutation(self.n)
+            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch, EPOCH_ORDER_STREAM]).permutation(self.n)
         return self._order
 
 
-def fit_short_side(image: Image.Image) -> Image.Image:
-    """Resize (bicubic) so the shorter side is 128, keeping the aspect ratio."""
+def short_side_crop(image: Image.Image, rng: np.random.Generator | None = None) -> Image.Image:
+    """Resize (bicubic) so the shorter side is 128, keeping the aspect ratio, then crop 128x128: at a
+    position drawn from `rng`, or the centre without one."""
     width, height = image.size
     scale = IMAGE_SIZE / min(width, height)
     new_size = (max(IMAGE_SIZE, round(width * scale)), max(IMAGE_SIZE, round(height * scale)))
-    return image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    image = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    spare_x, spare_y = image.size[0] - IMAGE_SIZE, image.size[1] - IMAGE_SIZE
+    if rng is None:
+        left, top = spare_x // 2, spare_y // 2
+    else:
+        left, top = int(rng.integers(spare_x + 1)), int(rng.integers(spare_y + 1))
+    return image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
 
 
 def center_square(image: Image.Image) -> Image.Image:
@@ -94,20 +128,14 @@ def center_square(image: Image.Image) -> Image.Image:
 
 
 def resize_and_crop(image: Image.Image, rng: np.random.Generator, random_crop: bool) -> Image.Image:
-    """Resize the shorter side to 128, crop 128x128 (random or centre), flip half of the time."""
-    image = fit_short_side(image)
-    spare_x, spare_y = image.size[0] - IMAGE_SIZE, image.size[1] - IMAGE_SIZE
-    if random_crop:
-        left, top = int(rng.integers(spare_x + 1)), int(rng.integers(spare_y + 1))
-    else:
-        left, top = spare_x // 2, spare_y // 2
-    image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    """`short_side_crop` (random or centre), flipped half of the time."""
+    image = short_side_crop(image, rng if random_crop else None)
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
 
 
-class ImageFolderStream(Dataset):
+class ImageFolderStream(ImageStream):
     """Images under `root`, found recursively; with `conditional`, each sub-folder of root is a class.
 
     Item i is sample i of an endless stream: epoch i // n in a fresh permutation. An unreadable file
@@ -116,6 +144,7 @@ class ImageFolderStream(Dataset):
 
     def __init__(self, root: str | os.PathLike, seed: int, conditional: bool = False, random_crop: bool = True) -> None:
         self.root = Path(root)
+        self.name = str(self.root)
         if not self.root.is_dir():
             raise DataError(f"data folder not found: {self.root}")
         self.seed = seed
@@ -140,10 +169,6 @@ class ImageFolderStream(Dataset):
                 raise DataError(f"{self.root}: none of the {len(files)} image files could be read")
         self.files = files
         self.order = EpochOrder(seed, len(files))
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -195,9 +220,11 @@ def builtin_photo_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
-class BuiltinPhotoStream(Dataset):
+class BuiltinPhotoStream(ImageStream):
     """Random square crops (side 128 .. the photo's shorter side) of scikit-image's bundled photos,
     resized to 128x128 and flipped half of the time; each photo is a class. `photos` picks a subset."""
+
+    samples_repeat = False
 
     def __init__(self, seed: int, photos: Sequence[str] = BUILTIN_PHOTOS) -> None:
         unknown = sorted(set(photos) - set(BUILTIN_PHOTOS))
@@ -209,12 +236,9 @@ class BuiltinPhotoStream(Dataset):
         if missing:
             raise DataError(f"{folder}: bundled photos missing: {', '.join(missing)}")
         self.classes = [p.stem for p in self.paths]
+        self.name = f"builtin ({folder})"
         self.seed = seed
         self._photos: list[Image.Image] | None = None  # loaded lazily, once per worker
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -231,46 +255,3 @@ class BuiltinPhotoStream(Dataset):
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_uint8_tensor(crop), label, 0
-
-
-class StreamBatchSampler(Sampler[list[int]]):
-    """Endless batches of global sample indices for one rank, starting at batch `start`.
-
-    Batch j of rank r holds indices ((j * world + r) * batch + i), so ranks never share samples.
-    """
-
-    def __init__(self, batch_size: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        self.batch_size, self.start, self.rank, self.world_size = batch_size, start, rank, world_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        j = self.start
-        while True:
-            first = (j * self.world_size + self.rank) * self.batch_size
-            yield list(range(first, first + self.batch_size))
-            j += 1
-
-
-def make_dataset(data: str, seed: int, conditional: bool, random_crop: bool = True) -> Dataset:
-    """--data: "builtin", a packed dataset (tritonsagan-prepare), or an image folder."""
-    from .packed import PackedDataset, is_packed_dataset
-
-    if data == "builtin":
-        return BuiltinPhotoStream(seed)
-    if is_packed_dataset(data):
-        return PackedDataset(data, seed, conditional)
-    return ImageFolderStream(data, seed, conditional, random_crop)
-
-
-def make_loader(
-    dataset: Dataset, batch_size: int, start_batch: int, workers: int, rank: int = 0, world_size: int = 1
-) -> DataLoader:
-    """An endless loader of (uint8 images, labels, skipped) batches, resumable at any batch."""
-    if not isinstance(dataset, BuiltinPhotoStream) and len(dataset) < batch_size:
-        raise DataError(f"{dataset.root}: {len(dataset)} images, fewer than one batch of {batch_size}")
-    return DataLoader(
-        dataset,
-        batch_sampler=StreamBatchSampler(batch_size, start_batch, rank, world_size),
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=torch.cuda.is_available(),
-    )

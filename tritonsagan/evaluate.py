@@ -38,7 +38,7 @@ from tritonsagan.models import Generator
 
 from .atomic_write import atomic_write_json
 from .cli import add_device_argument, parse_int_list, resolve_device, run_command
-from .data import make_dataset
+from .loader import make_dataset
 from .errors import TritonsaganError
 from .generate import generate_batches, load_generator
 from .metrics import feature_statistics, frechet_distance, inception_score, kernel_inception_distance
@@ -212,7 +212,7 @@ def real_batches(data: str, n: int, batch_size: int, seed: int = 0, workers: int
     """uint8 batches of real images and how many there are: the first n of the builtin stream, or
     up to n images of a folder (centre crops) or packed dataset, each once, flipped half of the time."""
     dataset = make_dataset(data, seed, conditional=False, random_crop=False)
-    count = n if data == "builtin" else min(n, len(dataset))
+    count = min(n, len(dataset)) if dataset.samples_repeat else n
     loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, num_workers=workers)
     return (images for images, _, _ in loader), count
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tritonsagan.models import Generator
+from tritonsagan.models.config import IMAGE_SIZE
 from tritonsagan.models.pretrained import WEIGHTS_NAME
 
 from .checkpoint import latest_checkpoint
@@ -258,9 +259,9 @@ def _run(args: argparse.Namespace) -> str:
 
     if args.attention_maps:
         height = G.config.attn_res
-        queries = [(y * height // 128) * height + (x * height // 128) for x, y in (args.queries or DEFAULT_QUERY_POINTS)]
-        if not all(0 <= x < 128 and 0 <= y < 128 for x, y in (args.queries or [])):
-            raise ValueError("--queries points must lie inside the 128x128 image")
+        queries = [(y * height // IMAGE_SIZE) * height + (x * height // IMAGE_SIZE) for x, y in (args.queries or DEFAULT_QUERY_POINTS)]
+        if not all(0 <= x < IMAGE_SIZE and 0 <= y < IMAGE_SIZE for x, y in (args.queries or [])):
+            raise ValueError(f"--queries points must lie inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
         images, maps = attention_maps(G, z, labels, queries)
         out = Path(args.out) if args.out else Path(args.out_dir) / "attention_maps.png"
         save_png(attention_figure(images, maps, queries, height), out)

@@ -30,18 +30,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+
+from tritonsagan.models.config import IMAGE_SHAPE, IMAGE_SIZE
 
 from .atomic_write import atomic_write_bytes, atomic_write_json
 from .cli import run_command
-from .data import IMAGE_SIZE, UNREADABLE, DataError, EpochOrder, ImageFolderStream, center_square, fit_short_side, load_rgb
+from .data import UNREADABLE, DataError, EpochOrder, ImageFolderStream, ImageStream, center_square, load_rgb, short_side_crop
 
 FORMAT = "tritonsagan-packed"
 VERSION = 1
 MANIFEST_NAME = "manifest.json"
 SHARD_FILES = 4096
-IMAGE_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
-IMAGE_BYTES = int(np.prod(IMAGE_SHAPE))
 CROPS = ("center", "short-side")
 # The manifest entries that say what was packed: a resume must find them unchanged.
 IDENTITY = ("format", "version", "image_size", "source", "conditional", "crop", "classes", "files", "files_sha256", "shard_files")
@@ -102,12 +101,13 @@ def _flip(seed: int, index: int) -> bool:
     return bool((z ^ (z >> 31)) & 1)
 
 
-class PackedDataset(Dataset):
+class PackedDataset(ImageStream):
     """A finished packed dataset as an endless stream: sample i is image order_e[i mod n] of epoch
     e = i // n, flipped left-right when the (seed, i) coin says so; uint8 (3, 128, 128)."""
 
     def __init__(self, root: str | os.PathLike, seed: int, conditional: bool = False) -> None:
         self.root = Path(root)
+        self.name = str(self.root)
         manifest = read_manifest(self.root)
         if not manifest["complete"]:
             raise DataError(f"{self.root}: packing was interrupted ({len(manifest['shards'])} shards written); run tritonsagan-prepare again to finish it")
@@ -123,10 +123,6 @@ class PackedDataset(Dataset):
         self.seed = seed
         self.order = EpochOrder(seed, len(self.labels))
         self._images: list[np.ndarray] | None = None  # memory maps, opened lazily in each worker
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -153,12 +149,7 @@ def _decode(job: tuple[str, str]) -> np.ndarray | None:
         image = load_rgb(Path(path))
     except UNREADABLE:
         return None
-    if crop == "center":
-        image = center_square(image)
-    else:
-        image = fit_short_side(image)
-        left, top = (image.size[0] - IMAGE_SIZE) // 2, (image.size[1] - IMAGE_SIZE) // 2
-        image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    image = center_square(image) if crop == "center" else short_side_crop(image)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 

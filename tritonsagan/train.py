@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from tritonsagan.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
-from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, Z_DIM
+from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, IMAGE_SIZE, Z_DIM
 from tritonsagan.models.layers import refresh_spectral_norm_vectors
 
 from .atomic_write import atomic_write_json
@@ -35,7 +35,7 @@ from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, sa
 from .cli import resolve_device, run_command
 from .config_flags import add_config_flags, build_config
 from .curves import MetricsLog
-from .data import IMAGE_SIZE, make_dataset, make_loader
+from .loader import make_dataset, make_loader
 from .diffaug import augment, draw, parse_policy
 from .errors import ConfigError, TritonsaganError
 from .evaluate import FID_WEIGHTS_ENV, FidMonitor

@@ -1,0 +1,50 @@
+"""What the tests share: the float64 references, the attention shapes, relative error, image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tritonsagan.kernels import attention_naive
+
+# (B, N_q, N_k, d_qk, d_v) every attention path is checked at; each test file adds its own extremes.
+ATTENTION_SHAPES = [
+    (2, 1024, 256, 32, 128),  # G at 32x32
+    (2, 1024, 256, 16, 64),  # D at 32x32
+    (3, 49, 49, 8, 40),  # 7x7: nothing a power of two or a multiple of the block
+]
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| in float64 (NaN anywhere gives NaN, which fails any bound)."""
+    actual, expected = actual.double(), expected.double()
+    return ((actual - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+def attention_float64(q, k, v, grad_out, scale: float):
+    """The ground truth: softmax(scale q k^T) v by bmm + softmax in float64, its log-sum-exp per
+    query, and the gradients of q, k, v for grad_out."""
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out = attention_naive(q64, k64, v64, scale)
+    lse = torch.logsumexp(scale * q64 @ k64.transpose(1, 2), dim=-1)
+    grads = torch.autograd.grad(out, (q64, k64, v64), grad_out.double())
+    return out.detach(), lse.detach(), grads
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (70, 50), mode: str = "RGB") -> None:
+    """A noise image of `size` (width, height) in `mode` (L, RGB or RGBA), in the format its suffix names."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    array = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(array.squeeze(-1) if channels == 1 else array, mode).save(path)
+
+
+def image_folder(root: Path, classes: tuple[str, ...] = ("cats", "dogs", "owls"), per_class: int = 4) -> Path:
+    """root/<class>/<i>.png: small noise photos of assorted sizes, `per_class` in each class folder."""
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write_image(root / name / f"{i}.png", 10 * c + i, size=(60 + 7 * i, 50 + 5 * c))
+    return root

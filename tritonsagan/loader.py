@@ -1,0 +1,56 @@
+"""The training-data loader: which source `--data` names, and endless resumable batches of it.
+
+Above both sources (tritonsagan.data's folder and built-in streams, tritonsagan.packed's packed
+datasets), so neither imports the other or this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .data import BuiltinPhotoStream, DataError, ImageFolderStream, ImageStream
+from .packed import PackedDataset, is_packed_dataset
+
+
+def make_dataset(data: str, seed: int, conditional: bool, random_crop: bool = True) -> ImageStream:
+    """--data: "builtin", a packed dataset (tritonsagan-prepare), or an image folder."""
+    if data == "builtin":
+        return BuiltinPhotoStream(seed)
+    if is_packed_dataset(data):
+        return PackedDataset(data, seed, conditional)
+    return ImageFolderStream(data, seed, conditional, random_crop)
+
+
+class StreamBatchSampler(Sampler[list[int]]):
+    """Endless batches of global sample indices for one rank, starting at batch `start`.
+
+    Batch j of rank r holds indices ((j * world + r) * batch + i), so ranks never share samples.
+    """
+
+    def __init__(self, batch_size: int, start: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.batch_size, self.start, self.rank, self.world_size = batch_size, start, rank, world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        j = self.start
+        while True:
+            first = (j * self.world_size + self.rank) * self.batch_size
+            yield list(range(first, first + self.batch_size))
+            j += 1
+
+
+def make_loader(
+    dataset: ImageStream, batch_size: int, start_batch: int, workers: int, rank: int = 0, world_size: int = 1
+) -> DataLoader:
+    """An endless loader of (uint8 images, labels, skipped) batches, resumable at any batch."""
+    if dataset.samples_repeat and len(dataset) < batch_size:
+        raise DataError(f"{dataset.name}: {len(dataset)} images, fewer than one batch of {batch_size}")
+    return DataLoader(
+        dataset,
+        batch_sampler=StreamBatchSampler(batch_size, start_batch, rank, world_size),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
