@@ -7,18 +7,25 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from rich.table import Table
 
 from tritonsagan.kernels import attention_chunked, attention_naive, attention_triton
 from tritonsagan.kernels._triton_support import triton_can_run
 
+from .cells import number, ratio, table
 from .timing import floor_ms, median_ms, peak_extra_bytes, rotating
 
 # (name, N_q, N_k, d_qk, d_v): G and D at 32x32 (queries H*W, keys pooled to H*W/4), and G's
 # attention were it at 64x64 or 128x128 (ch 64), where the N_q x N_k matrix outgrows the GPU.
 SHAPES = [("G 32x32", 1024, 256, 32, 128), ("D 32x32", 1024, 256, 16, 64), ("G 64x64", 4096, 1024, 16, 64), ("G 128x128", 16384, 4096, 8, 32)]
-SMALL_SHAPES = ("G 32x32", "D 32x32")  # at every batch; the large ones at the largest only
+SMALL_SHAPES = ("G 32x32", "D 32x32")  # at every batch (and where the targets apply); the large ones at the largest only
+SUMMARY_SHAPE = "G 32x32"
+# Implementation names, as rows and reports spell them.
+TRITON = "triton"
 NAIVE = "naive bmm+softmax"  # what SAGAN ports do
+CHUNKED = "torch chunked"
 FLEX = "flex (compiled)"
+SDPA = "sdpa"  # the prefix of every SDPA backend's name
 
 
 def _sdpa(backend) -> Callable:
@@ -48,17 +55,17 @@ def implementations(device: torch.device) -> dict[str, Callable | str]:
 
     on_cuda = device.type == "cuda"
     impls: dict[str, Callable | str] = {
-        "triton": attention_triton if on_cuda and triton_can_run(torch.empty(0, device=device)) else "Triton kernels run on CUDA",
+        TRITON: attention_triton if on_cuda and triton_can_run(torch.empty(0, device=device)) else "Triton kernels run on CUDA",
         NAIVE: attention_naive,
-        "torch chunked": attention_chunked,
+        CHUNKED: attention_chunked,
         FLEX: _flex() if on_cuda else "benchmarked on CUDA only",
     }
     if on_cuda:
-        impls["sdpa mem-efficient"] = _sdpa(SDPBackend.EFFICIENT_ATTENTION)
-        impls["sdpa cudnn"] = _sdpa(SDPBackend.CUDNN_ATTENTION)
-        impls["sdpa math"] = _sdpa(SDPBackend.MATH)
+        impls[f"{SDPA} mem-efficient"] = _sdpa(SDPBackend.EFFICIENT_ATTENTION)
+        impls[f"{SDPA} cudnn"] = _sdpa(SDPBackend.CUDNN_ATTENTION)
+        impls[f"{SDPA} math"] = _sdpa(SDPBackend.MATH)
     else:
-        impls["sdpa (math on CPU)"] = _sdpa(SDPBackend.MATH)
+        impls[f"{SDPA} (math on CPU)"] = _sdpa(SDPBackend.MATH)
     return impls
 
 
@@ -111,3 +118,33 @@ def run(device: torch.device, floor: dict, quick: bool = False) -> list[dict]:
                 row[f"{pass_name}_pct_of_floor"] = 100 * floor_ms(flops, nbytes, floor) / ms
             rows.append({**row, "available": True})
     return rows
+
+
+def results_table(rows: list[dict]) -> Table:
+    out = table(f"Attention (fwd+bwd speed-up vs {NAIVE})",
+                ("shape", "batch", "impl", "fwd ms", "fwd+bwd ms", "TFLOP/s", "GB/s", "% floor", "peak MiB", "vs naive"))  # fmt: skip
+    naive = {(r["shape"], r["batch"]): r.get("fwd_bwd_ms") for r in rows if r["impl"] == NAIVE}
+    for r in rows:
+        if not r["available"]:
+            out.add_row(r["shape"], str(r["batch"]), r["impl"], "n/a", *["-"] * 6)
+            continue
+        peak = r["peak_extra_bytes"] / 2**20 if r["peak_extra_bytes"] is not None else None
+        out.add_row(
+            r["shape"], str(r["batch"]), r["impl"], number(r["fwd_ms"]), number(r["fwd_bwd_ms"]), number(r["fwd_bwd_tflops"]),
+            number(r["fwd_bwd_gbps"]), number(r["fwd_bwd_pct_of_floor"]), number(peak), ratio(naive.get((r["shape"], r["batch"])), r["fwd_bwd_ms"]),
+        )  # fmt: skip
+    return out
+
+
+SUMMARY_HEADER = f"attention fwd+bwd ms, {SUMMARY_SHAPE}: Triton / best SDPA / bmm+softmax"
+
+
+def summary_cell(rows: list[dict]) -> str:
+    """fwd+bwd ms at the largest batch of SUMMARY_SHAPE: ours / the best SDPA backend / bmm + softmax."""
+    shape_rows = [r for r in rows if r["shape"] == SUMMARY_SHAPE]
+    if not shape_rows:
+        return "-"
+    batch = max(r["batch"] for r in shape_rows)
+    times = {r["impl"]: r.get("fwd_bwd_ms") for r in shape_rows if r["batch"] == batch and r["available"]}
+    sdpa = min((t for name, t in times.items() if name.startswith(SDPA)), default=None)
+    return f"batch {batch}: {number(times.get(TRITON), 'n/a')} / {number(sdpa, 'n/a')} / {number(times.get(NAIVE), 'n/a')}"

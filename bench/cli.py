@@ -1,5 +1,9 @@
 """tritonsagan-bench: attention, spectral norm and the training step, side by side with the alternatives;
-and (--hopper) every Triton kernel compiled for Hopper, which needs no GPU."""
+and (--hopper) every Triton kernel compiled for Hopper, which needs no GPU.
+
+This module only assembles: each section's module (attention, spectral_norm, train_step, data,
+hopper, targets) runs its measurements and owns its implementation names, its table and its cells.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,12 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from tritonsagan.atomic_write import atomic_write_bytes
 from tritonsagan.cli import add_device_argument, resolve_device, run_command
 from tritonsagan.errors import ConfigError
 
-from . import attention, data, floor, hopper, spectral_norm, train_step
-from .targets import evaluate_targets
+from . import attention, data, floor, hopper, spectral_norm, targets, train_step
 
 TIMED_SECTIONS = ("attention", "sn", "train", "data")
 ALL_SECTIONS = (*TIMED_SECTIONS, "hopper")
@@ -68,93 +70,6 @@ def report_name(report: dict) -> str:
     return f"{re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')}_{env['date'][:10]}.json"
 
 
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
-    return str(value)
-
-
-def _ratio(base: float | None, value: float | None) -> str:
-    return f"{base / value:.2f}x" if base and value else "-"
-
-
-def attention_table(rows: list[dict]) -> Table:
-    table = Table(title="Attention (fwd+bwd speed-up vs naive bmm+softmax)")
-    for column in ("shape", "batch", "impl", "fwd ms", "fwd+bwd ms", "TFLOP/s", "GB/s", "% floor", "peak MiB", "vs naive"):
-        table.add_column(column)
-    naive = {(r["shape"], r["batch"]): r.get("fwd_bwd_ms") for r in rows if r["impl"] == "naive bmm+softmax"}
-    for r in rows:
-        if not r["available"]:
-            table.add_row(r["shape"], str(r["batch"]), r["impl"], "n/a", *["-"] * 6)
-            continue
-        peak = r["peak_extra_bytes"] / 2**20 if r["peak_extra_bytes"] is not None else None
-        table.add_row(
-            r["shape"], str(r["batch"]), r["impl"], _fmt(r["fwd_ms"]), _fmt(r["fwd_bwd_ms"]), _fmt(r["fwd_bwd_tflops"]),
-            _fmt(r["fwd_bwd_gbps"]), _fmt(r["fwd_bwd_pct_of_floor"]), _fmt(peak), _ratio(naive.get((r["shape"], r["batch"])), r["fwd_bwd_ms"]),
-        )  # fmt: skip
-    return table
-
-
-def sn_table(rows: list[dict], totals: dict) -> Table:
-    table = Table(title="Spectral norm, training forward + backward (speed-up vs torch parametrization)")
-    for column in ("weight shape", "layers", "impl", "fwd ms", "fwd+bwd ms", "vs torch"):
-        table.add_column(column)
-    torch_times = {tuple(r["shape"]): r.get("fwd_bwd_ms") for r in rows if r["impl"] == "torch parametrization"}
-    for r in rows:
-        if not r["available"]:
-            table.add_row(str(tuple(r["shape"])), str(r["layers"]), r["impl"], "n/a", "-", "-")
-            continue
-        table.add_row(str(tuple(r["shape"])), str(r["layers"]), r["impl"], _fmt(r["fwd_ms"]), _fmt(r["fwd_bwd_ms"]), _ratio(torch_times.get(tuple(r["shape"])), r["fwd_bwd_ms"]))
-    base = totals.get("torch parametrization", {}).get("fwd_bwd_ms")
-    for impl, total in totals.items():
-        table.add_row("all layers of G and D", "", impl, _fmt(total["fwd_ms"]), _fmt(total["fwd_bwd_ms"]), _ratio(base, total["fwd_bwd_ms"]))
-    return table
-
-
-def train_table(rows: list[dict]) -> Table:
-    table = Table(title="Training step at 128x128 (speed-up vs the port-style reference, at float32 (a) and at equal precision (a'))")
-    for column in ("variant", "ch", "batch", "step ms", "images/s", "% floor", "peak MiB", "vs (a)", "vs (a')"):
-        table.add_column(column)
-    base = {r["id"]: r.get("step_ms") for r in rows if r["id"] in ("a", "a'") and r["available"]}
-    for r in rows:
-        if not r["available"]:
-            table.add_row(r["variant"], str(r["ch"]), str(r["batch"]), "n/a", r.get("reason", "-"), *["-"] * 4)
-            continue
-        peak = r["peak_extra_bytes"] / 2**20 if r["peak_extra_bytes"] is not None else None
-        table.add_row(
-            r["variant"], str(r["ch"]), str(r["batch"]), _fmt(r["step_ms"]), _fmt(r["images_per_s"]), _fmt(r["pct_of_floor"]), _fmt(peak),
-            _ratio(base.get("a"), r["step_ms"]), _ratio(base.get("a'"), r["step_ms"]),
-        )  # fmt: skip
-    return table
-
-
-def data_tables(section: dict) -> list[Table]:
-    samples = Table(title="Data: per-sample cost (uint8 128x128, as training reads it)")
-    for column in ("source", "ms per sample", "samples/s"):
-        samples.add_column(column)
-    for r in section["folder"]:
-        samples.add_row(f"image folder, {r['files']} files", _fmt(r["ms_per_sample"]), _fmt(1e3 / r["ms_per_sample"]))
-    packed = section["packed"]
-    samples.add_row(f"packed, {packed['images']} images", _fmt(packed["ms_per_sample"]), _fmt(1e3 / packed["ms_per_sample"]))
-    loader = Table(title="Data: whole DataLoader (batches of uint8 images, flips included)")
-    for column in ("source", "workers", "batch", "images/s"):
-        loader.add_column(column)
-    for r in section["loader"]:
-        loader.add_row(r["source"], str(r["workers"]), str(r["batch"]), _fmt(r["images_per_s"]))
-    return [samples, loader]
-
-
-def targets_table(targets: list[dict]) -> Table:
-    table = Table(title="Targets")
-    for column in ("target", "required", "measured", "status"):
-        table.add_column(column)
-    for t in targets:
-        table.add_row(t["target"], t["required"], _fmt(t["measured"]), t["status"])
-    return table
-
-
 def run(device: torch.device, sections: set[str], quick: bool, variants: list[train_step.Variant], console: Console) -> dict:
     report: dict = {"environment": environment(device), "quick": quick}
     console.print(report["environment"])
@@ -168,20 +83,20 @@ def run(device: torch.device, sections: set[str], quick: bool, variants: list[tr
                   f"{report['floor']['bytes_per_s'] / 1e9:.0f} GB/s (copy)")  # fmt: skip
     if "attention" in sections:
         report["attention"] = attention.run(device, report["floor"], quick)
-        console.print(attention_table(report["attention"]))
+        console.print(attention.results_table(report["attention"]))
     if "sn" in sections:
         rows = spectral_norm.run(device, quick)
         report["spectral_norm"] = {"layers": rows, "totals": spectral_norm.totals(rows)}
-        console.print(sn_table(rows, report["spectral_norm"]["totals"]))
+        console.print(spectral_norm.results_table(rows, report["spectral_norm"]["totals"]))
     if "train" in sections:
         report["train_step"] = train_step.run(device, report["floor"], quick, variants)
-        console.print(train_table(report["train_step"]))
+        console.print(train_step.results_table(report["train_step"]))
     if "data" in sections:
         report["data"] = data.run(quick)
-        for table in data_tables(report["data"]):
+        for table in data.results_tables(report["data"]):
             console.print(table)
-    report["targets"] = evaluate_targets(report)
-    console.print(targets_table(report["targets"]))
+    report["targets"] = targets.evaluate_targets(report)
+    console.print(targets.results_table(report["targets"]))
     return report
 
 
@@ -190,9 +105,8 @@ def merge_reports(earlier: dict, later: dict) -> dict:
     one report from several commands, each inside the GPU machine's time limit per command."""
     merged = {**earlier, **later, "quick": earlier.get("quick", False) or later["quick"]}
     if "train_step" in earlier and "train_step" in later:
-        rows = {r["id"]: r for r in earlier["train_step"] + later["train_step"]}
-        merged["train_step"] = [rows[i] for i in train_step.VARIANT_IDS if i in rows]
-    merged["targets"] = evaluate_targets(merged)
+        merged["train_step"] = train_step.merge_rows(earlier["train_step"], later["train_step"])
+    merged["targets"] = targets.evaluate_targets(merged)
     return merged
 
 

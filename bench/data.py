@@ -14,14 +14,18 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from rich.table import Table
 
 from tritonsagan.data import ImageFolderStream, builtin_photo_dir
 from tritonsagan.loader import make_loader
 from tritonsagan.packed import PackedDataset, prepare
 
+from .cells import number, table
+
 FOLDER_SIZES = (100, 200_000)
 PACKED_IMAGES = 1024
 LOADER_BATCH = 256
+PACKED = "packed"  # the loader rows' source name of the packed dataset
 
 
 def _link_folder(root: Path, image: Path, count: int) -> Path:
@@ -66,7 +70,7 @@ def run(quick: bool = False) -> dict:
         prepare(source, tmp / "packed", workers=min(4, os.cpu_count() or 1), progress=False)
         packed = PackedDataset(tmp / "packed", seed=0)
         loader_rows = [
-            {"source": "packed", "workers": w, "batch": LOADER_BATCH, "images_per_s": _loader_images_per_s(packed, w, batches)}
+            {"source": PACKED, "workers": w, "batch": LOADER_BATCH, "images_per_s": _loader_images_per_s(packed, w, batches)}
             for w in worker_counts
         ]
         largest = FOLDER_SIZES[-1]
@@ -80,3 +84,30 @@ def run(quick: bool = False) -> dict:
             "packed": {"images": PACKED_IMAGES, "ms_per_sample": _per_sample_ms(packed, samples * 10)},
             "loader": loader_rows,
         }
+
+
+def results_tables(section: dict) -> list[Table]:
+    samples = table("Data: per-sample cost (uint8 128x128, as training reads it)", ("source", "ms per sample", "samples/s"))
+    for r in section["folder"]:
+        samples.add_row(f"image folder, {r['files']} files", number(r["ms_per_sample"]), number(1e3 / r["ms_per_sample"]))
+    packed = section["packed"]
+    samples.add_row(f"packed, {packed['images']} images", number(packed["ms_per_sample"]), number(1e3 / packed["ms_per_sample"]))
+    loader = table("Data: whole DataLoader (batches of uint8 images, flips included)", ("source", "workers", "batch", "images/s"))
+    for r in section["loader"]:
+        loader.add_row(r["source"], str(r["workers"]), str(r["batch"]), number(r["images_per_s"]))
+    return [samples, loader]
+
+
+def best_packed_images_per_s(section: dict) -> float | None:
+    return max((r["images_per_s"] for r in section["loader"] if r["source"] == PACKED), default=None)
+
+
+SUMMARY_HEADER = "data: folder stream ms/sample, 100 / 200,000 files; packed loader images/s"
+
+
+def summary_cell(section: dict | None) -> str:
+    """ms per sample of the folder stream (smallest / largest folder); best packed loader images/s."""
+    if not section:
+        return "-"
+    folder = sorted(section["folder"], key=lambda r: r["files"])
+    return f"{number(folder[0]['ms_per_sample'])} / {number(folder[-1]['ms_per_sample'])}; {number(best_packed_images_per_s(section), 'n/a')}"

@@ -6,6 +6,7 @@ from collections import Counter
 
 import torch
 import torch.nn as nn
+from rich.table import Table
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from tritonsagan.kernels import init_spectral_norm_vectors, spectral_norm_torch, spectral_norm_triton
@@ -13,7 +14,13 @@ from tritonsagan.kernels._triton_support import triton_can_run
 from tritonsagan.models import Discriminator, Generator
 from tritonsagan.models.layers import SpectralNormMixin
 
+from .cells import number, ratio, table
 from .timing import median_ms
+
+# Implementation names, as rows and reports spell them.
+FUSED = "triton fused"
+PARAMETRIZATION = "torch parametrization"
+TORCH_PATH = "torch path (ours)"
 
 
 def layer_shapes(ch: int, num_classes: int) -> Counter:
@@ -39,9 +46,9 @@ def _contenders(weight: torch.Tensor) -> dict[str, tuple | None]:
     u, v = init_spectral_norm_vectors(ours)
     triton_ok = weight.is_cuda and triton_can_run(weight)
     return {
-        "triton fused": (lambda: spectral_norm_triton(ours, u, v), ours) if triton_ok else None,
-        "torch parametrization": (lambda: torch_layer.weight, torch_layer.parametrizations.weight.original),
-        "torch path (ours)": (lambda: spectral_norm_torch(ours, u, v), ours),
+        FUSED: (lambda: spectral_norm_triton(ours, u, v), ours) if triton_ok else None,
+        PARAMETRIZATION: (lambda: torch_layer.weight, torch_layer.parametrizations.weight.original),
+        TORCH_PATH: (lambda: spectral_norm_torch(ours, u, v), ours),
     }
 
 
@@ -76,3 +83,27 @@ def totals(rows: list[dict]) -> dict[str, dict[str, float]]:
             entry["fwd_ms"] += row["fwd_ms"] * row["layers"]
             entry["fwd_bwd_ms"] += row["fwd_bwd_ms"] * row["layers"]
     return out
+
+
+def results_table(rows: list[dict], totals: dict) -> Table:
+    out = table(f"Spectral norm, training forward + backward (speed-up vs {PARAMETRIZATION})",
+                ("weight shape", "layers", "impl", "fwd ms", "fwd+bwd ms", "vs torch"))  # fmt: skip
+    torch_times = {tuple(r["shape"]): r.get("fwd_bwd_ms") for r in rows if r["impl"] == PARAMETRIZATION}
+    for r in rows:
+        if not r["available"]:
+            out.add_row(str(tuple(r["shape"])), str(r["layers"]), r["impl"], "n/a", "-", "-")
+            continue
+        out.add_row(str(tuple(r["shape"])), str(r["layers"]), r["impl"], number(r["fwd_ms"]), number(r["fwd_bwd_ms"]),
+                    ratio(torch_times.get(tuple(r["shape"])), r["fwd_bwd_ms"]))  # fmt: skip
+    base = totals.get(PARAMETRIZATION, {}).get("fwd_bwd_ms")
+    for impl, total in totals.items():
+        out.add_row("all layers of G and D", "", impl, number(total["fwd_ms"]), number(total["fwd_bwd_ms"]), ratio(base, total["fwd_bwd_ms"]))
+    return out
+
+
+SUMMARY_HEADER = "SN fwd+bwd ms, all layers of G and D: fused / torch"
+
+
+def summary_cell(totals: dict) -> str:
+    fused, parametrization = (totals.get(name, {}).get("fwd_bwd_ms") for name in (FUSED, PARAMETRIZATION))
+    return f"{number(fused, 'n/a')} / {number(parametrization, 'n/a')}"

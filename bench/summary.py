@@ -1,4 +1,5 @@
-"""The README's summary table, generated from bench/results/*.json (numbers are never typed by hand).
+"""The README's summary table, generated from bench/results/*.json (numbers are never typed by hand):
+one column per bench section, each cell written by its section's module.
 
     python -m tritonsagan.bench.summary bench/results/*.json
 """
@@ -9,62 +10,23 @@ import json
 import sys
 from pathlib import Path
 
+from . import attention, data, spectral_norm, train_step
 
-def format_number(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
-
-
-def _attention_cell(rows: list[dict]) -> str:
-    """fwd+bwd ms at the largest batch of the G 32x32 shape: ours / best SDPA / naive bmm+softmax."""
-    g_rows = [r for r in rows if r["shape"] == "G 32x32"]
-    if not g_rows:
-        return "-"
-    batch = max(r["batch"] for r in g_rows)
-    times = {r["impl"]: r.get("fwd_bwd_ms") for r in g_rows if r["batch"] == batch and r["available"]}
-    sdpa = min((t for name, t in times.items() if name.startswith("sdpa")), default=None)
-    return f"batch {batch}: {format_number(times.get('triton'))} / {format_number(sdpa)} / {format_number(times.get('naive bmm+softmax'))}"
-
-
-def _sn_cell(totals: dict) -> str:
-    fused = totals.get("triton fused", {}).get("fwd_bwd_ms")
-    return f"{format_number(fused)} / {format_number(totals.get('torch parametrization', {}).get('fwd_bwd_ms'))}"
-
-
-TRAIN_IDS = ("a", "a'", "b", "c", "d", "e", "f")
-
-
-def _train_cell(rows: list[dict]) -> str:
-    if not rows:
-        return "-"
-    by_id = {r["id"]: r for r in rows}
-    speeds = " / ".join(format_number(by_id[i]["images_per_s"]) if i in by_id and by_id[i]["available"] else "n/a" for i in TRAIN_IDS)
-    return f"ch {rows[0]['ch']}, batch {rows[0]['batch']}: {speeds}"
-
-
-def _data_cell(section: dict | None) -> str:
-    """ms per sample of the folder stream (smallest / largest folder); best packed loader images/s."""
-    if not section:
-        return "-"
-    folder = sorted(section["folder"], key=lambda r: r["files"])
-    packed = max(r["images_per_s"] for r in section["loader"] if r["source"] == "packed")
-    return f"{format_number(folder[0]['ms_per_sample'])} / {format_number(folder[-1]['ms_per_sample'])}; {format_number(packed)}"
+# (column header, the cell of a report)
+COLUMNS = [
+    (attention.SUMMARY_HEADER, lambda report: attention.summary_cell(report.get("attention", []))),
+    (spectral_norm.SUMMARY_HEADER, lambda report: spectral_norm.summary_cell(report["spectral_norm"]["totals"]) if "spectral_norm" in report else "-"),
+    (train_step.SUMMARY_HEADER, lambda report: train_step.summary_cell(report.get("train_step", []))),
+    (data.SUMMARY_HEADER, lambda report: data.summary_cell(report.get("data"))),
+]
 
 
 def summary_markdown(reports: list[tuple[str, dict]]) -> str:
-    lines = [
-        "| report | device | attention fwd+bwd ms, G 32x32: Triton / best SDPA / bmm+softmax "
-        "| SN fwd+bwd ms, all layers of G and D: fused / torch | train step images/s: (a) / (a') / (b) / (c) / (d) / (e) / (f) "
-        "| data: folder stream ms/sample, 100 / 200,000 files; packed loader images/s |",
-        "|---|---|---|---|---|---|",
-    ]
+    lines = ["| report | device | " + " | ".join(header for header, _ in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for name, report in reports:
         env = report["environment"]
         device = f"{env['device']} (torch {env['torch']}{', quick' if report.get('quick') else ''})"
-        attention = _attention_cell(report.get("attention", []))
-        sn = _sn_cell(report["spectral_norm"]["totals"]) if "spectral_norm" in report else "-"
-        lines.append(f"| `{name}` | {device} | {attention} | {sn} | {_train_cell(report.get('train_step', []))} | {_data_cell(report.get('data'))} |")
+        lines.append(f"| `{name}` | {device} | " + " | ".join(cell(report) for _, cell in COLUMNS) + " |")
     return "\n".join(lines)
 
 

@@ -13,7 +13,10 @@ A target whose numbers are not in the report (no Triton or no bf16 on this devic
 
 from __future__ import annotations
 
-from .attention import FLEX, NAIVE
+from rich.table import Table
+
+from . import attention, data, spectral_norm
+from .cells import number, table
 
 MIN_TARGET_BATCH = 64
 TARGET_STEP_WIDTH, TARGET_STEP_BATCH = 64, 256  # the paper's recipe, where the images/s target applies
@@ -33,7 +36,7 @@ def _target(name: str, required: float, measured: float | None, detail: str, at_
 
 def _attention_targets(rows: list[dict]) -> list[dict]:
     out = []
-    for shape in ("G 32x32", "D 32x32"):
+    for shape in attention.SMALL_SHAPES:
         cases = {}
         for r in rows:
             if r["shape"] == shape and r["batch"] >= MIN_TARGET_BATCH and r["available"]:
@@ -41,16 +44,16 @@ def _attention_targets(rows: list[dict]) -> list[dict]:
         # The weakest batch decides: the target holds at batch 64 and up.
         vs_sdpa, vs_flex, vs_naive, of_floor = [], [], [], []
         for batch, impls in sorted(cases.items()):
-            ours = impls.get("triton")
+            ours = impls.get(attention.TRITON)
             if ours is None:
                 continue
-            sdpa = [r["fwd_bwd_ms"] for name, r in impls.items() if name.startswith("sdpa")]
+            sdpa = [r["fwd_bwd_ms"] for name, r in impls.items() if name.startswith(attention.SDPA)]
             if sdpa:
                 vs_sdpa.append(min(sdpa) / ours["fwd_bwd_ms"])
-            if FLEX in impls:
-                vs_flex.append(impls[FLEX]["fwd_bwd_ms"] / ours["fwd_bwd_ms"])
-            if NAIVE in impls:
-                vs_naive.append(impls[NAIVE]["fwd_bwd_ms"] / ours["fwd_bwd_ms"])
+            if attention.FLEX in impls:
+                vs_flex.append(impls[attention.FLEX]["fwd_bwd_ms"] / ours["fwd_bwd_ms"])
+            if attention.NAIVE in impls:
+                vs_naive.append(impls[attention.NAIVE]["fwd_bwd_ms"] / ours["fwd_bwd_ms"])
             of_floor.append(ours["fwd_bwd_pct_of_floor"] / 100)
         detail = f"{shape}, fwd+bwd, batch >= {MIN_TARGET_BATCH}, worst batch"
         out.append(_target(f"attention {shape}: speed-up over the best SDPA backend", 2.0, min(vs_sdpa, default=None), detail))
@@ -65,7 +68,7 @@ def _memory_target(rows: list[dict]) -> dict:
     extra memory grows about 4x between them, a materialised N_q x N_k matrix 16x."""
     peaks: dict[tuple[str, int], int] = {}
     for r in rows:
-        if r["impl"] == "triton" and r["available"] and r.get("peak_extra_bytes"):
+        if r["impl"] == attention.TRITON and r["available"] and r.get("peak_extra_bytes"):
             peaks[(r["shape"], r["batch"])] = r["peak_extra_bytes"]
     ratios = [peaks[("G 64x64", b)] / peaks[("D 32x32", b)] for (shape, b) in peaks if shape == "G 64x64" and ("D 32x32", b) in peaks]
     return _target(
@@ -80,7 +83,7 @@ def _memory_target(rows: list[dict]) -> dict:
 def evaluate_targets(report: dict) -> list[dict]:
     targets = _attention_targets(report.get("attention", []))
     totals = report.get("spectral_norm", {}).get("totals", {})
-    fused, torch_sn = totals.get("triton fused"), totals.get("torch parametrization")
+    fused, torch_sn = totals.get(spectral_norm.FUSED), totals.get(spectral_norm.PARAMETRIZATION)
     sn_speedup = torch_sn["fwd_bwd_ms"] / fused["fwd_bwd_ms"] if fused and torch_sn else None
     targets.append(_target("spectral norm: fused speed-up over torch's parametrization", 2.0, sn_speedup, "fwd+bwd summed over all SN layers of G and D"))
     steps = {r["id"]: r for r in report.get("train_step", []) if r["available"]}
@@ -98,8 +101,15 @@ def _data_targets(section: dict | None) -> list[dict]:
     """The folder stream's per-sample cost must not grow with the folder; a packed dataset must feed a GPU."""
     folder = {r["files"]: r["ms_per_sample"] for r in section["folder"]} if section else {}
     growth = folder[max(folder)] / folder[min(folder)] if len(folder) > 1 else None
-    packed = max((r["images_per_s"] for r in section["loader"] if r["source"] == "packed"), default=None) if section else None
+    packed = data.best_packed_images_per_s(section) if section else None
     return [
         _target("data: folder stream per-sample cost, 200,000 files over 100 files", 1.2, growth, "same JPEG, consecutive samples", at_most=True),
         _target("data: packed dataset through the DataLoader, images/s", 10_000.0, packed, "batch 256, flips, best worker count"),
     ]
+
+
+def results_table(targets: list[dict]) -> Table:
+    out = table("Targets", ("target", "required", "measured", "status"))
+    for t in targets:
+        out.add_row(t["target"], t["required"], number(t["measured"]), t["status"])
+    return out

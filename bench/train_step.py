@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+from rich.table import Table
 
 from tritonsagan.errors import ConfigError
 from tritonsagan.kernels import use_backend
@@ -23,6 +24,7 @@ from tritonsagan.models import Discriminator, Generator
 from tritonsagan.models.config import IMAGE_SHAPE
 from tritonsagan.train import TrainConfig, Trainer
 
+from .cells import number, ratio, table
 from .timing import median_ms, peak_extra_bytes
 
 FULL_DIFFAUG = "color,translation,cutout"
@@ -64,7 +66,7 @@ VARIANTS += [Variant(f"d+{name}", f"(d) + {name}", tuning=tuning) for name, tuni
 VARIANTS.append(Variant("d+all", "(d) + every switch but the compile mode", tuning=ALL_SWITCHES))
 VARIANT_IDS = [v.id for v in VARIANTS]
 VARIANT_GROUPS = {  # --variants may name a group; each fits one GPU-run command (tritonsagan.gpu_run)
-    "core": ["a", "a'", "b", "c", "d", "e", "f"],
+    "core": [v.id for v in VARIANTS if not v.tuning],
     "switches": [f"d+{name}" for name in ("channels_last", "fused_adam", "grouped_sn", "sn_autocast_dtype", "fused_qkv")],
     "compile": ["d+compile_scope_step", "d+max_autotune", "d+reduce_overhead", "d+all"],
 }
@@ -147,3 +149,37 @@ def run(device: torch.device, floor: dict, quick: bool = False, variants: list[V
         rows.append({**row, "available": True, "step_ms": ms, "images_per_s": images_per_s, "peak_extra_bytes": peak,
                      "flops_per_image": flops, "pct_of_floor": 100 * images_per_s * flops / floor["flops_per_s"]})  # fmt: skip
     return rows
+
+
+def merge_rows(earlier: list[dict], later: list[dict]) -> list[dict]:
+    """One row per variant, `later`'s where both have it, in the variants' order."""
+    rows = {r["id"]: r for r in earlier + later}
+    return [rows[i] for i in VARIANT_IDS if i in rows]
+
+
+def results_table(rows: list[dict]) -> Table:
+    out = table("Training step at 128x128 (speed-up vs the port-style reference, at float32 (a) and at equal precision (a'))",
+                ("variant", "ch", "batch", "step ms", "images/s", "% floor", "peak MiB", "vs (a)", "vs (a')"))  # fmt: skip
+    base = {r["id"]: r.get("step_ms") for r in rows if r["id"] in ("a", "a'") and r["available"]}
+    for r in rows:
+        if not r["available"]:
+            out.add_row(r["variant"], str(r["ch"]), str(r["batch"]), "n/a", r.get("reason", "-"), *["-"] * 4)
+            continue
+        peak = r["peak_extra_bytes"] / 2**20 if r["peak_extra_bytes"] is not None else None
+        out.add_row(
+            r["variant"], str(r["ch"]), str(r["batch"]), number(r["step_ms"]), number(r["images_per_s"]), number(r["pct_of_floor"]), number(peak),
+            ratio(base.get("a"), r["step_ms"]), ratio(base.get("a'"), r["step_ms"]),
+        )  # fmt: skip
+    return out
+
+
+SUMMARY_HEADER = "train step images/s: " + " / ".join(f"({i})" for i in VARIANT_GROUPS["core"])
+
+
+def summary_cell(rows: list[dict]) -> str:
+    """images/s of the core variants, at the report's width and batch."""
+    if not rows:
+        return "-"
+    by_id = {r["id"]: r for r in rows}
+    speeds = [number(by_id[i]["images_per_s"]) if i in by_id and by_id[i]["available"] else "n/a" for i in VARIANT_GROUPS["core"]]
+    return f"ch {rows[0]['ch']}, batch {rows[0]['batch']}: {' / '.join(speeds)}"

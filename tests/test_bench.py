@@ -10,7 +10,8 @@ import torch
 
 from tritonsagan.bench import hopper
 from tritonsagan.bench.cli import main as bench_main, report_name
-from tritonsagan.bench.summary import format_number, summary_markdown
+from tritonsagan.bench.cells import number as format_number
+from tritonsagan.bench.summary import summary_markdown
 from tritonsagan.bench.targets import evaluate_targets
 from tritonsagan.bench.train_step import VARIANT_IDS
 
