@@ -204,7 +204,7 @@ def spectral_norm_cases(ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_D
     also written in bfloat16 from float32, as under autocast) for each SN weight shape of G and D at
     width ch, and the grouped power iteration over all of them."""
     from tritonsagan.kernels.spectral_norm_kernels import (
-        grouped_power_iteration_launch,
+        power_iteration_grouped_launch,
         power_iteration_launch,
         rows_launch,
         scale_backward_launch,
@@ -237,7 +237,7 @@ def spectral_norm_cases(ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_D
         us = [torch.empty(r, device="meta", dtype=dtype) for r, _ in matrices]
         vs = [torch.empty(c, device="meta", dtype=dtype) for _, c in matrices]
         sigmas = [torch.empty((), device="meta") for _ in matrices]
-        record_group = lambda: grouped_power_iteration_launch(weights, us, vs, sigmas, 1, 1e-12)  # noqa: E731
+        record_group = lambda: power_iteration_grouped_launch(weights, us, vs, sigmas, 1, 1e-12)  # noqa: E731
         cases += _cases_from("spectral norm, grouped", f"{GROUPED_SHAPE} ({len(matrices)})", dtype, record_group, all_configs)
     return cases
 

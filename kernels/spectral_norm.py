@@ -15,7 +15,7 @@ Two paths, both checked against torch's parametrization by the tests:
   of W and one write of W_sn.
 `spectral_norm` picks the Triton path for CUDA tensors and the torch path otherwise.
 
-Grouped (a model's tuning switch): `sn_update_vectors_grouped` refreshes u, v and sigma of every
+Grouped (a model's tuning switch): `power_iteration_grouped` refreshes u, v and sigma of every
 layer of a model at once (on the Triton path three launches in all, instead of three per layer),
 then each layer takes `spectral_norm_after_update`, which divides without updating again.
 """
@@ -29,7 +29,7 @@ from ._triton_support import HAS_TRITON, check_triton_device, triton_can_run
 from .backend import selected_backend
 
 if HAS_TRITON:
-    from . import spectral_norm_kernels  # registers the tritonsagan::sn_* triton_ops
+    from . import spectral_norm_kernels  # registers the tritonsagan::power_iteration_and_sigma and sn_* triton_ops
 
 INIT_POWER_ITERATIONS = 15
 
@@ -64,7 +64,7 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
-def _power_iteration(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float) -> None:
+def power_iteration_torch(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float) -> None:
     for _ in range(n_power_iterations):
         u.copy_(F.normalize(torch.mv(w, v), dim=0, eps=eps))
         v.copy_(F.normalize(torch.mv(w.t(), u), dim=0, eps=eps))
@@ -72,38 +72,38 @@ def _power_iteration(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_
 
 # An opaque custom op rather than in-graph copy_: with the in-place update decomposed into the graph,
 # inductor (seen on torch 2.13 CPU) computes dL/dW as if u depended on W, off by ~1e-3 relative.
-@torch.library.custom_op("tritonsagan::sn_update_vectors", mutates_args=("u", "v"))
-def sn_update_vectors(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float) -> None:
+@torch.library.custom_op("tritonsagan::power_iteration", mutates_args=("u", "v"))
+def power_iteration(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float) -> None:
     """In-place power method on the matrix w, in torch's order: u = normalize(W v), v = normalize(W^T u).
-    Returns nothing; the Triton path's `sn_update_vectors_and_sigma` also returns sigma and copies of u, v."""
+    Returns nothing; the Triton path's `power_iteration_and_sigma` also returns sigma and copies of u, v."""
     with torch.no_grad():
-        _power_iteration(w, u, v, n_power_iterations, eps)
+        power_iteration_torch(w, u, v, n_power_iterations, eps)
 
 
-@torch.library.custom_op("tritonsagan::sn_update_vectors_grouped", mutates_args=("us", "vs", "sigmas"))
-def sn_update_vectors_grouped(
+@torch.library.custom_op("tritonsagan::power_iteration_grouped", mutates_args=("us", "vs", "sigmas"))
+def power_iteration_grouped(
     weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor], sigmas: list[torch.Tensor],
     n_power_iterations: int, eps: float,
 ) -> None:  # fmt: skip
-    """`sn_update_vectors` of many contiguous matrices at once, also writing each sigma = u^T W v
+    """`power_iteration` of many contiguous matrices at once, also writing each sigma = u^T W v
     into a 0-d tensor: the grouped Triton kernels where the Triton path runs, else a loop.
-    Opaque to torch.compile, like `sn_update_vectors`, and chosen at run time."""
+    Opaque to torch.compile, like `power_iteration`, and chosen at run time."""
     for w, u, v, sigma in zip(weights, us, vs, sigmas, strict=True):
         check_spectral_norm_inputs(w, u, v, n_power_iterations)
         if w.ndim != 2 or not w.is_contiguous() or w.dtype != weights[0].dtype or sigma.shape != () or sigma.dtype != sigmas[0].dtype:
             raise ValueError(
-                f"sn_update_vectors_grouped: needs contiguous matrices of one dtype and 0-d sigmas of one dtype, got weight "
+                f"power_iteration_grouped: needs contiguous matrices of one dtype and 0-d sigmas of one dtype, got weight "
                 f"{tuple(w.shape)} {w.dtype} (contiguous: {w.is_contiguous()}), sigma {tuple(sigma.shape)} {sigma.dtype}"
             )
     if not weights:
         return
     if _triton_path(weights[0]):
-        check_triton_device("sn_update_vectors_grouped", weights[0])
-        spectral_norm_kernels.grouped_power_iteration_launch(weights, us, vs, sigmas, n_power_iterations, eps)
+        check_triton_device("power_iteration_grouped", weights[0])
+        spectral_norm_kernels.power_iteration_grouped_launch(weights, us, vs, sigmas, n_power_iterations, eps)
         return
     with torch.no_grad():
         for w, u, v, sigma in zip(weights, us, vs, sigmas):
-            _power_iteration(w, u, v, n_power_iterations, eps)
+            power_iteration_torch(w, u, v, n_power_iterations, eps)
             sigma.copy_(torch.dot(u, torch.mv(w, v)))
 
 
@@ -113,7 +113,7 @@ def init_spectral_norm_vectors(weight: torch.Tensor, eps: float = 1e-12) -> tupl
     w = weight.detach().flatten(1)
     u = F.normalize(w.new_empty(w.shape[0]).normal_(0, 1), dim=0, eps=eps)
     v = F.normalize(w.new_empty(w.shape[1]).normal_(0, 1), dim=0, eps=eps)
-    _power_iteration(w, u, v, INIT_POWER_ITERATIONS, eps)
+    power_iteration_torch(w, u, v, INIT_POWER_ITERATIONS, eps)
     return u, v
 
 
@@ -133,7 +133,7 @@ def spectral_norm_torch(
         return F.normalize(weight, dim=0, eps=eps)
     w = weight.flatten(1)
     if training:
-        sn_update_vectors(w.detach(), u, v, n_power_iterations, eps)
+        power_iteration(w.detach(), u, v, n_power_iterations, eps)
     # Clones: autograd must not see the buffers' later in-place updates (e.g. D(real) then D(fake)).
     u_const, v_const = u.clone(), v.clone()
     sigma = torch.dot(u_const, torch.mv(w, v_const))
@@ -162,7 +162,7 @@ def spectral_norm_triton(
         return F.normalize(weight, dim=0, eps=eps)
     w = weight.flatten(1).contiguous()
     if training:
-        sigma, u_used, v_used = torch.ops.tritonsagan.sn_update_vectors_and_sigma(w.detach(), u, v, n_power_iterations, eps)
+        sigma, u_used, v_used = torch.ops.tritonsagan.power_iteration_and_sigma(w.detach(), u, v, n_power_iterations, eps)
     else:
         sigma = torch.ops.tritonsagan.sn_sigma(w.detach(), u, v)
         u_used, v_used = u.clone(), v.clone()  # the backward must not see later in-place updates
@@ -187,7 +187,7 @@ def spectral_norm(
 def spectral_norm_after_update(
     weight: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, out_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """weight / sigma for a weight whose u, v and sigma `sn_update_vectors_grouped` refreshed in this
+    """weight / sigma for a weight whose u, v and sigma `power_iteration_grouped` refreshed in this
     training forward: the same result as `spectral_norm(..., training=True)` had it updated them itself."""
     if _triton_path(weight):
         check_triton_device("spectral_norm_after_update", weight)

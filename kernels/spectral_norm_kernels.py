@@ -272,7 +272,7 @@ def _group_tables(weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[
     return tables
 
 
-def grouped_power_iteration_launch(
+def power_iteration_grouped_launch(
     weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor], sigmas: list[torch.Tensor],
     n_power_iterations: int, eps: float,
 ) -> None:  # fmt: skip
@@ -319,8 +319,8 @@ def scale_backward_launch(
 # ---- torch.library ops --------------------------------------------------------------------------
 
 
-@torch.library.triton_op("tritonsagan::sn_update_vectors_and_sigma", mutates_args=("u", "v"))
-def _sn_update_vectors_and_sigma(
+@torch.library.triton_op("tritonsagan::power_iteration_and_sigma", mutates_args=("u", "v"))
+def _power_iteration_and_sigma(
     w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Power iterations updating u, v in place; returns sigma (float32, 0-d) and copies of the final u, v."""

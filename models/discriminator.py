@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import D_WIDTHS, IMAGE_CHANNELS, IMAGE_SHAPE, DiscriminatorConfig, TuningConfig
-from .layers import DBlock, SelfAttention, SNEmbedding, SNLinear, update_spectral_norm_group
+from .layers import DBlock, SelfAttention, SNEmbedding, SNLinear, model_power_iteration_grouped
 from .pretrained import PretrainedMixin
 from .validation import check_labels
 
@@ -44,7 +44,7 @@ class Discriminator(PretrainedMixin, nn.Module):
             raise ValueError(f"Discriminator: x must have shape (B, {', '.join(map(str, IMAGE_SHAPE))}), got {tuple(x.shape)}")
         check_labels("Discriminator", y, x.shape[0], cfg.num_classes)
         if self.training and self.tuning.grouped_sn:
-            update_spectral_norm_group(self)
+            model_power_iteration_grouped(self)
         h = x.contiguous(memory_format=torch.channels_last) if self.tuning.channels_last else x
         for i, block in enumerate(self.blocks):
             h = block(h)

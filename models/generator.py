@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import G_WIDTHS, IMAGE_CHANNELS, GeneratorConfig, TuningConfig
-from .layers import GBlock, SelfAttention, SNConv2d, SNLinear, update_spectral_norm_group
+from .layers import GBlock, SelfAttention, SNConv2d, SNLinear, model_power_iteration_grouped
 from .pretrained import PretrainedMixin
 from .validation import check_labels
 
@@ -40,7 +40,7 @@ class Generator(PretrainedMixin, nn.Module):
             raise ValueError(f"Generator: z must have shape (B, {cfg.z_dim}), got {tuple(z.shape)}")
         check_labels("Generator", y, z.shape[0], cfg.num_classes)
         if self.training and self.tuning.grouped_sn:
-            update_spectral_norm_group(self)
+            model_power_iteration_grouped(self)
         x = self.linear(z).view(z.shape[0], -1, 4, 4)
         if self.tuning.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)  # every later activation follows its input's format

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tritonsagan.kernels import attention, init_spectral_norm_vectors, spectral_norm
-from tritonsagan.kernels.spectral_norm import autocast_dtype, sn_update_vectors, sn_update_vectors_grouped, spectral_norm_after_update
+from tritonsagan.kernels.spectral_norm import autocast_dtype, power_iteration, power_iteration_grouped, spectral_norm_after_update
 
 from .config import ATTENTION_QUERY_KEY_RATIO, ATTENTION_VALUE_RATIO, TuningConfig
 
@@ -44,22 +44,22 @@ class SpectralNormMixin:
 
     def normalized_weight(self) -> torch.Tensor:
         out_dtype = autocast_dtype(self.weight.device.type) if self.sn_autocast_dtype else None
-        if self.sn_grouped and self.training:  # the model's update_spectral_norm_group ran at the start of its forward
+        if self.sn_grouped and self.training:  # the model's model_power_iteration_grouped ran at the start of its forward
             return spectral_norm_after_update(self.weight, self.weight_u, self.weight_v, self.weight_sigma, out_dtype)
         return spectral_norm(self.weight, self.weight_u, self.weight_v, self.n_power_iterations, self.sn_eps, self.training, out_dtype)
 
     @torch.no_grad()
-    def refresh_vectors(self, n_power_iterations: int = 1) -> None:
+    def power_iteration(self, n_power_iterations: int = 1) -> None:
         """Power iterations on this layer's own weight, with no forward (e.g. after averaging weights)."""
         if self.weight.ndim > 1:
-            sn_update_vectors(self.weight.flatten(1), self.weight_u, self.weight_v, n_power_iterations, self.sn_eps)
+            power_iteration(self.weight.flatten(1), self.weight_u, self.weight_v, n_power_iterations, self.sn_eps)
 
 
 def spectral_norm_layers(model: nn.Module) -> list[SpectralNormMixin]:
     return [module for module in model.modules() if isinstance(module, SpectralNormMixin)]
 
 
-def update_spectral_norm_group(model: nn.Module, n_power_iterations: int | None = None) -> None:
+def model_power_iteration_grouped(model: nn.Module, n_power_iterations: int | None = None) -> None:
     """One grouped power-iteration update of every SN layer of `model` (u, v and sigma in place).
     n_power_iterations defaults to the layers' own (which must agree)."""
     layers = spectral_norm_layers(model)
@@ -69,21 +69,21 @@ def update_spectral_norm_group(model: nn.Module, n_power_iterations: int | None 
     if not layers:
         return
     (own_iterations, eps), = settings
-    sn_update_vectors_grouped(
+    power_iteration_grouped(
         [layer.weight.flatten(1) for layer in layers], [layer.weight_u for layer in layers], [layer.weight_v for layer in layers],
         [layer.weight_sigma for layer in layers], n_power_iterations or own_iterations, eps,
     )  # fmt: skip
 
 
-def refresh_spectral_norm_vectors(model: nn.Module, n_power_iterations: int = 1) -> None:
-    """`refresh_vectors` of every spectrally normalised layer of a G or D (one grouped update when
+def model_power_iteration(model: nn.Module, n_power_iterations: int = 1) -> None:
+    """`power_iteration` of every spectrally normalised layer of a G or D (one grouped update when
     its tuning groups them)."""
     if model.tuning.grouped_sn:
         with torch.no_grad():
-            update_spectral_norm_group(model, n_power_iterations)
+            model_power_iteration_grouped(model, n_power_iterations)
         return
     for module in spectral_norm_layers(model):
-        module.refresh_vectors(n_power_iterations)
+        module.power_iteration(n_power_iterations)
 
 
 def set_tuning(model: nn.Module, tuning: TuningConfig) -> None:

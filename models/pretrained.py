@@ -2,6 +2,12 @@
 
 The config travels in the safetensors metadata too, so a lone weights file still rebuilds its
 model. Loading never unpickles anything, and every failure names the file and the keys involved.
+
+Why not huggingface_hub's PyTorchModelHubMixin, which writes the same two files: its from_pretrained
+falls back to torch.load of a pickled pytorch_model.bin when a repository has no safetensors file,
+it cannot rebuild a model from a lone .safetensors file, a mismatched file fails with torch's
+load_state_dict message rather than one naming the file, and it would add a Hub client to a
+package that never touches the network. A folder saved here uploads to the Hub as it is.
 """
 
 from __future__ import annotations

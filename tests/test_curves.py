@@ -7,6 +7,7 @@ from PIL import Image
 
 import tritonsagan.curves as curves
 from tritonsagan.curves import PANELS, MetricsLog, main as curves_main, read_metrics
+from tritonsagan.run_directory import RunDirectory
 from tritonsagan.train import TrainConfig, train
 
 TINY = dict(ch=8, batch_size=2, workers=0, num_samples=2, log_every=1, sample_every=10, save_every=10, compile=False)
@@ -61,15 +62,15 @@ def test_curves_are_redrawn_at_most_every_redraw_interval_and_at_the_end(tmp_pat
     drawn = []
     monkeypatch.setattr(curves, "plot_curves", lambda runs, path: drawn.append(len(next(iter(runs.values())))))
     monkeypatch.setattr(curves, "REDRAW_SECONDS", 3600.0)
-    log = MetricsLog(tmp_path)
+    log = MetricsLog(RunDirectory(tmp_path))
     for step in range(1, 6):
         log.write({"step": step, "loss_d": 1.0})
     log.close()
     assert drawn == [1, 5]  # the first record, then the end; nothing in between within the hour
     monkeypatch.setattr(curves, "REDRAW_SECONDS", 0.0)
-    log = MetricsLog(tmp_path)
+    log = MetricsLog(RunDirectory(tmp_path))
     log.write({"step": 6, "loss_d": 1.0})
     log.write({"step": 7, "loss_d": 1.0})
     log.close()
     assert drawn[2:] == [6, 7]  # every log when allowed, and no extra drawing at the end
-    assert not MetricsLog(tmp_path / "x", enabled=False).records and not (tmp_path / "x").exists()  # other ranks write nothing
+    assert not MetricsLog(RunDirectory(tmp_path / "x"), enabled=False).records and not (tmp_path / "x").exists()  # other ranks write nothing

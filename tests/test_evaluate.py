@@ -164,7 +164,7 @@ def test_eval_bad_input(tmp_path, net_path, generator_dir, capsys):
 
 
 def test_training_logs_fid_and_keeps_the_best_checkpoint(tmp_path, net_path):
-    from tritonsagan.generate import load_generator
+    from tritonsagan.run_directory import load_generator
     from tritonsagan.train import main as train_main
 
     out = tmp_path / "run"

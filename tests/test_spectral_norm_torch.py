@@ -71,12 +71,12 @@ def test_eval_mode_leaves_u_v_untouched():
     assert not torch.equal(layer.weight_u, u)
 
 
-def test_refresh_vectors_is_a_training_forward_without_output():
-    """refresh_vectors (used on G_ema after averaging) updates u, v as a training forward would."""
+def test_layer_power_iteration_is_a_training_forward_without_output():
+    """power_iteration (used on G_ema after averaging) updates u, v as a training forward would."""
     refreshed, forwarded = SNConv2d(4, 6, 3), SNConv2d(4, 6, 3)
     forwarded.load_state_dict(refreshed.state_dict())
     before = refreshed.weight_u.clone()
-    refreshed.refresh_vectors()
+    refreshed.power_iteration()
     forwarded.train()(torch.randn(1, 4, 5, 5))
     assert not torch.equal(refreshed.weight_u, before)
     assert torch.equal(refreshed.weight_u, forwarded.weight_u) and torch.equal(refreshed.weight_v, forwarded.weight_v)

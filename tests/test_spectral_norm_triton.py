@@ -6,7 +6,7 @@ import torch.nn as nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
 from tritonsagan.kernels import spectral_norm_triton, use_backend
-from tritonsagan.kernels.spectral_norm import sn_update_vectors_grouped
+from tritonsagan.kernels.spectral_norm import power_iteration_grouped
 from tritonsagan.kernels.spectral_norm_kernels import power_iteration_launch, scale_backward_launch, scale_launch
 from tritonsagan.models import Discriminator, Generator, SNConv2d
 from helpers import rel_err
@@ -146,7 +146,7 @@ def test_grouped_kernels_match_float64_on_awkward_shapes(n_power_iterations):
     expected = [_power_iteration_float64(w, u, v, n_power_iterations) for w, u, v in zip(weights, us, vs)]
     sigmas = [torch.full((), float("nan"), device=DEVICE) for _ in shapes]  # poisoned: every one must be written
     with use_backend("triton"):
-        sn_update_vectors_grouped(weights, us, vs, sigmas, n_power_iterations, 1e-12)
+        power_iteration_grouped(weights, us, vs, sigmas, n_power_iterations, 1e-12)
     for shape, u, v, sigma, (u_ref, v_ref, sigma_ref) in zip(shapes, us, vs, sigmas, expected):
         assert rel_err(u, u_ref) < 1e-5 and rel_err(v, v_ref) < 1e-5 and rel_err(sigma, sigma_ref) < 1e-5, shape
 
@@ -155,9 +155,9 @@ def test_grouped_update_refuses_what_it_cannot_serve():
     w = torch.randn(8, 6, device=DEVICE)
     u, v = torch.randn(8, device=DEVICE), torch.randn(6, device=DEVICE)
     with pytest.raises(ValueError, match=r"contiguous matrices .* got weight \(6, 8\)"):
-        sn_update_vectors_grouped([w.t()], [v], [u], [torch.zeros((), device=DEVICE)], 1, 1e-12)
+        power_iteration_grouped([w.t()], [v], [u], [torch.zeros((), device=DEVICE)], 1, 1e-12)
     with pytest.raises(ValueError, match=r"needs u \(8,\) and v \(6,\)"):
-        sn_update_vectors_grouped([w], [v], [u], [torch.zeros((), device=DEVICE)], 1, 1e-12)
+        power_iteration_grouped([w], [v], [u], [torch.zeros((), device=DEVICE)], 1, 1e-12)
 
 
 def test_scale_written_in_another_dtype_matches_float64():

@@ -2,7 +2,8 @@
 
 from tritonsagan.models import Discriminator, Generator
 
-from .generate import generate, load_generator
+from .generate import generate
+from .run_directory import load_generator
 from .weights_io import WeightsError
 
 __version__ = "0.1.0"

@@ -18,6 +18,7 @@ from .atomic_write import atomic_write_json
 from .weights_io import WeightsError, check_state_dict, load_safetensors, save_safetensors
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{7,})\.safetensors$")
+CHECKPOINT_METADATA = "tritonsagan_checkpoint"  # the safetensors metadata key holding the JSON
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -69,8 +70,8 @@ def write_checkpoint(
     for name, optimizer in optimizers.items():
         meta["optimizers"][name] = _flatten_optimizer(name, optimizer.state_dict(), tensors)
     tensors.update({f"rng.{k}": v for k, v in rng_states.items()})
-    save_safetensors(path, tensors, {"tritonsagan_checkpoint": json.dumps(meta)})
-    atomic_write_json(path.with_suffix(".json"), meta)
+    save_safetensors(path, tensors, {CHECKPOINT_METADATA: json.dumps(meta)})
+    atomic_write_json(sidecar_path(path), meta)
 
 
 def save_checkpoint(
@@ -87,27 +88,45 @@ def save_checkpoint(
     write_checkpoint(path, step, modules, optimizers, rng_states, extra)
     for _, old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
-        old.with_suffix(".json").unlink(missing_ok=True)
+        sidecar_path(old).unlink(missing_ok=True)
     return path
+
+
+def sidecar_path(path: Path) -> Path:
+    """The .json beside a checkpoint: its metadata, for people to read."""
+    return path.with_suffix(".json")
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    return json.loads(sidecar_path(path).read_text())
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every tensor of a checkpoint file and its metadata."""
+    tensors, metadata = load_safetensors(path)
+    if CHECKPOINT_METADATA not in metadata:
+        raise WeightsError(f"{path}: not a tritonsagan training checkpoint (no checkpoint metadata)")
+    return tensors, json.loads(metadata[CHECKPOINT_METADATA])
+
+
+def module_state(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The state dict of the module saved under `name`."""
+    prefix = name + "."
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 def load_checkpoint(
     path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]
 ) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
     """Restore modules and optimisers in place; return (step, rng states, metadata)."""
-    tensors, metadata = load_safetensors(path)
-    if "tritonsagan_checkpoint" not in metadata:
-        raise WeightsError(f"{path}: not a tritonsagan training checkpoint (no checkpoint metadata)")
-    meta = json.loads(metadata["tritonsagan_checkpoint"])
+    tensors, meta = read_checkpoint(path)
     for name, module in modules.items():
-        prefix = name + "."
-        state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        state = module_state(tensors, name)
         check_state_dict(path, module, state)
         module.load_state_dict(state)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(_unflatten_optimizer(name, meta["optimizers"][name], tensors))
-    rng = {k[len("rng.") :]: v for k, v in tensors.items() if k.startswith("rng.")}
-    return int(tensors["step"]), rng, meta
+    return int(tensors["step"]), module_state(tensors, "rng"), meta
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

@@ -25,10 +25,8 @@ from pathlib import Path
 from .atomic_write import atomic_write_bytes
 from .cli import run_command
 from .errors import ConfigError, TritonsaganError
+from .run_directory import RunDirectory
 
-METRICS_NAME = "metrics.jsonl"
-CURVES_NAME = "curves.png"
-TENSORBOARD_DIR = "tensorboard"
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 REDRAW_SECONDS = 30.0
 
@@ -49,10 +47,10 @@ class MetricsError(TritonsaganError, ValueError):
 
 def read_metrics(run: str | os.PathLike) -> list[dict]:
     """The records of a run directory's metrics.jsonl (or of that file itself)."""
-    path = Path(run)
-    path = path / METRICS_NAME if path.is_dir() else path
+    path, metrics = Path(run), RunDirectory(run).metrics
+    path = metrics if path.is_dir() else path
     if not path.is_file():
-        raise MetricsError(f"no {METRICS_NAME} at {path}")
+        raise MetricsError(f"no {metrics.name} at {path}")
     lines = path.read_text().splitlines()
     records = []
     for number, line in enumerate(lines, 1):
@@ -118,10 +116,10 @@ def plot_curves(runs: dict[str, list[dict]], path: str | os.PathLike) -> Path:
 class MetricsLog:
     """metrics.jsonl, curves.png and (optionally) TensorBoard events of one run, main rank only."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = False) -> None:
-        self.run_dir, self.enabled = run_dir, enabled
-        self.records: list[dict] = read_metrics(run_dir) if enabled and (run_dir / METRICS_NAME).is_file() else []
-        self.file = (run_dir / METRICS_NAME).open("a") if enabled else None
+    def __init__(self, run: RunDirectory, enabled: bool = True, tensorboard: bool = False) -> None:
+        self.run, self.enabled = run, enabled
+        self.records: list[dict] = read_metrics(run.metrics) if enabled and run.metrics.is_file() else []
+        self.file = run.metrics.open("a") if enabled else None
         self.drawn_at, self.drawn_records = -math.inf, len(self.records)
         self.tensorboard = None
         if enabled and tensorboard:
@@ -129,9 +127,9 @@ class MetricsLog:
                 from tensorboardX import SummaryWriter
             except ImportError:
                 raise ConfigError("--tensorboard needs tensorboardX: pip install 'tritonsagan[tensorboard]'") from None
-            self.tensorboard = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
+            self.tensorboard = SummaryWriter(str(run.tensorboard))
         if enabled and not HAS_MATPLOTLIB:
-            print(f"note: no {CURVES_NAME} (matplotlib is not installed: pip install 'tritonsagan[plot]')", file=sys.stderr)
+            print(f"note: no {run.curves.name} (matplotlib is not installed: pip install 'tritonsagan[plot]')", file=sys.stderr)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -151,7 +149,7 @@ class MetricsLog:
 
     def _draw(self) -> None:
         if HAS_MATPLOTLIB:
-            plot_curves({self.run_dir.name: self.records}, self.run_dir / CURVES_NAME)
+            plot_curves({self.run.root.name: self.records}, self.run.curves)
             self.drawn_at, self.drawn_records = time.monotonic(), len(self.records)
 
     def close(self) -> None:
@@ -166,7 +164,7 @@ class MetricsLog:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-curves", description="Draw the training curves of one or several runs from their metrics.jsonl.")
     parser.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
-    parser.add_argument("--out", default=CURVES_NAME, help=f"PNG to write (default: {CURVES_NAME})")
+    parser.add_argument("--out", default="curves.png", help="PNG to write (default: curves.png)")
     return parser
 
 

@@ -38,10 +38,11 @@ from tritonsagan.models import Generator
 
 from .atomic_write import atomic_write_json
 from .cli import add_device_argument, parse_int_list, resolve_device, run_command
-from .loader import make_dataset
 from .errors import TritonsaganError
-from .generate import generate_batches, load_generator
+from .generate import generate_batches
+from .loader import make_dataset
 from .metrics import feature_statistics, frechet_distance, inception_score, kernel_inception_distance
+from .run_directory import load_generator
 from .weights_io import WeightsError, load_safetensors, save_safetensors
 
 FID_WEIGHTS_ENV = "TRITONSAGAN_FID_WEIGHTS"
@@ -256,12 +257,11 @@ def evaluate(
 
 class FidMonitor:
     """FID of G_ema during training. The real statistics are computed once per run and cached in the
-    run directory (recomputed when the network, the data or n changes)."""
+    file `cache` (recomputed when the network, the data or n changes)."""
 
-    def __init__(self, run_dir: Path, data: str, n: int, weights: str | None, device: torch.device, workers: int = 0) -> None:
+    def __init__(self, cache: Path, data: str, n: int, weights: str | None, device: torch.device, workers: int = 0) -> None:
         self.network = FeatureNetwork(find_feature_weights(weights), device)
         self.n = n
-        cache = run_dir / "fid_reference.safetensors"
         try:
             self.reference = ReferenceStats.load(cache, self.network)
         except (EvalError, WeightsError):  # none yet, from another network, or unreadable

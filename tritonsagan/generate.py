@@ -1,9 +1,9 @@
-"""Images and attention maps from safetensors weights: `load_generator`, `generate`, tritonsagan-generate."""
+"""Images and attention maps from a generator: `generate`, and tritonsagan-generate, which reads the weights
+with `run_directory.load_generator` (safetensors only)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Iterator, Sequence
@@ -15,47 +15,10 @@ import torch.nn.functional as F
 
 from tritonsagan.models import Generator
 from tritonsagan.models.config import IMAGE_SIZE
-from tritonsagan.models.pretrained import WEIGHTS_NAME
 
-from .checkpoint import latest_checkpoint
 from .cli import add_device_argument, parse_int_list, resolve_device, run_command
 from .images import make_grid, save_png, to_uint8
-from .weights_io import WeightsError, check_state_dict, load_safetensors
-
-GENERATOR_SUBDIR = "generator"
-
-
-def load_generator(path: str | Path, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Generator:
-    """A Generator in eval mode from a save_pretrained directory, its model.safetensors, a training
-    checkpoint (its G_ema), or a run directory.
-
-    For a run directory this is G_ema: its exported `generator/`, else the newest checkpoint's G_ema.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"weights not found: {path}")
-    if path.is_file() and path.name != WEIGHTS_NAME and path.with_suffix(".json").is_file():
-        return _generator_from_checkpoint(path).to(device or "cpu", dtype).eval()
-    if path.is_dir() and not (path / WEIGHTS_NAME).is_file():
-        if (path / GENERATOR_SUBDIR / WEIGHTS_NAME).is_file():
-            path = path / GENERATOR_SUBDIR
-        elif (checkpoint := latest_checkpoint(path / "checkpoints")) is not None:
-            return _generator_from_checkpoint(checkpoint).to(device or "cpu", dtype).eval()
-        else:
-            raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME}, {GENERATOR_SUBDIR}/ or checkpoints/ inside")
-    return Generator.from_pretrained(path).to(device or "cpu", dtype).eval()
-
-
-def _generator_from_checkpoint(checkpoint: Path) -> Generator:
-    tensors, metadata = load_safetensors(checkpoint)
-    config = json.loads(metadata.get("tritonsagan_checkpoint", "{}")).get("generator_config")
-    if not config:
-        raise WeightsError(f"{checkpoint}: not a tritonsagan training checkpoint (no generator config in its metadata)")
-    G = Generator(**config)
-    state = {k[len("G_ema.") :]: v for k, v in tensors.items() if k.startswith("G_ema.")}
-    check_state_dict(checkpoint, G, state)
-    G.load_state_dict(state)
-    return G
+from .run_directory import load_generator
 
 
 def sample_latents(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
@@ -235,52 +198,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _latents_and_labels(args: argparse.Namespace, G: Generator, columns: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """--interpolate: a walk from --seed's latent to --seed+1's in one class; else --n latents in the
+    --classes (one class per grid row with --class-per-row)."""
+    z_dim, num_classes = G.config.z_dim, G.config.num_classes
+    if args.interpolate:
+        a, b = sample_latents(1, z_dim, args.seed, args.truncation)[0], sample_latents(1, z_dim, args.seed + 1, args.truncation)[0]
+        labels = class_labels(G, args.n, args.classes[:1] if args.classes else None, args.seed)
+        return slerp(a, b, args.n), None if labels is None else labels[:1].expand(args.n)
+    classes = args.classes
+    if args.class_per_row:
+        if num_classes == 0:
+            raise ValueError("--class-per-row needs a conditional generator")
+        row_classes = args.classes or list(range(num_classes))
+        classes = [row_classes[(i // columns) % len(row_classes)] for i in range(args.n)]
+    return sample_latents(args.n, z_dim, args.seed, args.truncation), class_labels(G, args.n, classes, args.seed)
+
+
+def _write_attention_maps(args: argparse.Namespace, G: Generator, z: torch.Tensor, labels: torch.Tensor | None) -> Path:
+    height = G.config.attn_res
+    queries = [(y * height // IMAGE_SIZE) * height + (x * height // IMAGE_SIZE) for x, y in (args.queries or DEFAULT_QUERY_POINTS)]
+    if not all(0 <= x < IMAGE_SIZE and 0 <= y < IMAGE_SIZE for x, y in (args.queries or [])):
+        raise ValueError(f"--queries points must lie inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
+    images, maps = attention_maps(G, z, labels, queries)
+    out = Path(args.out) if args.out else Path(args.out_dir) / "attention_maps.png"
+    save_png(attention_figure(images, maps, queries, height), out)
+    return out
+
+
 def _run(args: argparse.Namespace) -> str:
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be positive")
     G = load_generator(args.weights, device=resolve_device(args.device))
-    z_dim, num_classes = G.config.z_dim, G.config.num_classes
-    columns = min(args.n, 8) if not args.interpolate else min(args.n, 16)
-    if args.interpolate:
-        a, b = sample_latents(1, z_dim, args.seed, args.truncation)[0], sample_latents(1, z_dim, args.seed + 1, args.truncation)[0]
-        z = slerp(a, b, args.n)
-        labels = class_labels(G, args.n, args.classes[:1] if args.classes else None, args.seed)
-        if labels is not None:
-            labels = labels[:1].expand(args.n)  # one class along the walk
-    else:
-        z = sample_latents(args.n, z_dim, args.seed, args.truncation)
-        classes = args.classes
-        if args.class_per_row:
-            if num_classes == 0:
-                raise ValueError("--class-per-row needs a conditional generator")
-            row_classes = args.classes or list(range(num_classes))
-            classes = [row_classes[(i // columns) % len(row_classes)] for i in range(args.n)]
-        labels = class_labels(G, args.n, classes, args.seed)
-
+    columns = min(args.n, 16 if args.interpolate else 8)
+    z, labels = _latents_and_labels(args, G, columns)
     if args.attention_maps:
-        height = G.config.attn_res
-        queries = [(y * height // IMAGE_SIZE) * height + (x * height // IMAGE_SIZE) for x, y in (args.queries or DEFAULT_QUERY_POINTS)]
-        if not all(0 <= x < IMAGE_SIZE and 0 <= y < IMAGE_SIZE for x, y in (args.queries or [])):
-            raise ValueError(f"--queries points must lie inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
-        images, maps = attention_maps(G, z, labels, queries)
-        out = Path(args.out) if args.out else Path(args.out_dir) / "attention_maps.png"
-        save_png(attention_figure(images, maps, queries, height), out)
-        return str(out)
-
-    batches = iter_generate(G, z, labels, args.batch_size)
+        return str(_write_attention_maps(args, G, z, labels))
     from rich.progress import track
 
-    batches = track(batches, total=math.ceil(args.n / args.batch_size), description="generating", disable=args.n <= args.batch_size)
+    batches = track(iter_generate(G, z, labels, args.batch_size), total=math.ceil(args.n / args.batch_size), description="generating",
+                    disable=args.n <= args.batch_size)  # fmt: skip
     if args.out_dir:
         out_dir = Path(args.out_dir)
-        index = 0
-        for batch in batches:
-            for image in batch:
-                save_png(image.permute(1, 2, 0).numpy(), out_dir / f"{index:06d}.png")
-                index += 1
+        images = (image for batch in batches for image in batch)
+        for index, image in enumerate(images):
+            save_png(image.permute(1, 2, 0).numpy(), out_dir / f"{index:06d}.png")
         return str(out_dir)
-    images = torch.cat(list(batches))
-    save_png(make_grid(images, columns=columns), args.out)
+    save_png(make_grid(torch.cat(list(batches)), columns=columns), args.out)
     return args.out
 
 

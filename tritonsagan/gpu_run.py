@@ -33,10 +33,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tritonsagan.models import Generator
+from tritonsagan.models.pretrained import WEIGHTS_NAME
+
 from .atomic_write import atomic_write_json
 from .cli import run_command
-from .curves import METRICS_NAME, read_metrics
+from .curves import read_metrics
 from .errors import ConfigError, TritonsaganError
+from .run_directory import RunDirectory
 
 REPO = Path(__file__).resolve().parents[1]  # a checkout: tests/ and the kernels beside the package
 BENCH_PARTS = {  # each one GPU-run command; together the whole report
@@ -77,15 +81,11 @@ def _train(options: dict, log: Path, *switches: str) -> int:
     return _run_logged([sys.executable, "-m", "tritonsagan.train", *switches, *_flags(options)], log)
 
 
-def _grids(run: Path) -> list[Path]:
-    return sorted((run / "samples").glob("step_*_ema.png"))
-
-
-def _training_summary(run: Path, exit_code: int) -> dict:
+def _training_summary(run: RunDirectory, exit_code: int) -> dict:
     """What a person checks of a training run: it ran, it stayed finite, its samples moved."""
-    records = [r for r in read_metrics(run) if "loss_d" in r] if (run / METRICS_NAME).is_file() else []
+    records = [r for r in read_metrics(run.metrics) if "loss_d" in r] if run.metrics.is_file() else []
     losses = [r[key] for r in records for key in ("loss_d", "loss_g")]
-    grids = _grids(run)
+    grids = run.sample_grids(ema=True)
     change = None
     if len(grids) > 1:  # mean absolute change of the EMA grid between the first and the last, in [0, 1]
         first, last = (np.asarray(Image.open(p), dtype=np.float64) for p in (grids[0], grids[-1]))
@@ -124,9 +124,9 @@ def check(out: Path, rehearse: bool) -> bool:
         summary["hopper"] = {"triton": report["triton"], "compiled": len(report["rows"]), "problems": problems}
     except hopper.HopperCheckUnavailable as err:
         summary["hopper"] = {"unavailable": str(err)}
-    run = out / "train-check"
+    run = RunDirectory(out / "train-check")
     options = {**CHECK_TRAINING, **TINY, "steps": 4, "max-minutes": 0, "log-every": 1, "sample-every": 2} if rehearse else CHECK_TRAINING
-    summary["train"] = _training_summary(run, _train({**options, "out": run}, out / "train-check.log"))
+    summary["train"] = _training_summary(run, _train({**options, "out": run.root}, out / "train-check.log"))
     atomic_write_json(out / "check.json", summary)
     train = summary["train"]
     return code == 0 and not summary["hopper"].get("problems") and train["exit_code"] == 0 and train["losses_finite"]
@@ -144,22 +144,20 @@ def bench(out: Path, part: str, rehearse: bool, merge_with: Path | None) -> bool
 
 
 def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool) -> bool:
-    from tritonsagan.models import Generator
 
     options = {**PRETRAINED_TRAINING, "data": "builtin", "max-minutes": minutes, "out": run_dir}
     if rehearse:
         options.update({**TINY, "steps": 6, "max-minutes": 0, "log-every": 2, "sample-every": 3, "save-every": 3, "ema-start": 2})
     code = _train(options, out / "pretrained.log", "--conditional")
-    summary = {"run": _training_summary(run_dir, code)}
-    if (run_dir / "generator").is_dir():
-        G_ema = Generator.from_pretrained(run_dir / "generator").half()
-        weights = G_ema.save_pretrained(out / PRETRAINED_NAME) / "model.safetensors"
+    run = RunDirectory(run_dir)
+    summary = {"run": _training_summary(run, code)}
+    if run.generator.is_dir():
+        G_ema = Generator.from_pretrained(run.generator).half()
+        weights = G_ema.save_pretrained(out / PRETRAINED_NAME) / WEIGHTS_NAME
         summary["weights_bytes"] = weights.stat().st_size
-        for name in (METRICS_NAME, "config.json", "curves.png"):
-            if (run_dir / name).is_file():
-                shutil.copy(run_dir / name, out / name)
-        for grid in _grids(run_dir)[-1:] + sorted((run_dir / "samples").glob("step_*.png"))[-1:]:
-            shutil.copy(grid, out / grid.name)
+        for path in (run.metrics, run.config, run.curves, *run.sample_grids(ema=True)[-1:], *run.sample_grids(ema=False)[-1:]):
+            if path.is_file():
+                shutil.copy(path, out / path.name)
     atomic_write_json(out / "pretrained.json", summary)
     return code == 0 and summary["run"]["losses_finite"] and summary.get("weights_bytes", math.inf) <= MAX_WEIGHTS_BYTES
 

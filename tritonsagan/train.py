@@ -2,7 +2,7 @@
 
 Hinge loss, Adam(beta1=0, beta2=0.9) with two time-scale learning rates (G 1e-4, D 4e-4), one D step
 per G step, spectral norm everywhere, self-attention at 32x32, an exponential moving average of G.
-Run directory: config.json, metrics.jsonl, samples/, checkpoints/ and generator/ (G_ema weights).
+What it writes where: tritonsagan.run_directory. The loop is `train()`, the step `Trainer.step_on`.
 
 Under torchrun it trains with DistributedDataParallel (NCCL on CUDA, gloo on CPU); rank 0 writes.
 """
@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import copy
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -28,18 +27,20 @@ from torch.nn.parallel import DistributedDataParallel
 
 from tritonsagan.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
 from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, IMAGE_SIZE, Z_DIM
-from tritonsagan.models.layers import refresh_spectral_norm_vectors
+from tritonsagan.models.layers import model_power_iteration
 
 from .atomic_write import atomic_write_json
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint, write_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_checkpoint
 from .cli import resolve_device, run_command
 from .config_flags import add_config_flags, build_config
 from .curves import MetricsLog
-from .loader import make_dataset, make_loader
 from .diffaug import augment, draw, parse_policy
 from .errors import ConfigError, TritonsaganError
 from .evaluate import FID_WEIGHTS_ENV, FidMonitor
-from .images import from_uint8, make_grid, save_png, to_uint8
+from .generate import iter_generate
+from .images import from_uint8, make_grid, save_png
+from .loader import make_dataset, make_loader
+from .run_directory import EMA_GENERATOR, GENERATOR_CONFIG, RunDirectory
 
 DIFFAUG_BUILTIN = "color,translation,cutout"
 COMPILE_SCOPES = ("loss", "step")
@@ -153,7 +154,9 @@ def setup_distributed(cfg: TrainConfig) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if on_cuda else "cpu"))
 
 
-def check_config(cfg: TrainConfig, world: Distributed) -> None:
+def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
+    """The config checked (every problem named at once, before any data is read) with what it leaves
+    to the device or the data decided: compile and bf16 on for CUDA, the --diffaug policy."""
     problems = []
     for name in ("steps", "batch_size", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
         if getattr(cfg, name) < 1:
@@ -168,11 +171,12 @@ def check_config(cfg: TrainConfig, world: Distributed) -> None:
         problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.sync_bn and world.device.type != "cuda":
         problems.append("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+    diffaug = cfg.diffaug
     try:
-        resolve_diffaug(cfg.diffaug, cfg.data)
+        diffaug = resolve_diffaug(cfg.diffaug, cfg.data)
     except ConfigError as err:
         problems.append(str(err))
-    for config_class in (GeneratorConfig, DiscriminatorConfig):  # --ch / --attn-res before any data is read
+    for config_class in (GeneratorConfig, DiscriminatorConfig):
         fields = {"z_dim": cfg.z_dim} if config_class is GeneratorConfig else {}
         try:
             config_class(ch=cfg.ch, attn_res=cfg.attn_res, **fields)
@@ -180,6 +184,10 @@ def check_config(cfg: TrainConfig, world: Distributed) -> None:
             problems.append(str(err))
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+    on_cuda = world.device.type == "cuda"
+    return dataclasses.replace(
+        cfg, compile=on_cuda if cfg.compile is None else cfg.compile, bf16=on_cuda if cfg.bf16 is None else cfg.bf16, diffaug=diffaug
+    )
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -213,16 +221,24 @@ class EMA:
         for (name, ema_buffer), buffer in zip(self.model.named_buffers(), source.buffers()):
             if not name.endswith(("weight_u", "weight_v")):
                 ema_buffer.copy_(buffer)
-        refresh_spectral_norm_vectors(self.model)
+        model_power_iteration(self.model)
 
 
 def attention_gammas(model: torch.nn.Module) -> list[float]:
     return [m.gamma.item() for m in model.modules() if isinstance(m, SelfAttention)]
 
 
+# latent_seed's strides: the seeds of one step stay distinct for up to 64 ranks (SLOT_STRIDE) and 64
+# D/G slots (n_dis + 1; STEP_STRIDE, a prime above 64 * 64, keeps steps apart), and SEED_STRIDE, a
+# large prime, keeps runs with neighbouring --seed values apart.
+SLOT_STRIDE = 64
+STEP_STRIDE = 4099
+SEED_STRIDE = 1_000_003
+
+
 def latent_seed(seed: int, step: int, slot: int, rank: int) -> int:
     """A seed per (step, D/G slot, rank): latents need no RNG state to resume exactly."""
-    return (seed * 1_000_003 + step * 4099 + slot * 64 + rank) % (2**63)
+    return (seed * SEED_STRIDE + step * STEP_STRIDE + slot * SLOT_STRIDE + rank) % (2**63)
 
 
 class Trainer:
@@ -233,26 +249,19 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.world = setup_distributed(cfg)
-        check_config(cfg, self.world)
+        self.cfg = cfg = resolve_config(cfg, self.world)
         self.on_cuda = self.world.device.type == "cuda"
-        self.cfg = cfg = dataclasses.replace(
-            cfg,
-            compile=self.on_cuda if cfg.compile is None else cfg.compile,
-            bf16=self.on_cuda if cfg.bf16 is None else cfg.bf16,
-            diffaug=resolve_diffaug(cfg.diffaug, cfg.data),
-        )
         self.diffaug = parse_policy(cfg.diffaug)
         if cfg.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
-        self.run_dir = Path(cfg.out)
-        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.run = RunDirectory(cfg.out)
         self.dataset = make_dataset(cfg.data, cfg.seed, cfg.conditional, cfg.crop == "random")
         self.num_classes = self.dataset.num_classes if cfg.conditional else 0
         self.G, self.D = self._build_models()
         self.ema = EMA(self.G, cfg.ema_decay, cfg.ema_start)
         self.opt_g, self.opt_d = self._adam(self.G, cfg.lr_g), self._adam(self.D, cfg.lr_d)
-        self.modules = {"G": self.G, "D": self.D, "G_ema": self.ema.model}
+        self.modules = {"G": self.G, "D": self.D, EMA_GENERATOR: self.ema.model}
         self.optimizers = {"opt_G": self.opt_g, "opt_D": self.opt_d}
         self.step, resumed_rng = self._resume()
         self.G_train, self.D_train = self._wrap_distributed()
@@ -264,6 +273,7 @@ class Trainer:
         # the CPU generator's on CUDA; the same on CPU).
         self.draw_device = self.world.device if whole_step else torch.device("cpu")
         self.per_rank_batch = cfg.batch_size // self.world.world_size
+        self.skipped_images = 0  # unreadable files passed over by this process's data stream
         self.batches = self._data_stream()
         self.sample_z, self.sample_y = self._sample_inputs()
         if resumed_rng:
@@ -355,13 +365,13 @@ class Trainer:
     def train_step(self) -> dict[str, torch.Tensor]:
         """One G step after n_dis D steps, on the next batches of the data stream."""
         device = self.world.device
-        batches, skipped = [], 0
+        batches = []
         for _ in range(self.cfg.n_dis):
-            real, real_y, batch_skipped = next(self.batches)
-            skipped += int(batch_skipped.sum())
+            real, real_y, skipped = next(self.batches)
+            self.skipped_images += int(skipped.sum())
             real_y = real_y.to(device, non_blocking=True) if self.num_classes else None
             batches.append((from_uint8(real.to(device, non_blocking=True)), real_y))
-        return {**self.step_on(batches), "skipped": skipped}
+        return self.step_on(batches)
 
     def step_on(self, batches: list[tuple[torch.Tensor, torch.Tensor | None]]) -> dict[str, torch.Tensor]:
         """The training step proper, on given real batches (one per D step): D steps, G step, EMA."""
@@ -400,10 +410,10 @@ class Trainer:
         """Load the checkpoint that --resume names; return its step and RNG states (0, {} when fresh)."""
         cfg = self.cfg
         if cfg.resume == "never":
-            if list_checkpoints(self.checkpoint_dir):
-                raise ConfigError(f"{self.checkpoint_dir} already holds checkpoints; use --resume auto or another --out")
+            if list_checkpoints(self.run.checkpoints):
+                raise ConfigError(f"{self.run.checkpoints} already holds checkpoints; use --resume auto or another --out")
             return 0, {}
-        path = latest_checkpoint(self.checkpoint_dir) if cfg.resume == "auto" else Path(cfg.resume)
+        path = self.run.latest_checkpoint() if cfg.resume == "auto" else Path(cfg.resume)
         if path is None:
             return 0, {}
         step, rng, _ = load_checkpoint(path, self.modules, self.optimizers)
@@ -415,153 +425,165 @@ class Trainer:
         rng = {"torch": torch.get_rng_state()}
         if self.on_cuda:
             rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
-        return rng, {"config": dataclasses.asdict(self.cfg), "generator_config": dataclasses.asdict(self.G.config)}
+        return rng, {"config": dataclasses.asdict(self.cfg), GENERATOR_CONFIG: dataclasses.asdict(self.G.config)}
 
-    def save(self) -> Path:
-        """The step's checkpoint and G_ema's weights. A failed write (a full disk) leaves every earlier
-        file intact and raises CheckpointWriteError naming the file and the last good checkpoint."""
-        last_good = latest_checkpoint(self.checkpoint_dir)
-        rng, extra = self._checkpoint_contents()
-        try:
-            path = save_checkpoint(self.checkpoint_dir, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
-            self.ema.model.save_pretrained(self.run_dir / "generator")
-        except OSError as err:
-            raise CheckpointWriteError(
-                f"could not write the checkpoint of step {self.step}: {err}. Nothing was half-written; "
-                f"the last good checkpoint is {last_good or 'none (no checkpoint was written yet)'}"
-            ) from err
-        return path
+    def save(self) -> None:
+        """The step's checkpoint and G_ema's weights, written by rank 0 while the others wait. A failed
+        write (a full disk) leaves every earlier file intact and raises CheckpointWriteError naming the
+        file and the last good checkpoint."""
+        if self.world.is_main:
+            last_good = self.run.latest_checkpoint()
+            rng, extra = self._checkpoint_contents()
+            try:
+                save_checkpoint(self.run.checkpoints, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
+                self.ema.model.save_pretrained(self.run.generator)
+            except OSError as err:
+                raise CheckpointWriteError(
+                    f"could not write the checkpoint of step {self.step}: {err}. Nothing was half-written; "
+                    f"the last good checkpoint is {last_good or 'none (no checkpoint was written yet)'}"
+                ) from err
+        if self.world.world_size > 1:
+            dist.barrier()
 
-    @property
-    def best_path(self) -> Path:
-        return self.checkpoint_dir / "best.safetensors"
-
-    def best_fid(self) -> float:
-        """FID of the best checkpoint so far (infinity when there is none)."""
-        meta = self.best_path.with_suffix(".json")
-        return json.loads(meta.read_text())["fid"] if meta.is_file() else math.inf
-
-    def save_best(self, scores: dict) -> Path:
+    def save_best(self, scores: dict) -> None:
         """checkpoints/best.safetensors: a full checkpoint of this step, with its FID and KID."""
         rng, extra = self._checkpoint_contents()
         extra.update(fid=scores["fid"], kid=scores["kid"], kid_std=scores["kid_std"])
-        write_checkpoint(self.best_path, self.step, self.modules, self.optimizers, rng, extra)
-        return self.best_path
+        write_checkpoint(self.run.best_checkpoint, self.step, self.modules, self.optimizers, rng, extra)
 
-    @torch.no_grad()
-    def write_samples(self) -> Path:
+    def write_samples(self) -> None:
         """Grids from the fixed latents and labels: step_N.png (G in eval mode) and step_N_ema.png."""
-        samples = self.run_dir / "samples"
-        z_chunks = self.sample_z.split(16)
-        y_chunks = self.sample_y.split(16) if self.sample_y is not None else [None] * len(z_chunks)
-        self.G.eval()
-        for model, suffix in ((self.G, ""), (self.ema.model, "_ema")):
-            images = torch.cat([model(z, y) for z, y in zip(z_chunks, y_chunks)])
-            save_png(make_grid(to_uint8(images)), samples / f"step_{self.step:07d}{suffix}.png")
-        self.G.train()
-        return samples / f"step_{self.step:07d}_ema.png"
+        for model, ema in ((self.G, False), (self.ema.model, True)):
+            images = torch.cat(list(iter_generate(model, self.sample_z, self.sample_y)))
+            save_png(make_grid(images), self.run.sample_grid(self.step, ema))
+        self.G.train()  # iter_generate left it in eval mode
 
 
-def _progress(enabled: bool, total: int, completed: int):
-    if not enabled:
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}")
-    )
-    task = progress.add_task("train", total=total, completed=completed, status="")
-    return progress, task
+def due(step: int, every: int, last: bool = False) -> bool:
+    """Whether a cadence (--log-every, --save-every, ...) falls on this step; every one falls on the last."""
+    return last or step % every == 0
 
 
-def time_is_up(deadline: float, world: Distributed) -> bool:
-    """Whether the --max-minutes deadline has passed, agreed by every rank (they must stop at one step)."""
-    up = time.perf_counter() >= deadline
-    if world.world_size > 1:
-        flag = torch.tensor(float(up), device=world.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        up = bool(flag)
-    return up
+class RunClock:
+    """This process's training time: images/s since it started, and the --max-minutes deadline."""
+
+    def __init__(self, cfg: TrainConfig, start_step: int, world: Distributed) -> None:
+        self.start, self.start_step, self.world = time.perf_counter(), start_step, world
+        self.images_per_step = cfg.n_dis * cfg.batch_size
+        self.deadline = self.start + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+
+    def images_per_s(self, step: int) -> float:
+        return (step - self.start_step) * self.images_per_step / (time.perf_counter() - self.start)
+
+    def time_is_up(self) -> bool:
+        """Whether the deadline has passed, agreed by every rank (they must stop at one step)."""
+        up = time.perf_counter() >= self.deadline
+        if self.world.world_size > 1:
+            flag = torch.tensor(float(up), device=self.world.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            up = bool(flag)
+        return up
+
+
+def metrics_record(trainer: Trainer, out: dict[str, torch.Tensor], images_per_s: float) -> dict:
+    """One line of metrics.jsonl: the step's losses and D's mean logits, the attention gammas, speed."""
+    return {
+        "step": trainer.step,
+        **{k: float(out[k]) for k in ("loss_d", "loss_g", "d_real", "d_fake")},
+        "gamma_g": attention_gammas(trainer.G),
+        "gamma_d": attention_gammas(trainer.D),
+        "images_per_s": images_per_s,
+        "lr_g": trainer.opt_g.param_groups[0]["lr"],
+        "lr_d": trainer.opt_d.param_groups[0]["lr"],
+        "skipped_images": trainer.skipped_images,
+    }
+
+
+class ProgressDisplay:
+    """A progress bar on a terminal, a line per logged step elsewhere (a log file), nothing off rank 0."""
+
+    def __init__(self, enabled: bool, total: int, completed: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.enabled, self.total = enabled, total
+        self.bar = None
+        if enabled and Console().is_terminal:
+            columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+            self.bar = Progress(*columns)
+            self.task = self.bar.add_task("train", total=total, completed=completed, status="")
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.bar:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar:
+            self.bar.stop()
+
+    def update(self, step: int, record: dict | None) -> None:
+        """Move to `step`; with the step's metrics record, show its losses and speed."""
+        status = record and f"D {record['loss_d']:.3f}  G {record['loss_g']:.3f}  {record['images_per_s']:.1f} img/s"
+        if self.bar:
+            self.bar.update(self.task, completed=step, **({"status": status} if status else {}))
+        elif self.enabled and status:
+            print(f"step {step}/{self.total}  {status}", flush=True)
+
+
+def evaluate_fid(trainer: Trainer, fid: FidMonitor, log: MetricsLog, best_fid: float) -> float:
+    """FID and KID of G_ema into the metrics; a new best is kept as checkpoints/best. The best FID."""
+    scores = fid(trainer.ema.model)
+    log.write({"step": trainer.step, **{k: scores[k] for k in ("fid", "kid", "kid_std")}})
+    if scores["fid"] < best_fid:
+        trainer.save_best(scores)
+    return min(best_fid, scores["fid"])
 
 
 def train(cfg: TrainConfig) -> Trainer:
     """Train to cfg.steps (resuming when a checkpoint is there); return the trainer with its models."""
     trainer = Trainer(cfg)
-    cfg, world = trainer.cfg, trainer.world
-    main = world.is_main
+    cfg, world, run, main = trainer.cfg, trainer.world, trainer.run, trainer.world.is_main
     if main:
-        trainer.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(trainer.run_dir / "config.json", dataclasses.asdict(cfg))
-    log = MetricsLog(trainer.run_dir, enabled=main, tensorboard=cfg.tensorboard)
-    fid = FidMonitor(trainer.run_dir, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers) if main and cfg.fid_every else None
-    best_fid = trainer.best_fid() if fid else math.inf
-    from rich.console import Console
-
-    progress, task = _progress(main and Console().is_terminal, cfg.steps, trainer.step) or (None, None)
+        atomic_write_json(run.config, dataclasses.asdict(cfg))
+    log = MetricsLog(run, enabled=main, tensorboard=cfg.tensorboard)
+    fid = FidMonitor(run.fid_reference, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers) if main and cfg.fid_every else None
+    best_fid = run.best_fid() if fid else math.inf
+    clock = RunClock(cfg, trainer.step, world)
+    # Whether every loss so far is finite, kept on the device: reading it makes the host wait for the
+    # GPU, so it is read only at log and save steps (a NaN stops the run before it is logged or saved).
     finite = torch.ones((), dtype=torch.bool, device=world.device)
-    skipped_total, start_time, start_step = 0, time.perf_counter(), trainer.step
-    deadline = start_time + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     stopped_for_time = False
-    if progress:
-        progress.start()
-    try:
+    with ProgressDisplay(main, cfg.steps, trainer.step) as display, contextlib.closing(log):
         while trainer.step < cfg.steps:
             out = trainer.train_step()
             finite &= torch.isfinite(out["loss_d"]) & torch.isfinite(out["loss_g"])
-            skipped_total += out["skipped"]
             step = trainer.step
             # The clock is read at log steps only: every rank must stop at the same step, agreed by an all-reduce.
-            stopped_for_time = bool(cfg.max_minutes) and step % cfg.log_every == 0 and step < cfg.steps and time_is_up(deadline, world)
+            stopped_for_time = bool(cfg.max_minutes) and due(step, cfg.log_every) and step < cfg.steps and clock.time_is_up()
             last = step == cfg.steps or stopped_for_time
-            if (step % cfg.log_every == 0 or last or step % cfg.save_every == 0) and not bool(finite):
+            if (due(step, cfg.log_every, last) or due(step, cfg.save_every)) and not bool(finite):
                 raise TrainingDiverged(
                     f"loss became NaN or Inf by step {step}; stopping. The last good checkpoint is "
-                    f"{latest_checkpoint(trainer.checkpoint_dir) or 'none (no checkpoint was written yet)'}"
+                    f"{run.latest_checkpoint() or 'none (no checkpoint was written yet)'}"
                 )
-            if main and (step % cfg.log_every == 0 or last):
-                elapsed = time.perf_counter() - start_time
-                record = {
-                    "step": step,
-                    **{k: float(out[k]) for k in ("loss_d", "loss_g", "d_real", "d_fake")},
-                    "gamma_g": attention_gammas(trainer.G),
-                    "gamma_d": attention_gammas(trainer.D),
-                    "images_per_s": (step - start_step) * cfg.n_dis * cfg.batch_size / elapsed,
-                    "lr_g": trainer.opt_g.param_groups[0]["lr"],
-                    "lr_d": trainer.opt_d.param_groups[0]["lr"],
-                    "skipped_images": skipped_total,
-                }
+            record = metrics_record(trainer, out, clock.images_per_s(step)) if main and due(step, cfg.log_every, last) else None
+            if record:
                 log.write(record)
-                status = f"D {record['loss_d']:.3f}  G {record['loss_g']:.3f}  {record['images_per_s']:.1f} img/s"
-                if progress:
-                    progress.update(task, completed=step, status=status)
-                else:
-                    print(f"step {step}/{cfg.steps}  {status}", flush=True)
-            elif progress:
-                progress.update(task, completed=step)
-            if main and (step % cfg.sample_every == 0 or last):
+            display.update(step, record)
+            if main and due(step, cfg.sample_every, last):
                 trainer.write_samples()
-            if fid and step % cfg.fid_every == 0:
-                scores = fid(trainer.ema.model)
-                log.write({"step": step, **{k: scores[k] for k in ("fid", "kid", "kid_std")}})
-                if scores["fid"] < best_fid:
-                    best_fid = scores["fid"]
-                    trainer.save_best(scores)
-            if step % cfg.save_every == 0 or last:
-                if main:
-                    trainer.save()
-                if world.world_size > 1:
-                    dist.barrier()
+            if fid and due(step, cfg.fid_every):
+                best_fid = evaluate_fid(trainer, fid, log, best_fid)
+            if due(step, cfg.save_every, last):
+                trainer.save()
             if stopped_for_time:
                 break
-    finally:
-        if progress:
-            progress.stop()
-        log.close()
     if main:
         ended = f"done: {trainer.step} steps"
         if stopped_for_time:
             ended = f"stopped at --max-minutes {cfg.max_minutes:g} after step {trainer.step} of {cfg.steps} (run it again to continue)"
-        print(f"{ended}; samples in {trainer.run_dir / 'samples'}, generator weights in {trainer.run_dir / 'generator'}", flush=True)
+        print(f"{ended}; samples in {run.samples}, generator weights in {run.generator}", flush=True)
     return trainer
 
 
