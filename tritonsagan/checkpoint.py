@@ -109,8 +109,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return tensors, json.loads(metadata[CHECKPOINT_METADATA])
 
 
-def module_state(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
-    """The state dict of the module saved under `name`."""
+def tensors_under(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    """The tensors saved under `name.`, without that prefix: a module's state dict, or the RNG states."""
     prefix = name + "."
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
@@ -121,12 +121,12 @@ def load_checkpoint(
     """Restore modules and optimisers in place; return (step, rng states, metadata)."""
     tensors, meta = read_checkpoint(path)
     for name, module in modules.items():
-        state = module_state(tensors, name)
+        state = tensors_under(tensors, name)
         check_state_dict(path, module, state)
         module.load_state_dict(state)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(_unflatten_optimizer(name, meta["optimizers"][name], tensors))
-    return int(tensors["step"]), module_state(tensors, "rng"), meta
+    return int(tensors["step"]), tensors_under(tensors, "rng"), meta
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

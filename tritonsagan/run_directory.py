@@ -21,7 +21,7 @@ import torch
 from tritonsagan.models import Generator
 from tritonsagan.models.pretrained import WEIGHTS_NAME
 
-from .checkpoint import latest_checkpoint, module_state, read_checkpoint, read_sidecar
+from .checkpoint import latest_checkpoint, read_checkpoint, read_sidecar, tensors_under
 from .weights_io import WeightsError, check_state_dict
 
 # What a run's checkpoints hold besides G, D and the optimisers: the generator to sample from, and
@@ -67,7 +67,7 @@ def generator_from_checkpoint(path: Path) -> Generator:
     if not config:
         raise WeightsError(f"{path}: not a tritonsagan training checkpoint (no generator config in its metadata)")
     G = Generator(**config)
-    state = module_state(tensors, EMA_GENERATOR)
+    state = tensors_under(tensors, EMA_GENERATOR)
     check_state_dict(path, G, state)
     G.load_state_dict(state)
     return G
