@@ -21,7 +21,7 @@ import torch
 from tritonsagan.models import Generator
 from tritonsagan.models.pretrained import WEIGHTS_NAME
 
-from .checkpoint import latest_checkpoint, read_checkpoint, read_sidecar, tensors_under
+from .checkpoint import latest_checkpoint, read_checkpoint, read_sidecar, sidecar_path, tensors_under
 from .weights_io import WeightsError, check_state_dict
 
 # What a run's checkpoints hold besides G, D and the optimisers: the generator to sample from, and
@@ -82,7 +82,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device | None = 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
-    if path.is_file() and path.name != WEIGHTS_NAME and path.with_suffix(".json").is_file():
+    if path.is_file() and path.name != WEIGHTS_NAME and sidecar_path(path).is_file():
         G = generator_from_checkpoint(path)
     elif path.is_dir() and not (path / WEIGHTS_NAME).is_file():
         run = RunDirectory(path)
