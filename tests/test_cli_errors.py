@@ -117,10 +117,10 @@ def test_class_folder_without_a_readable_image_is_refused_before_training(tmp_pa
     (root / "empty" / "notes.txt").write_text("no images here")
     (root / "broken").mkdir()
     (root / "broken" / "a.jpg").write_bytes(b"not a jpeg")
-    with pytest.raises(DataError, match=r"no readable image in 2 class folders: broken \(1 image file, none readable\), empty \(no image files\)"):
+    with pytest.raises(DataError, match=r"no usable image in 2 class folders: broken \(1 image file, none usable\), empty \(no image files\)"):
         ImageFolderStream(root, seed=0, conditional=True)
     assert train_main(["--data", str(root), "--conditional", "--out", str(tmp_path / "run"), "--steps", "1", *TINY]) == 1
-    assert "no readable image in 2 class folders" in _error(capsys)
+    assert "no usable image in 2 class folders" in _error(capsys)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -62,15 +62,15 @@ def test_curves_are_redrawn_at_most_every_redraw_interval_and_at_the_end(tmp_pat
     drawn = []
     monkeypatch.setattr(curves, "plot_curves", lambda runs, path: drawn.append(len(next(iter(runs.values())))))
     monkeypatch.setattr(curves, "REDRAW_SECONDS", 3600.0)
-    log = MetricsLog(RunDirectory(tmp_path))
+    log = MetricsLog(RunDirectory(tmp_path), resume_step=0)
     for step in range(1, 6):
         log.write({"step": step, "loss_d": 1.0})
     log.close()
     assert drawn == [1, 5]  # the first record, then the end; nothing in between within the hour
     monkeypatch.setattr(curves, "REDRAW_SECONDS", 0.0)
-    log = MetricsLog(RunDirectory(tmp_path))
+    log = MetricsLog(RunDirectory(tmp_path), resume_step=5)
     log.write({"step": 6, "loss_d": 1.0})
     log.write({"step": 7, "loss_d": 1.0})
     log.close()
     assert drawn[2:] == [6, 7]  # every log when allowed, and no extra drawing at the end
-    assert not MetricsLog(RunDirectory(tmp_path / "x"), enabled=False).records and not (tmp_path / "x").exists()  # other ranks write nothing
+    assert not MetricsLog(RunDirectory(tmp_path / "x"), resume_step=0, enabled=False).records and not (tmp_path / "x").exists()  # other ranks write nothing

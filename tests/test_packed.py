@@ -111,8 +111,8 @@ def test_packed_stream_is_deterministic_flips_and_covers_each_image_once_per_epo
     [
         (lambda root: root.mkdir(), False, "no image files"),
         (lambda root: (root.mkdir(), (root / "notes.txt").write_text("x")), False, "no image files"),
-        (lambda root: (root.mkdir(), (root / "a.png").write_bytes(b"junk")), False, "none of the 1 image files could be read"),
-        (lambda root: (image_folder(root), (root / "empty").mkdir()), True, r"no readable image in 1 class folder: empty \(no image files\)"),
+        (lambda root: (root.mkdir(), (root / "a.png").write_bytes(b"junk")), False, "none of the 1 image files is usable"),
+        (lambda root: (image_folder(root), (root / "empty").mkdir()), True, r"no usable image in 1 class folder: empty \(no image files\)"),
     ],
 )
 def test_unusable_sources(tmp_path, capsys, make, conditional, match):

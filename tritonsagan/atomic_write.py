@@ -8,6 +8,17 @@ import os
 import tempfile
 from pathlib import Path
 
+TEMPORARY_SUFFIX = ".tmp"  # the temporary files are hidden: .<name>.<random>.tmp
+
+
+def remove_temporary_files(folder: Path) -> list[Path]:
+    """Delete the temporary files that processes killed mid-write left under `folder` (call it only
+    while nothing else writes there); the paths removed."""
+    stray = [p for p in folder.rglob(f".*{TEMPORARY_SUFFIX}") if p.is_file()]
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return stray
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -20,7 +31,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     the permissions the umask gives any new file; an OSError (e.g. a full disk) names the file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as f:

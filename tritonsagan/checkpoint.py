@@ -2,11 +2,14 @@
 
 A checkpoint holds G, D and G_ema (parameters and buffers), both optimisers' state tensors, the
 step and the RNG states, all as tensors; everything else (optimiser hyper-parameters, the config)
-is JSON in the file's metadata, mirrored in a .json file beside it for people to read.
+is JSON in the file's metadata, mirrored in a .json file beside it for people to read. A SHA-256 of
+the metadata and every tensor, written with them and checked on every read, tells a file changed on
+disk (a flipped byte, a truncated copy) from a good one: a damaged checkpoint is never loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -15,10 +18,12 @@ from typing import Any
 import torch
 
 from .atomic_write import atomic_write_json
-from .weights_io import WeightsError, check_state_dict, load_safetensors, save_safetensors
+from .weights_io import WeightsError, check_state_dict, load_safetensors, read_safetensors_metadata, save_safetensors
 
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{7,})\.safetensors$")
 CHECKPOINT_METADATA = "tritonsagan_checkpoint"  # the safetensors metadata key holding the JSON
+CHECKSUM_METADATA = "tritonsagan_sha256"  # the metadata key of content_sha256(the JSON, the tensors)
+DAMAGED_SUFFIX = ".damaged"  # what a checkpoint that fails its check is renamed with by set_aside
 
 
 def checkpoint_path(directory: Path, step: int) -> Path:
@@ -54,6 +59,16 @@ def _unflatten_optimizer(prefix: str, meta: dict[str, Any], tensors: dict[str, t
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def content_sha256(meta_json: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a checkpoint's metadata JSON and of every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(meta_json.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def write_checkpoint(
     path: Path,
     step: int,
@@ -70,7 +85,8 @@ def write_checkpoint(
     for name, optimizer in optimizers.items():
         meta["optimizers"][name] = _flatten_optimizer(name, optimizer.state_dict(), tensors)
     tensors.update({f"rng.{k}": v for k, v in rng_states.items()})
-    save_safetensors(path, tensors, {CHECKPOINT_METADATA: json.dumps(meta)})
+    meta_json = json.dumps(meta)
+    save_safetensors(path, tensors, {CHECKPOINT_METADATA: meta_json, CHECKSUM_METADATA: content_sha256(meta_json, tensors)})
     atomic_write_json(sidecar_path(path), meta)
 
 
@@ -101,12 +117,22 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return json.loads(sidecar_path(path).read_text())
 
 
+def is_checkpoint(path: Path) -> bool:
+    """Whether a safetensors file is a training checkpoint (from its header alone)."""
+    return CHECKPOINT_METADATA in read_safetensors_metadata(path)
+
+
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Every tensor of a checkpoint file and its metadata."""
+    """Every tensor of a checkpoint file and its metadata, after checking them against their checksum."""
     tensors, metadata = load_safetensors(path)
     if CHECKPOINT_METADATA not in metadata:
         raise WeightsError(f"{path}: not a tritonsagan training checkpoint (no checkpoint metadata)")
-    return tensors, json.loads(metadata[CHECKPOINT_METADATA])
+    meta_json = metadata[CHECKPOINT_METADATA]
+    if CHECKSUM_METADATA not in metadata:
+        raise WeightsError(f"{path}: a checkpoint without its {CHECKSUM_METADATA} checksum, so it cannot be checked; was it written by tritonsagan?")
+    if content_sha256(meta_json, tensors) != metadata[CHECKSUM_METADATA]:
+        raise WeightsError(f"{path}: damaged checkpoint (its contents no longer match the checksum written with them)")
+    return tensors, json.loads(meta_json)
 
 
 def tensors_under(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
@@ -115,18 +141,40 @@ def tensors_under(tensors: dict[str, torch.Tensor], name: str) -> dict[str, torc
     return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
-def load_checkpoint(
-    path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]
-) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
-    """Restore modules and optimisers in place; return (step, rng states, metadata)."""
-    tensors, meta = read_checkpoint(path)
+def restore_checkpoint(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    modules: dict[str, torch.nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> tuple[int, dict[str, torch.Tensor]]:
+    """Restore modules and optimisers in place from what read_checkpoint(path) gave; (step, rng states)."""
     for name, module in modules.items():
         state = tensors_under(tensors, name)
         check_state_dict(path, module, state)
         module.load_state_dict(state)
     for name, optimizer in optimizers.items():
         optimizer.load_state_dict(_unflatten_optimizer(name, meta["optimizers"][name], tensors))
-    return int(tensors["step"]), tensors_under(tensors, "rng"), meta
+    return int(tensors["step"]), tensors_under(tensors, "rng")
+
+
+def load_checkpoint(
+    path: Path, modules: dict[str, torch.nn.Module], optimizers: dict[str, torch.optim.Optimizer]
+) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]]:
+    """Restore modules and optimisers in place; return (step, rng states, metadata)."""
+    tensors, meta = read_checkpoint(path)
+    step, rng = restore_checkpoint(path, tensors, meta, modules, optimizers)
+    return step, rng, meta
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint (and its sidecar) out of the list of checkpoints, keeping it to look at."""
+    damaged = path.with_name(path.name + DAMAGED_SUFFIX)
+    path.replace(damaged)
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        sidecar.replace(sidecar.with_name(sidecar.name + DAMAGED_SUFFIX))
+    return damaged
 
 
 def latest_checkpoint(directory: Path) -> Path | None:

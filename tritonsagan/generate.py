@@ -16,24 +16,27 @@ import torch.nn.functional as F
 from tritonsagan.models import Generator
 from tritonsagan.models.config import IMAGE_SIZE
 
-from .cli import add_device_argument, parse_int_list, resolve_device, run_command
-from .images import make_grid, save_png, to_uint8
+from .cli import add_device_argument, parse_int_list, positive_float, resolve_device, run_command
+from .images import image_format, make_grid, save_image, to_uint8
 from .run_directory import load_generator
 
 
 def sample_latents(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
     """n standard-normal latents on the CPU (the same for a seed on every device).
 
-    With `truncation`, every entry whose magnitude exceeds it is redrawn until none does.
+    With `truncation` t, the normal truncated to [-t, t] (BigGAN's truncation trick), drawn exactly by
+    inverting its CDF: any t > 0 works, where redrawing until every entry lies inside would never end
+    for a tiny t. An infinite t is no truncation.
     """
-    if truncation is not None and truncation <= 0:
-        raise ValueError(f"truncation must be positive, got {truncation}")
+    if truncation is not None and not truncation > 0:  # also refuses NaN
+        raise ValueError(f"truncation must be a positive number, got {truncation}")
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, z_dim, generator=gen)
-    if truncation is not None:
-        while (outside := z.abs() > truncation).any():
-            z[outside] = torch.randn(int(outside.sum()), generator=gen)
-    return z
+    if truncation is None or math.isinf(truncation):
+        return torch.randn(n, z_dim, generator=gen)
+    u = torch.rand(n, z_dim, generator=gen, dtype=torch.float64)
+    below = torch.special.ndtr(torch.tensor(-truncation, dtype=torch.float64))  # the mass below -t
+    z = torch.special.ndtri(below + u * (1 - 2 * below))
+    return z.clamp(-truncation, truncation).float()  # ndtri's last ulp may step outside
 
 
 def class_labels(generator: Generator, n: int, classes: Sequence[int] | None, seed: int) -> torch.Tensor | None:
@@ -186,14 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", type=parse_int_list, help="class indices, e.g. 3,7 (images split evenly among them)")
     parser.add_argument("--class-per-row", action="store_true", help="one class per grid row (from --classes, else 0, 1, 2, ...)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and random classes (default: 0)")
-    parser.add_argument("--truncation", type=float, help="truncation trick: redraw latent entries with |z| above this")
+    parser.add_argument("--truncation", type=positive_float, help="truncation trick: latents from the normal truncated to [-t, t]")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     add_device_argument(parser)
     parser.add_argument("--interpolate", action="store_true", help="a grid walking z from --seed to --seed+1 in --n steps")
     parser.add_argument("--attention-maps", action="store_true", help="the paper's figure: where G's attention looks from a few query points")
     parser.add_argument("--queries", type=_point, nargs="+", help="query points x,y in image pixels for --attention-maps")
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--out", help="write one PNG grid here")
+    target.add_argument("--out", help="write one grid here, in the format its extension names (.png, .jpg, .jpeg, .webp)")
     target.add_argument("--out-dir", help="write one PNG per image into this folder")
     return parser
 
@@ -222,13 +225,15 @@ def _write_attention_maps(args: argparse.Namespace, G: Generator, z: torch.Tenso
         raise ValueError(f"--queries points must lie inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
     images, maps = attention_maps(G, z, labels, queries)
     out = Path(args.out) if args.out else Path(args.out_dir) / "attention_maps.png"
-    save_png(attention_figure(images, maps, queries, height), out)
+    save_image(attention_figure(images, maps, queries, height), out)
     return out
 
 
 def _run(args: argparse.Namespace) -> str:
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be positive")
+    if args.out:
+        image_format(args.out)  # an --out whose format cannot be told stops here, before any work
     G = load_generator(args.weights, device=resolve_device(args.device))
     columns = min(args.n, 16 if args.interpolate else 8)
     z, labels = _latents_and_labels(args, G, columns)
@@ -242,9 +247,9 @@ def _run(args: argparse.Namespace) -> str:
         out_dir = Path(args.out_dir)
         images = (image for batch in batches for image in batch)
         for index, image in enumerate(images):
-            save_png(image.permute(1, 2, 0).numpy(), out_dir / f"{index:06d}.png")
+            save_image(image.permute(1, 2, 0).numpy(), out_dir / f"{index:06d}.png")
         return str(out_dir)
-    save_png(make_grid(torch.cat(list(batches)), columns=columns), args.out)
+    save_image(make_grid(torch.cat(list(batches)), columns=columns), args.out)
     return args.out
 
 

@@ -1,10 +1,11 @@
-"""Image tensors to PNG files (Pillow and numpy only)."""
+"""Image tensors to image files (Pillow and numpy only)."""
 
 from __future__ import annotations
 
 import io
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +36,21 @@ def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2
     return grid
 
 
-def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
+# The formats images are written in, by file extension: lossless except JPEG (quality 95).
+IMAGE_FORMATS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}), ".webp": ("WEBP", {"lossless": True})}
+
+
+def image_format(path: str | os.PathLike) -> tuple[str, dict]:
+    """The Pillow format and options for a file name's extension; a ValueError for any other."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: cannot tell the image format from {suffix or 'no extension'}; name it {', '.join(IMAGE_FORMATS)}")
+    return IMAGE_FORMATS[suffix]
+
+
+def save_image(array: np.ndarray, path: str | os.PathLike) -> None:
+    """An HWC uint8 array as an image file, in the format its extension names (written atomically)."""
+    fmt, options = image_format(path)
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    Image.fromarray(array).save(buffer, format=fmt, **options)
     atomic_write_bytes(path, buffer.getvalue())

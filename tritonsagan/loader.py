@@ -11,17 +11,25 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import BuiltinPhotoStream, DataError, ImageFolderStream, ImageStream
+from .data import BuiltinPhotoStream, DataError, ImageFolderStream, ImageLimits, ImageStream
 from .packed import PackedDataset, is_packed_dataset
+from .stop_signals import ignore_stop_signals
 
 
-def make_dataset(data: str, seed: int, conditional: bool, random_crop: bool = True) -> ImageStream:
-    """--data: "builtin", a packed dataset (tritonsagan-prepare), or an image folder."""
+def make_dataset(data: str, seed: int, conditional: bool, random_crop: bool = True, limits: ImageLimits = ImageLimits()) -> ImageStream:
+    """--data: "builtin", a packed dataset (tritonsagan-prepare), or an image folder (whose images
+    outside `limits` are skipped)."""
     if data == "builtin":
         return BuiltinPhotoStream(seed)
     if is_packed_dataset(data):
         return PackedDataset(data, seed, conditional)
-    return ImageFolderStream(data, seed, conditional, random_crop)
+    return ImageFolderStream(data, seed, conditional, random_crop, limits)
+
+
+def check_enough_images(dataset: ImageStream, batch_size: int) -> None:
+    """A stream that repeats its images needs at least one batch of them."""
+    if dataset.samples_repeat and len(dataset) < batch_size:
+        raise DataError(f"{dataset.name}: {len(dataset)} images, fewer than one batch of {batch_size}")
 
 
 class StreamBatchSampler(Sampler[list[int]]):
@@ -45,12 +53,12 @@ def make_loader(
     dataset: ImageStream, batch_size: int, start_batch: int, workers: int, rank: int = 0, world_size: int = 1
 ) -> DataLoader:
     """An endless loader of (uint8 images, labels, skipped) batches, resumable at any batch."""
-    if dataset.samples_repeat and len(dataset) < batch_size:
-        raise DataError(f"{dataset.name}: {len(dataset)} images, fewer than one batch of {batch_size}")
+    check_enough_images(dataset, batch_size)
     return DataLoader(
         dataset,
         batch_sampler=StreamBatchSampler(batch_size, start_batch, rank, world_size),
         num_workers=workers,
+        worker_init_fn=ignore_stop_signals,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
     )

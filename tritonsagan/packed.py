@@ -5,10 +5,11 @@
 
 Layout of DEST (memory-mappable, no pickle):
 - `images_00000.npy` ...: uint8 (count, 3, 128, 128) per shard, one shard per SHARD_FILES source
-  files (4096 images: 201 MB), readable images only;
+  files (4096 images: 201 MB), usable images only;
 - `labels_00000.npy` ...: int64 (count,) class indices (0 without --conditional);
 - `manifest.json`: the format, the source and settings, the class names, per shard its files, count
-  and the source files skipped as unreadable, and whether packing is complete.
+  and the source files skipped with why (unreadable, or outside the size limits), the files whose names
+  are not UTF-8 (left out), and whether packing is complete.
 Each shard is written atomically and the manifest after it, so an interrupted `tritonsagan-prepare`
 resumes at the first shard it had not finished. Training reads a packed dataset memory-mapped, with a
 random horizontal flip per sample (nothing is decoded), with the streams' guarantees (tritonsagan.data).
@@ -35,7 +36,7 @@ from tritonsagan.models.config import IMAGE_SHAPE, IMAGE_SIZE
 
 from .atomic_write import atomic_write_bytes, atomic_write_json
 from .cli import run_command
-from .data import UNREADABLE, DataError, EpochOrder, ImageFolderStream, ImageStream, center_square, load_rgb, short_side_crop
+from .data import LISTED_NAMES, DataError, EpochOrder, ImageFolderStream, ImageLimits, ImageStream, SkippedImage, center_square, load_usable, short_side_crop
 
 FORMAT = "tritonsagan-packed"
 VERSION = 1
@@ -43,13 +44,22 @@ MANIFEST_NAME = "manifest.json"
 SHARD_FILES = 4096
 CROPS = ("center", "short-side")
 # The manifest entries that say what was packed: a resume must find them unchanged.
-IDENTITY = ("format", "version", "image_size", "source", "conditional", "crop", "classes", "files", "files_sha256", "shard_files")
+IDENTITY = ("format", "version", "image_size", "source", "conditional", "crop", "min_image_side", "max_aspect_ratio", "classes", "files",
+            "files_sha256", "shard_files")  # fmt: skip
+# What a manifest must hold, with its type (a damaged or hand-edited one is refused by name), and each shard entry.
+MANIFEST_FIELDS = {"complete": bool, "conditional": bool, "classes": list, "shards": list, "count": int}
+SHARD_FIELDS = {"images": str, "labels": str, "count": int}
 
 
 def is_packed_dataset(path: str | os.PathLike) -> bool:
-    manifest = Path(path) / MANIFEST_NAME
+    """Whether `path` is meant as a packed dataset: a manifest naming the format, or one beside image
+    shards (a damaged manifest is then refused by read_manifest, not read as an empty image folder)."""
+    root = Path(path)
+    manifest = root / MANIFEST_NAME
     if not manifest.is_file():
         return False
+    if any(root.glob("images_*.npy")):
+        return True
     try:
         return json.loads(manifest.read_text()).get("format") == FORMAT
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
@@ -69,7 +79,24 @@ def read_manifest(root: str | os.PathLike) -> dict:
     if manifest.get("version") != VERSION or manifest.get("image_size") != IMAGE_SIZE:
         raise DataError(f"{path}: packed with format version {manifest.get('version')} at {manifest.get('image_size')}px; "
                         f"this tritonsagan reads version {VERSION} at {IMAGE_SIZE}px")  # fmt: skip
+    problems = _wrong_fields(manifest, MANIFEST_FIELDS, "")
+    for index, shard in enumerate(manifest.get("shards") if isinstance(manifest.get("shards"), list) else []):
+        problems += _wrong_fields(shard, SHARD_FIELDS, f"shards[{index}].") if isinstance(shard, dict) else [f"shards[{index}] is not an object"]
+    if problems:
+        raise DataError(f"{path}: damaged or hand-edited manifest: {'; '.join(problems[:5])}; pack the dataset again with tritonsagan-prepare")
     return manifest
+
+
+def _wrong_fields(entry: dict, fields: dict[str, type], prefix: str) -> list[str]:
+    """What is missing from `entry` or of the wrong type (bool is not an int here)."""
+    problems = []
+    for key, kind in fields.items():
+        value = entry.get(key)
+        if key not in entry:
+            problems.append(f"no {prefix}{key}")
+        elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            problems.append(f"{prefix}{key} should be a {kind.__name__}, is {value!r}")
+    return problems
 
 
 def _shard_names(index: int) -> tuple[str, str]:
@@ -120,9 +147,22 @@ class PackedDataset(ImageStream):
         self.offsets = np.cumsum([0] + [shard["count"] for shard in self.shards])
         if len(self.labels) == 0:
             raise DataError(f"{self.root}: the packed dataset holds no images")
+        if len(self.labels) != manifest["count"]:
+            raise DataError(f"{self.root}: the shards hold {len(self.labels)} images, the manifest says {manifest['count']}; pack it again")
+        if conditional:
+            self._check_classes()
         self.seed = seed
         self.order = EpochOrder(seed, len(self.labels))
         self._images: list[np.ndarray] | None = None  # memory maps, opened lazily in each worker
+
+    def _check_classes(self) -> None:
+        """Every label names a class of the manifest, and every class has images (else its G would learn nothing)."""
+        if self.labels.min() < 0 or self.labels.max() >= len(self.classes):
+            raise DataError(f"{self.root}: the shards hold labels {self.labels.min()}..{self.labels.max()}, "
+                            f"the manifest lists {len(self.classes)} classes; pack it again")  # fmt: skip
+        empty = [name for name, count in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes))) if count == 0]
+        if empty:
+            raise DataError(f"{self.root}: {len(empty)} class(es) of the manifest have no images: {', '.join(empty[:LISTED_NAMES])}; pack it again")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -142,13 +182,13 @@ class PackedDataset(ImageStream):
 # ---- packing ------------------------------------------------------------------------------------------
 
 
-def _decode(job: tuple[str, str]) -> np.ndarray | None:
-    """One source file -> uint8 (3, 128, 128), or None when it cannot be read."""
-    path, crop = job
+def _decode(job: tuple[str, str, ImageLimits]) -> np.ndarray | str:
+    """One source file -> uint8 (3, 128, 128), or why it is skipped."""
+    path, crop, limits = job
     try:
-        image = load_rgb(Path(path))
-    except UNREADABLE:
-        return None
+        image = load_usable(Path(path), limits)
+    except SkippedImage as skipped:
+        return str(skipped)
     image = center_square(image) if crop == "center" else short_side_crop(image)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
@@ -163,8 +203,9 @@ def _expected_manifest(source: ImageFolderStream, conditional: bool, crop: str) 
     listing = "".join(f"{path.relative_to(source.root).as_posix()}\t{label}\n" for path, label in source.files)
     return {
         "format": FORMAT, "version": VERSION, "image_size": IMAGE_SIZE, "layout": "uint8 (count, 3, 128, 128) per shard",
-        "source": str(source.root.resolve()), "conditional": conditional, "crop": crop, "classes": source.classes,
-        "files": len(source.files), "files_sha256": hashlib.sha256(listing.encode()).hexdigest(), "shard_files": SHARD_FILES,
+        "source": str(source.root.resolve()), "conditional": conditional, "crop": crop, "min_image_side": source.limits.min_side,
+        "max_aspect_ratio": source.limits.max_aspect_ratio, "classes": source.classes, "files": len(source.files),
+        "files_sha256": hashlib.sha256(listing.encode()).hexdigest(), "shard_files": SHARD_FILES, "undecodable_names": source.undecodable_names,
     }  # fmt: skip
 
 
@@ -195,11 +236,19 @@ def _finished_shards(dest: Path, expected: dict) -> list[dict]:
     return finished
 
 
-def prepare(src: str | os.PathLike, dest: str | os.PathLike, conditional: bool = False, workers: int = 1, crop: str = "center", progress: bool = True) -> dict:
-    """Pack every readable image under src into dest (resuming an interrupted packing); the manifest."""
+def prepare(
+    src: str | os.PathLike,
+    dest: str | os.PathLike,
+    conditional: bool = False,
+    workers: int = 1,
+    crop: str = "center",
+    progress: bool = True,
+    limits: ImageLimits = ImageLimits(),
+) -> dict:
+    """Pack every usable image under src into dest (resuming an interrupted packing); the manifest."""
     if crop not in CROPS:
         raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
-    source = ImageFolderStream(src, seed=0, conditional=conditional)  # the file list, classes, and their checks
+    source = ImageFolderStream(src, seed=0, conditional=conditional, limits=limits)  # the file list, classes, and their checks
     dest = Path(dest)
     manifest = _expected_manifest(source, conditional, crop)
     shards = _finished_shards(dest, manifest)
@@ -213,12 +262,12 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, conditional: bool =
         with bar:
             for index in range(len(shards), total_shards):
                 files = source.files[index * SHARD_FILES : (index + 1) * SHARD_FILES]
-                jobs = [(str(path), crop) for path, _ in files]
+                jobs = [(str(path), crop, limits) for path, _ in files]
                 decoded = pool.map(_decode, jobs, chunksize=32) if pool else map(_decode, jobs)
-                images, labels, skipped = [], [], []
+                images, labels, skipped = [], [], {}
                 for (path, label), image in zip(files, decoded):
-                    if image is None:
-                        skipped.append(path.relative_to(source.root).as_posix())
+                    if isinstance(image, str):
+                        skipped[path.relative_to(source.root).as_posix()] = image
                     else:
                         images.append(image)
                         labels.append(label)
@@ -234,7 +283,7 @@ def prepare(src: str | os.PathLike, dest: str | os.PathLike, conditional: bool =
             pool.shutdown(cancel_futures=True)
     final = read_manifest(dest)
     if final["count"] == 0:
-        raise DataError(f"{src}: none of the {len(source.files)} image files could be read")
+        raise DataError(f"{src}: none of the {len(source.files)} image files is usable (see the reasons in {dest / MANIFEST_NAME})")
     return final
 
 
@@ -249,6 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("dest", help="folder for the packed dataset (new, empty, or an interrupted packing of the same SRC to resume)")
     parser.add_argument("--conditional", action="store_true", help="sub-folders of SRC are classes")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: one per CPU)")
+    parser.add_argument("--min-image-side", type=int, default=ImageLimits.min_side,
+                        help=f"skip images whose shorter side is below this many px (default: {ImageLimits.min_side})")
+    parser.add_argument("--max-aspect-ratio", type=float, default=ImageLimits.max_aspect_ratio,
+                        help=f"skip images whose longer side exceeds this many times the shorter (default: {ImageLimits.max_aspect_ratio:g})")
     parser.add_argument("--crop", choices=CROPS, default="center",
                         help="center: the central square, resized to 128 (BigGAN's make_hdf5); short-side: the shorter side "
                         "resized to 128, then the central 128x128 (default: center)")  # fmt: skip
@@ -256,9 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> str:
-    manifest = prepare(args.src, args.dest, args.conditional, max(1, args.workers), args.crop, progress=sys.stderr.isatty())
+    limits = ImageLimits(args.min_image_side, args.max_aspect_ratio)
+    manifest = prepare(args.src, args.dest, args.conditional, max(1, args.workers), args.crop, sys.stderr.isatty(), limits)
     classes = f" in {len(manifest['classes'])} classes" if manifest["conditional"] else ""
-    return f"packed {manifest['count']} images{classes} into {args.dest} ({manifest['skipped_files']} unreadable files skipped, listed in {MANIFEST_NAME})"
+    skipped = f"{manifest['skipped_files']} files skipped (unreadable, too small or too elongated)"
+    if manifest["undecodable_names"]:
+        skipped += f" and {len(manifest['undecodable_names'])} left out (names not UTF-8)"
+    return f"packed {manifest['count']} images{classes} into {args.dest} ({skipped}, listed in {MANIFEST_NAME})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,8 @@
 """A training run's folder: the one owner of its layout, and of reading a generator out of it.
 
-    <run>/config.json                  the run's resolved TrainConfig
+    <run>/config.json                  the run's resolved TrainConfig, as its latest start or resume set it
+    <run>/config_history.jsonl         one record per start or resume: the step, the settings changed, the config
+    <run>/train.lock                   locked by the training process working in the run (holds its pid)
     <run>/metrics.jsonl, curves.png    one record per log step (and per FID evaluation); their plot
     <run>/tensorboard/                 event files (--tensorboard)
     <run>/samples/step_N.png           the fixed latents through G (eval mode); step_N_ema.png through G_ema
@@ -12,6 +14,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import math
 import os
 from pathlib import Path
@@ -21,7 +25,9 @@ import torch
 from tritonsagan.models import Generator
 from tritonsagan.models.pretrained import WEIGHTS_NAME
 
-from .checkpoint import latest_checkpoint, read_checkpoint, read_sidecar, sidecar_path, tensors_under
+from .atomic_write import atomic_write_bytes, atomic_write_json
+from .checkpoint import is_checkpoint, latest_checkpoint, read_checkpoint, read_sidecar, tensors_under
+from .errors import ConfigError, TritonsaganError
 from .weights_io import WeightsError, check_state_dict
 
 # What a run's checkpoints hold besides G, D and the optimisers: the generator to sample from, and
@@ -36,6 +42,8 @@ class RunDirectory:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.config = self.root / "config.json"
+        self.config_history = self.root / "config_history.jsonl"
+        self.lock = self.root / "train.lock"
         self.metrics = self.root / "metrics.jsonl"
         self.curves = self.root / "curves.png"
         self.tensorboard = self.root / "tensorboard"
@@ -60,6 +68,46 @@ class RunDirectory:
         return read_sidecar(self.best_checkpoint)["fid"] if self.best_checkpoint.is_file() else math.inf
 
 
+    def write_config(self, config: dict, step: int, changed: dict[str, tuple]) -> None:
+        """config.json: the settings in force from `step` on; config_history.jsonl gains their record."""
+        atomic_write_json(self.config, config)
+        record = {"step": step, "changed": {name: list(values) for name, values in changed.items()}, "config": config}
+        history = self.config_history.read_text() if self.config_history.is_file() else ""
+        atomic_write_bytes(self.config_history, (history + json.dumps(record) + "\n").encode())
+
+
+class RunInUse(TritonsaganError, RuntimeError):
+    """Another process is training in this run directory."""
+
+
+class RunLock:
+    """An exclusive lock on <run>/train.lock for as long as a training process works in the run. It is
+    an OS lock (flock), which the kernel releases when the process ends in any way, so it is never
+    stale; the file holds the pid of the holder, for the message a second process gets."""
+
+    def __init__(self, run: RunDirectory) -> None:
+        try:
+            run.root.mkdir(parents=True, exist_ok=True)
+            self.file = run.lock.open("a+")
+        except OSError as err:
+            raise ConfigError(f"--out {run.root}: cannot write there ({err.strerror or err})") from None
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise RunInUse(
+                f"{run.root} is in use by another training process (pid {holder}); wait for it to end or stop it, or train into another --out"
+            ) from None
+        self.file.truncate(0)
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self) -> None:
+        self.file.close()
+
+
 def generator_from_checkpoint(path: Path) -> Generator:
     """The G_ema of a training checkpoint, rebuilt from the generator config in its metadata."""
     tensors, meta = read_checkpoint(path)
@@ -82,7 +130,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device | None = 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights not found: {path}")
-    if path.is_file() and path.name != WEIGHTS_NAME and sidecar_path(path).is_file():
+    if path.is_file() and path.name != WEIGHTS_NAME and is_checkpoint(path):
         G = generator_from_checkpoint(path)
     elif path.is_dir() and not (path / WEIGHTS_NAME).is_file():
         run = RunDirectory(path)

@@ -13,8 +13,10 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import importlib.util
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -29,18 +31,21 @@ from tritonsagan.models import Discriminator, DiscriminatorConfig, Generator, Ge
 from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, IMAGE_SIZE, Z_DIM
 from tritonsagan.models.layers import model_power_iteration
 
-from .atomic_write import atomic_write_json
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, write_checkpoint
+from .atomic_write import remove_temporary_files
+from .checkpoint import checkpoint_path, list_checkpoints, read_checkpoint, restore_checkpoint, save_checkpoint, set_aside, write_checkpoint
 from .cli import resolve_device, run_command
-from .config_flags import add_config_flags, build_config
+from .config_flags import add_config_flags, build_config, flag_name
 from .curves import MetricsLog
+from .data import ImageLimits
 from .diffaug import augment, draw, parse_policy
 from .errors import ConfigError, TritonsaganError
-from .evaluate import FID_WEIGHTS_ENV, FidMonitor
+from .evaluate import FID_WEIGHTS_ENV, FidMonitor, find_feature_weights
 from .generate import iter_generate
-from .images import from_uint8, make_grid, save_png
-from .loader import make_dataset, make_loader
-from .run_directory import EMA_GENERATOR, GENERATOR_CONFIG, RunDirectory
+from .images import from_uint8, make_grid, save_image
+from .loader import check_enough_images, make_dataset, make_loader
+from .run_directory import EMA_GENERATOR, GENERATOR_CONFIG, RunDirectory, RunLock
+from .stop_signals import StopRequests
+from .weights_io import WeightsError
 
 DIFFAUG_BUILTIN = "color,translation,cutout"
 COMPILE_SCOPES = ("loss", "step")
@@ -74,12 +79,16 @@ class TrainConfig:
     compile: bool | None = _field(None, "torch.compile the loss computations (default: on for CUDA, off for CPU)")
     bf16: bool | None = _field(None, "bfloat16 autocast (default: on for CUDA, off for CPU)")
     crop: str = _field("random", "crop of folder images after the shorter-side resize", choices=("random", "center"))
+    min_image_side: int = _field(ImageLimits.min_side, "skip folder images whose shorter side is below this many px (counted in skipped_images)")
+    max_aspect_ratio: float = _field(ImageLimits.max_aspect_ratio, "skip folder images whose longer side exceeds this many times the shorter")
     workers: int = _field(min(4, os.cpu_count() or 1), "DataLoader worker processes")
     log_every: int = _field(50, "steps between metrics.jsonl records")
     sample_every: int = _field(1000, "steps between sample grids")
     save_every: int = _field(1000, "steps between checkpoints")
     keep_checkpoints: int = _field(3, "how many checkpoints to keep")
-    resume: str = _field("auto", "auto (latest checkpoint in the run directory), never, or a checkpoint path")
+    resume: str = _field(
+        "auto", "auto (the newest checkpoint in the run directory that passes its checksum; damaged ones are set aside), never, or a checkpoint path"
+    )
     num_samples: int = _field(64, "images per sample grid")
     sync_bn: bool = _field(False, "synchronise G's batch-norm statistics across ranks (CUDA)")
     deterministic: bool = _field(False, "torch.use_deterministic_algorithms(True)")
@@ -111,6 +120,17 @@ class TrainConfig:
     def tuning(self) -> TuningConfig:
         return TuningConfig(self.channels_last, self.fused_qkv, self.grouped_sn, self.sn_autocast_dtype)
 
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.min_image_side, self.max_aspect_ratio)
+
+
+# The settings a resumed run must share with its checkpoint: they shape the models or say which samples
+# each step reads, so changing one mid-run would make another run. All others may change on resume
+# (steps, learning rates, cadences, tunings...), and do: the change is applied and recorded.
+RUN_IDENTITY = ("data", "ch", "z_dim", "conditional", "attn_res", "seed", "batch_size", "n_dis", "crop", "min_image_side", "max_aspect_ratio")
+INVOCATION = ("out", "resume")  # how a command reaches the run, not what the run does
+
 
 def resolve_diffaug(policy: str, data: str) -> str:
     """--diffaug auto: the three augmentations on the built-in photos, none on image folders."""
@@ -128,15 +148,34 @@ class CheckpointWriteError(TritonsaganError, OSError):
     """A checkpoint could not be written (e.g. a full disk); the message names the last good one."""
 
 
+class TrainingInterrupted(TritonsaganError):
+    """SIGINT or SIGTERM stopped the run; the message says what was saved. Exits 128 + the signal."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
 @dataclass
 class Distributed:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    # The process group of the ranks' agreements (stop now?): gloo on the host, so asking never waits
+    # for the GPU (None: the default group, gloo already on CPU).
+    control_group: dist.ProcessGroup | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def any_rank(self, flag: bool) -> bool:
+        """Whether `flag` holds on any rank (every rank must ask, at the same step)."""
+        if self.world_size == 1:
+            return flag
+        votes = torch.tensor(float(flag))
+        dist.all_reduce(votes, op=dist.ReduceOp.MAX, group=self.control_group)
+        return bool(votes)
 
 
 def setup_distributed(cfg: TrainConfig) -> Distributed:
@@ -151,36 +190,52 @@ def setup_distributed(cfg: TrainConfig) -> Distributed:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if on_cuda else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if on_cuda else "cpu"))
+    control_group = dist.new_group(backend="gloo") if on_cuda else None
+    return Distributed(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if on_cuda else "cpu"), control_group)
 
 
 def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
-    """The config checked (every problem named at once, before any data is read) with what it leaves
-    to the device or the data decided: compile and bf16 on for CUDA, the --diffaug policy."""
+    """The config checked (every problem named at once, by its flag, before anything is read or
+    written) with what it leaves to the device or the data decided: compile and bf16 on for CUDA, the
+    --diffaug policy."""
     problems = []
     for name in ("steps", "batch_size", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
         if getattr(cfg, name) < 1:
-            problems.append(f"{name} must be positive, got {getattr(cfg, name)}")
+            problems.append(f"{flag_name(name)} must be positive, got {getattr(cfg, name)}")
+    for name in ("seed", "workers", "ema_start", "fid_every"):
+        if getattr(cfg, name) < 0:
+            problems.append(f"{flag_name(name)} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("lr_g", "lr_d"):
+        if not 0 < getattr(cfg, name) < math.inf:
+            problems.append(f"{flag_name(name)} must be a positive number, got {getattr(cfg, name)}")
+    for name in ("beta1", "beta2", "ema_decay"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            problems.append(f"{flag_name(name)} must be in [0, 1), got {getattr(cfg, name)}")
     if not cfg.max_minutes >= 0:
-        problems.append(f"max_minutes must be >= 0, got {cfg.max_minutes}")
-    if cfg.fid_every < 0 or cfg.fid_n < 2:
-        problems.append(f"fid_every must be >= 0 and fid_n >= 2, got {cfg.fid_every} and {cfg.fid_n}")
+        problems.append(f"--max-minutes must be >= 0, got {cfg.max_minutes}")
+    if cfg.fid_n < 2:
+        problems.append(f"--fid-n must be at least 2, got {cfg.fid_n}")
     if cfg.batch_size % world.world_size:
-        problems.append(f"batch_size {cfg.batch_size} must divide evenly over {world.world_size} ranks")
-    if not 0.0 <= cfg.ema_decay < 1.0:
-        problems.append(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
+        problems.append(f"--batch-size {cfg.batch_size} must divide evenly over {world.world_size} ranks")
     if cfg.sync_bn and world.device.type != "cuda":
-        problems.append("sync_bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+        problems.append("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        problems.append(f"--out {cfg.out} is a file; a run directory is a folder")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        problems.append("--tensorboard needs tensorboardX: pip install 'tritonsagan[tensorboard]'")
     diffaug = cfg.diffaug
     try:
         diffaug = resolve_diffaug(cfg.diffaug, cfg.data)
     except ConfigError as err:
         problems.append(str(err))
-    for config_class in (GeneratorConfig, DiscriminatorConfig):
-        fields = {"z_dim": cfg.z_dim} if config_class is GeneratorConfig else {}
+    checks = [lambda: cfg.image_limits, lambda: GeneratorConfig(ch=cfg.ch, z_dim=cfg.z_dim, attn_res=cfg.attn_res)]
+    checks.append(lambda: DiscriminatorConfig(ch=cfg.ch, attn_res=cfg.attn_res))
+    if cfg.fid_every:
+        checks.append(lambda: find_feature_weights(cfg.fid_weights or None))  # before the run directory is made
+    for check in checks:
         try:
-            config_class(ch=cfg.ch, attn_res=cfg.attn_res, **fields)
-        except ValueError as err:
+            check()
+        except ValueError as err:  # DataError, EvalError, and the model configs' errors
             problems.append(str(err))
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
@@ -188,6 +243,19 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     return dataclasses.replace(
         cfg, compile=on_cuda if cfg.compile is None else cfg.compile, bf16=on_cuda if cfg.bf16 is None else cfg.bf16, diffaug=diffaug
     )
+
+
+def settings_changed_on_resume(checkpoint: Path, saved: dict, current: dict) -> dict[str, tuple]:
+    """{setting: (checkpoint's value, this run's)} for each setting that differs; a ConfigError naming
+    every RUN_IDENTITY setting that does."""
+    fixed = [name for name in RUN_IDENTITY if saved.get(name) != current[name]]
+    if fixed:
+        differences = ", ".join(f"{flag_name(name)} {saved.get(name)!r} (this command: {current[name]!r})" for name in fixed)
+        raise ConfigError(
+            f"{checkpoint} belongs to a run made with {differences}. These shape the models or the data stream, so they cannot change "
+            "when a run resumes: give the run's values (its config.json holds them all), or train into a new --out"
+        )
+    return {name: (saved.get(name), value) for name, value in current.items() if name not in INVOCATION and saved.get(name) != value}
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -243,9 +311,11 @@ def latent_seed(seed: int, step: int, slot: int, rank: int) -> int:
 
 class Trainer:
     """The models, optimisers, data stream and step of one run. Built in this order:
-    config -> dataset -> models (seeded) -> optimisers -> checkpoint -> DDP and compile -> data stream,
-    and last the RNG state of a resumed run, since building the models and the loader draws from the
-    global RNG: a resumed run continues from exactly the state the checkpoint saved."""
+    config -> dataset -> models (seeded) -> optimisers -> the run directory's lock -> checkpoint ->
+    DDP and compile -> data stream, and last the RNG state of a resumed run, since building the models
+    and the loader draws from the global RNG: a resumed run continues from exactly the state the
+    checkpoint saved. Every check that can fail on bad input comes before the lock, the first write.
+    `release()` gives the run directory back (train() does; so does the end of the process)."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.world = setup_distributed(cfg)
@@ -256,13 +326,20 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         self.run = RunDirectory(cfg.out)
-        self.dataset = make_dataset(cfg.data, cfg.seed, cfg.conditional, cfg.crop == "random")
+        self.dataset = make_dataset(cfg.data, cfg.seed, cfg.conditional, cfg.crop == "random", cfg.image_limits)
+        self.per_rank_batch = cfg.batch_size // self.world.world_size
+        check_enough_images(self.dataset, self.per_rank_batch)
         self.num_classes = self.dataset.num_classes if cfg.conditional else 0
         self.G, self.D = self._build_models()
         self.ema = EMA(self.G, cfg.ema_decay, cfg.ema_start)
         self.opt_g, self.opt_d = self._adam(self.G, cfg.lr_g), self._adam(self.D, cfg.lr_d)
         self.modules = {"G": self.G, "D": self.D, EMA_GENERATOR: self.ema.model}
         self.optimizers = {"opt_G": self.opt_g, "opt_D": self.opt_d}
+        self.lock = RunLock(self.run) if self.world.is_main else None
+        if self.world.is_main and (stray := remove_temporary_files(self.run.root)):
+            print(f"removed {len(stray)} temporary file(s) left by a process killed mid-write", flush=True)
+        self.last_good_checkpoint: Path | None = None  # the newest checkpoint known to pass its checksum
+        self.changed_settings: dict[str, tuple] = {}  # what this run segment changed from its checkpoint
         self.step, resumed_rng = self._resume()
         self.G_train, self.D_train = self._wrap_distributed()
         whole_step = cfg.compile and cfg.compile_scope == "step"
@@ -272,7 +349,6 @@ class Trainer:
         # Drawn on the device, the latents never wait for a host-to-device copy (other numbers than
         # the CPU generator's on CUDA; the same on CPU).
         self.draw_device = self.world.device if whole_step else torch.device("cpu")
-        self.per_rank_batch = cfg.batch_size // self.world.world_size
         self.skipped_images = 0  # unreadable files passed over by this process's data stream
         self.batches = self._data_stream()
         self.sample_z, self.sample_y = self._sample_inputs()
@@ -407,19 +483,55 @@ class Trainer:
     # -- outputs -------------------------------------------------------------------------------
 
     def _resume(self) -> tuple[int, dict[str, torch.Tensor]]:
-        """Load the checkpoint that --resume names; return its step and RNG states (0, {} when fresh)."""
+        """Load the checkpoint that --resume names, check this run's settings against it and apply the
+        ones that changed; return its step and RNG states (0, {} when fresh)."""
         cfg = self.cfg
         if cfg.resume == "never":
             if list_checkpoints(self.run.checkpoints):
                 raise ConfigError(f"{self.run.checkpoints} already holds checkpoints; use --resume auto or another --out")
             return 0, {}
-        path = self.run.latest_checkpoint() if cfg.resume == "auto" else Path(cfg.resume)
-        if path is None:
-            return 0, {}
-        step, rng, _ = load_checkpoint(path, self.modules, self.optimizers)
+        if cfg.resume == "auto":
+            found = self._newest_good_checkpoint()
+            if found is None:
+                return 0, {}
+            path, tensors, meta = found
+        else:
+            path = Path(cfg.resume)
+            tensors, meta = read_checkpoint(path)
+        if meta["step"] > cfg.steps:
+            raise ConfigError(f"--steps {cfg.steps}: {path} is at step {meta['step']} already; give --steps {meta['step']} or more")
+        self.changed_settings = settings_changed_on_resume(path, meta["config"], dataclasses.asdict(cfg))
+        step, rng = restore_checkpoint(path, tensors, meta, self.modules, self.optimizers)
+        for optimizer, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
+            for group in optimizer.param_groups:  # the optimiser state brought the old ones back: this run's settings hold
+                group.update(lr=lr, betas=(cfg.beta1, cfg.beta2))
+        self.last_good_checkpoint = path
         if self.world.is_main:
-            print(f"resumed from {path} at step {step}", flush=True)
+            changed = ", ".join(f"{flag_name(name)} {old!r} -> {new!r}" for name, (old, new) in self.changed_settings.items())
+            print(f"resumed from {path} at step {step}" + (f", with {changed}" if changed else ""), flush=True)
         return step, rng
+
+    def _newest_good_checkpoint(self) -> tuple[Path, dict[str, torch.Tensor], dict] | None:
+        """The newest checkpoint of the run that passes its checksum, read. Damaged newer ones are
+        named, and set aside (renamed *.damaged) once a good one is found; when none passes, an error."""
+        skipped = []
+        for _, path in reversed(list_checkpoints(self.run.checkpoints)):
+            try:
+                tensors, meta = read_checkpoint(path)
+            except (WeightsError, FileNotFoundError) as err:  # not found: rank 0 set it aside meanwhile
+                skipped.append((path, err))
+                continue
+            if self.world.is_main:
+                for damaged, err in skipped:
+                    if damaged.exists():
+                        print(f"warning: skipped {err}; renamed it {set_aside(damaged).name}", file=sys.stderr, flush=True)
+            return path, tensors, meta
+        if skipped:
+            raise WeightsError(
+                f"no checkpoint in {self.run.checkpoints} passes its check: " + "; ".join(str(err) for _, err in skipped)
+                + ". Move them away to start the run again from step 0, or train into a new --out"
+            )  # fmt: skip
+        return None
 
     def _checkpoint_contents(self) -> tuple[dict[str, torch.Tensor], dict]:
         rng = {"torch": torch.get_rng_state()}
@@ -431,8 +543,8 @@ class Trainer:
         """The step's checkpoint and G_ema's weights, written by rank 0 while the others wait. A failed
         write (a full disk) leaves every earlier file intact and raises CheckpointWriteError naming the
         file and the last good checkpoint."""
+        path = checkpoint_path(self.run.checkpoints, self.step)
         if self.world.is_main:
-            last_good = self.run.latest_checkpoint()
             rng, extra = self._checkpoint_contents()
             try:
                 save_checkpoint(self.run.checkpoints, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
@@ -440,10 +552,19 @@ class Trainer:
             except OSError as err:
                 raise CheckpointWriteError(
                     f"could not write the checkpoint of step {self.step}: {err}. Nothing was half-written; "
-                    f"the last good checkpoint is {last_good or 'none (no checkpoint was written yet)'}"
+                    f"the last good checkpoint is {self.describe_last_good()}"
                 ) from err
         if self.world.world_size > 1:
             dist.barrier()
+        self.last_good_checkpoint = path
+
+    def describe_last_good(self) -> str:
+        return str(self.last_good_checkpoint or "none (no checkpoint was written yet)")
+
+    def release(self) -> None:
+        """Unlock the run directory."""
+        if self.lock is not None:
+            self.lock.release()
 
     def save_best(self, scores: dict) -> None:
         """checkpoints/best.safetensors: a full checkpoint of this step, with its FID and KID."""
@@ -455,7 +576,7 @@ class Trainer:
         """Grids from the fixed latents and labels: step_N.png (G in eval mode) and step_N_ema.png."""
         for model, ema in ((self.G, False), (self.ema.model, True)):
             images = torch.cat(list(iter_generate(model, self.sample_z, self.sample_y)))
-            save_png(make_grid(images), self.run.sample_grid(self.step, ema))
+            save_image(make_grid(images), self.run.sample_grid(self.step, ema))
         self.G.train()  # iter_generate left it in eval mode
 
 
@@ -477,12 +598,7 @@ class RunClock:
 
     def time_is_up(self) -> bool:
         """Whether the deadline has passed, agreed by every rank (they must stop at one step)."""
-        up = time.perf_counter() >= self.deadline
-        if self.world.world_size > 1:
-            flag = torch.tensor(float(up), device=self.world.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            up = bool(flag)
-        return up
+        return self.world.any_rank(time.perf_counter() >= self.deadline)
 
 
 def metrics_record(trainer: Trainer, out: dict[str, torch.Tensor], images_per_s: float) -> dict:
@@ -543,48 +659,68 @@ def evaluate_fid(trainer: Trainer, fid: FidMonitor, log: MetricsLog, best_fid: f
 def train(cfg: TrainConfig) -> Trainer:
     """Train to cfg.steps (resuming when a checkpoint is there); return the trainer with its models."""
     trainer = Trainer(cfg)
+    try:
+        train_steps(trainer)
+    except KeyboardInterrupt:  # a second Ctrl-C (the first asks for a clean stop), or one before the steps began
+        raise TrainingInterrupted(
+            f"stopped at once by Ctrl-C at step {trainer.step}; nothing after the last checkpoint ({trainer.describe_last_good()}) was saved",
+            signal.SIGINT,
+        ) from None
+    finally:
+        trainer.release()
+    return trainer
+
+
+def train_steps(trainer: Trainer) -> None:
+    """The steps from the trainer's to cfg.steps, each output at its cadence. --max-minutes, SIGINT
+    and SIGTERM end them early after a step, with a checkpoint; the signals then raise TrainingInterrupted."""
     cfg, world, run, main = trainer.cfg, trainer.world, trainer.run, trainer.world.is_main
     if main:
-        atomic_write_json(run.config, dataclasses.asdict(cfg))
-    log = MetricsLog(run, enabled=main, tensorboard=cfg.tensorboard)
+        run.write_config(dataclasses.asdict(cfg), trainer.step, trainer.changed_settings)
+    log = MetricsLog(run, trainer.step, enabled=main, tensorboard=cfg.tensorboard)
     fid = FidMonitor(run.fid_reference, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers) if main and cfg.fid_every else None
     best_fid = run.best_fid() if fid else math.inf
     clock = RunClock(cfg, trainer.step, world)
     # Whether every loss so far is finite, kept on the device: reading it makes the host wait for the
     # GPU, so it is read only at log and save steps (a NaN stops the run before it is logged or saved).
     finite = torch.ones((), dtype=torch.bool, device=world.device)
-    stopped_for_time = False
-    with ProgressDisplay(main, cfg.steps, trainer.step) as display, contextlib.closing(log):
+    stopped_for_time = interrupted = False
+    with StopRequests() as stop, ProgressDisplay(main, cfg.steps, trainer.step) as display, contextlib.closing(log):
         while trainer.step < cfg.steps:
             out = trainer.train_step()
             finite &= torch.isfinite(out["loss_d"]) & torch.isfinite(out["loss_g"])
             step = trainer.step
-            # The clock is read at log steps only: every rank must stop at the same step, agreed by an all-reduce.
+            # Every rank must stop at the same step: they agree on the clock at log steps, on a stop signal at every step.
             stopped_for_time = bool(cfg.max_minutes) and due(step, cfg.log_every) and step < cfg.steps and clock.time_is_up()
-            last = step == cfg.steps or stopped_for_time
+            interrupted = world.any_rank(stop.received is not None)
+            last = step == cfg.steps or stopped_for_time or interrupted
             if (due(step, cfg.log_every, last) or due(step, cfg.save_every)) and not bool(finite):
-                raise TrainingDiverged(
-                    f"loss became NaN or Inf by step {step}; stopping. The last good checkpoint is "
-                    f"{run.latest_checkpoint() or 'none (no checkpoint was written yet)'}"
-                )
+                raise TrainingDiverged(f"loss became NaN or Inf by step {step}; stopping. The last good checkpoint is {trainer.describe_last_good()}")
             record = metrics_record(trainer, out, clock.images_per_s(step)) if main and due(step, cfg.log_every, last) else None
             if record:
                 log.write(record)
             display.update(step, record)
-            if main and due(step, cfg.sample_every, last):
+            # A preempted job has seconds left: after a stop signal, only the checkpoint.
+            if main and due(step, cfg.sample_every, last) and not interrupted:
                 trainer.write_samples()
-            if fid and due(step, cfg.fid_every):
+            if fid and due(step, cfg.fid_every) and not interrupted:
                 best_fid = evaluate_fid(trainer, fid, log, best_fid)
             if due(step, cfg.save_every, last):
                 trainer.save()
-            if stopped_for_time:
+            if stopped_for_time or interrupted:
                 break
+    if interrupted and trainer.step < cfg.steps:
+        received = stop.received or signal.SIGTERM  # another rank's signal stopped this one
+        raise TrainingInterrupted(
+            f"stopped by {received.name} after step {trainer.step} of {cfg.steps}; checkpoint {trainer.last_good_checkpoint}; "
+            "run the same command to continue",
+            received,
+        )
     if main:
         ended = f"done: {trainer.step} steps"
         if stopped_for_time:
             ended = f"stopped at --max-minutes {cfg.max_minutes:g} after step {trainer.step} of {cfg.steps} (run it again to continue)"
         print(f"{ended}; samples in {run.samples}, generator weights in {run.generator}", flush=True)
-    return trainer
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -58,12 +58,17 @@ def _check_safetensors_layout(path: Path) -> dict:
     return header.get("__metadata__") or {}
 
 
-def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Load every tensor of a safetensors file plus its string metadata."""
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A safetensors file's string metadata, from its header alone (the file checked, its tensors not read)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    metadata = _check_safetensors_layout(path)
+    return _check_safetensors_layout(path)
+
+
+def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load every tensor of a safetensors file plus its string metadata."""
+    metadata = read_safetensors_metadata(path)
     try:
         tensors = load_file(path, device=str(device))
     except Exception as err:  # safetensors raises its own error types; name the file
