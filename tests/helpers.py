@@ -1,4 +1,5 @@
-"""What the tests share: the float64 references, the attention shapes, relative error, image files."""
+"""What the tests share: the float64 references, the attention shapes, relative error, image files,
+tiny training runs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from safetensors.torch import load_file
+
+from tritonsagan.checkpoint import latest_checkpoint
 from tritonsagan.kernels import attention_naive
+from tritonsagan.train import TrainConfig
 
 # (B, N_q, N_k, d_qk, d_v) every attention path is checked at; each test file adds its own extremes.
 ATTENTION_SHAPES = [
@@ -48,3 +53,28 @@ def image_folder(root: Path, classes: tuple[str, ...] = ("cats", "dogs", "owls")
         for i in range(per_class):
             write_image(root / name / f"{i}.png", 10 * c + i, size=(60 + 7 * i, 50 + 5 * c))
     return root
+
+
+# A training run small enough for a CPU test: a few steps of width 8, every output every 2 steps.
+TINY = dict(ch=8, batch_size=4, workers=0, num_samples=4, log_every=2, sample_every=2, save_every=2, compile=False)
+
+
+def tiny_config(out, **overrides) -> TrainConfig:
+    return TrainConfig(out=str(out), **{**TINY, **overrides})
+
+
+def cli_flags(**overrides) -> list[str]:
+    """TINY (with overrides) as tritonsagan-train flags."""
+    flags = []
+    for key, value in {**TINY, **overrides}.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a run's newest checkpoint."""
+    return load_file(latest_checkpoint(run / "checkpoints"))

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import stat
+import sys
 
 import pytest
 import torch
@@ -138,3 +139,14 @@ def test_traceback_on_request(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITONSAGAN_TRACEBACK", "1")
     with pytest.raises(FileNotFoundError):
         generate_main(["--weights", str(tmp_path / "missing"), "--out", str(tmp_path / "x.png")])
+
+
+@pytest.mark.parametrize("command", ["generate", "curves"])
+def test_ctrl_c_is_one_line_and_exit_130(command, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    module = sys.modules[COMMANDS[command].__module__]
+    monkeypatch.setattr(module, "_run", interrupted)
+    assert COMMANDS[command](["--weights", "w", "--out", "x.png"] if command == "generate" else ["run"]) == 130
+    assert capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"

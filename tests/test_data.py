@@ -1,12 +1,15 @@
 """The training-data sources and their loader: folder images of every mode, the built-in photos, the
 crop, determinism per sample index, disjoint ranks, uint8 batches, and the contract they share."""
 
+import os
+import sys
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tritonsagan.data import BuiltinPhotoStream, DataError, ImageFolderStream, ImageStream, load_rgb, resize_and_crop, short_side_crop
+from tritonsagan.data import BuiltinPhotoStream, DataError, ImageFolderStream, ImageLimits, ImageStream, load_rgb, resize_and_crop, short_side_crop
 from tritonsagan.loader import StreamBatchSampler, make_dataset, make_loader
 from tritonsagan.packed import PackedDataset, prepare
 from helpers import image_folder, write_image
@@ -120,3 +123,49 @@ def test_folder_stream_order_equals_the_slow_reference_and_covers_each_file_once
         assert sorted(dataset.order(epoch).tolist()) == list(range(7))
     first = [dataset[i][0] for i in range(7)]
     assert all(torch.equal(a, b) for a, b in zip(first, (ImageFolderStream(tmp_path, seed=5)[i][0] for i in range(7))))
+
+
+# ---- high bit depths, sizes, names (issue 22) -------------------------------------------------------
+
+
+def test_sixteen_bit_grayscale_is_scaled_to_eight_bits(tmp_path):
+    """A 16-bit gradient PNG: Pillow's own conversion clips it at 255 (mean 254.5, nearly white)."""
+    gradient = np.linspace(0, 65535, 128 * 128).reshape(128, 128).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "g16.png")
+    image = np.asarray(load_rgb(tmp_path / "g16.png"))
+    assert image.shape == (128, 128, 3) and abs(image.mean() - 127.5) < 0.5
+    assert np.array_equal(image[..., 0], np.round(gradient / 257).astype(np.uint8))
+    dataset = ImageFolderStream(tmp_path, seed=0, random_crop=False)  # folder training reads it the same way
+    assert abs(dataset[0][0].float().mean().item() - 127.5) < 1.0
+
+
+def test_tiny_and_elongated_images_are_skipped_and_counted(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"photo{i}.png", i, size=(160, 130))
+    write_image(tmp_path / "dot.png", 7, size=(1, 1))
+    write_image(tmp_path / "strip.png", 8, size=(5000, 10))
+    write_image(tmp_path / "wide.png", 9, size=(600, 128))  # aspect 4.7
+    dataset = ImageFolderStream(tmp_path, seed=0)
+    assert len(dataset) == 6 and sum(dataset[i][2] for i in range(6 * 4)) > 0  # skipped in every epoch
+    assert all(dataset[i][0].float().std() > 0 for i in range(12))  # never a flat tile upscaled from a dot
+    manifest = prepare(tmp_path, tmp_path.parent / "packed", progress=False)
+    skipped = manifest["shards"][0]["skipped"]
+    assert manifest["count"] == 3 and skipped == {
+        "dot.png": "1x1 px, shorter side below 32", "strip.png": "5000x10 px, shorter side below 32",
+        "wide.png": "600x128 px, aspect ratio above 4",
+    }  # fmt: skip
+    loose = ImageLimits(min_side=1, max_aspect_ratio=5000)
+    assert prepare(tmp_path, tmp_path.parent / "loose", progress=False, limits=loose)["count"] == 6
+    with pytest.raises(DataError, match="--min-image-side must be >= 1"):
+        ImageLimits(min_side=0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a file name that is not UTF-8 needs a byte-named file system")
+def test_a_file_name_that_is_not_utf8_is_left_out_and_listed(tmp_path, capsys):
+    image_folder(tmp_path / "src", classes=("cats",), per_class=3)
+    write_image(tmp_path / "good.png", 5)
+    os.rename(tmp_path / "good.png", os.fsencode(tmp_path / "src" / "cats") + b"/caf\xe9.png")
+    manifest = prepare(tmp_path / "src", tmp_path / "packed", progress=False)
+    assert manifest["count"] == 3 and manifest["undecodable_names"] == ["cats/caf\\xe9.png"]
+    assert "left out 1 file(s) whose names are not valid UTF-8" in capsys.readouterr().err
+    assert len(ImageFolderStream(tmp_path / "src", seed=0)) == 3

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from tritonsagan.data import BuiltinPhotoStream
 from tritonsagan.evaluate import (
     EvalError,
+    STATS_TAG,
     FeatureNetwork,
     ReferenceStats,
     resize_tf_bilinear,
@@ -24,6 +25,7 @@ from tritonsagan.evaluate import (
 )
 from tritonsagan.metrics import feature_statistics, frechet_distance
 from tritonsagan.models import Generator
+from tritonsagan.weights_io import load_safetensors, save_safetensors
 
 FEATURES = 12
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -160,6 +162,12 @@ def test_eval_bad_input(tmp_path, net_path, generator_dir, capsys):
     other = _stand_in(tmp_path / "other.pt", seed=1)
     assert "another feature network" in error("--fid-weights", str(other), "--ref-stats", str(stats))
     assert "not a tritonsagan statistics file" in error("--fid-weights", str(net_path), "--ref-stats", str(generator_dir / "model.safetensors"))
+    tensors, metadata = load_safetensors(stats)
+    meta = json.loads(metadata[STATS_TAG])
+    del meta["network_sha256"]
+    save_safetensors(tmp_path / "no_hash.safetensors", tensors, {STATS_TAG: json.dumps(meta)})
+    missing = error("--fid-weights", str(net_path), "--ref-stats", str(tmp_path / "no_hash.safetensors"))
+    assert f"no_hash.safetensors: damaged statistics file ({STATS_TAG} metadata lacks network_sha256)" in missing
     assert "class index out of range" in error("--fid-weights", str(net_path), "--classes", "7")
 
 

@@ -1,5 +1,6 @@
 """tritonsagan-generate and its API: round trips, determinism, classes, errors, attention maps."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,37 @@ def test_truncation_bounds_the_latents():
     z = sample_latents(500, 16, seed=0, truncation=0.5)
     assert z.abs().max() <= 0.5 and z.std() > 0.2
     assert torch.equal(z, sample_latents(500, 16, seed=0, truncation=0.5))
+
+
+@pytest.mark.parametrize("truncation", [1e-9, 1e-3, 2.0, 8.0])
+def test_truncation_of_any_size_draws_the_truncated_normal(truncation):
+    """Exactly: the moments of N(0, 1) truncated to [-t, t], for a t so small that redrawing until
+    inside would never end (it hung before) as for one so large that it truncates nothing."""
+    z = sample_latents(2000, 64, seed=1, truncation=truncation).double()
+    s = torch.linspace(-1, 1, 100_001, dtype=torch.float64)  # x = t s: no cancellation for a tiny t
+    density = torch.exp(-((truncation * s) ** 2) / 2)
+    variance = truncation**2 * torch.trapezoid(s**2 * density, s) / torch.trapezoid(density, s)  # of the truncated normal
+    assert z.abs().max() <= truncation and abs(z.mean()) < 0.01 * math.sqrt(variance)
+    assert abs(z.var() / variance - 1) < 0.02
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-1", "x"])
+def test_truncation_that_cannot_be_met_is_refused_by_name(value, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--weights", str(tmp_path), "--truncation", value, "--out", str(tmp_path / "g.png")])
+    assert f"argument --truncation: expected a positive number, got '{value}'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="truncation must be a positive number"):
+        sample_latents(2, 4, seed=0, truncation=float(value) if value != "x" else math.nan)
+
+
+def test_the_output_format_follows_the_extension(conditional_weights, tmp_path, capsys):
+    signatures = {"g.jpg": b"\xff\xd8\xff", "g.JPEG": b"\xff\xd8\xff", "g.png": b"\x89PNG", "g.webp": b"RIFF"}
+    for name, signature in signatures.items():
+        assert main(["--weights", str(conditional_weights), "--n", "2", "--out", str(tmp_path / name)]) == 0
+        assert (tmp_path / name).read_bytes().startswith(signature), name
+    assert main(["--weights", str(tmp_path / "not-read"), "--n", "2", "--out", str(tmp_path / "g.gif")]) == 1
+    err = capsys.readouterr().err
+    assert "g.gif: cannot tell the image format from .gif; name it .png, .jpg, .jpeg, .webp" in err  # before the weights are looked for
 
 
 def test_command_writes_grids_and_files(conditional_weights, tmp_path):

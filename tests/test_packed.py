@@ -166,3 +166,27 @@ def test_damaged_packed_datasets_are_named(tmp_path):
         PackedDataset(tmp_path / "plain", seed=0, conditional=True)
     train_args = ["--data", str(truncated), "--out", str(tmp_path / "run"), "--steps", "1", *TINY]
     assert train_main(train_args) == 1
+
+
+def _edit_manifest(dest, edit) -> None:
+    manifest = json.loads((dest / MANIFEST_NAME).read_text())
+    edit(manifest)
+    (dest / MANIFEST_NAME).write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [(lambda dest: _edit_manifest(dest, lambda m: m.update(classes=m["classes"] + ["ghosts"])), "1 class\\(es\\) of the manifest have no images: ghosts"),
+     (lambda dest: _edit_manifest(dest, lambda m: m.update(classes=m["classes"][:2])), "labels 0..2, the manifest lists 2 classes"),
+     (lambda dest: _edit_manifest(dest, lambda m: m.pop("shards")), "damaged or hand-edited manifest: no shards"),
+     (lambda dest: _edit_manifest(dest, lambda m: m["shards"][0].pop("count")), "no shards\\[0\\].count"),
+     (lambda dest: (dest / MANIFEST_NAME).write_text("{ not json"), "manifest.json: not valid JSON")],
+)  # fmt: skip
+def test_a_damaged_or_hand_edited_manifest_is_named(tmp_path, capsys, damage, message):
+    dest = tmp_path / "dest"
+    prepare(image_folder(tmp_path / "src"), dest, conditional=True, progress=False)
+    damage(dest)
+    with pytest.raises(DataError, match=message):
+        make_dataset(str(dest), seed=0, conditional=True)
+    assert train_main(["--data", str(dest), "--conditional", "--out", str(tmp_path / "run"), "--steps", "1", *TINY]) == 1
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,26 +17,8 @@ from safetensors.torch import load_file
 import tritonsagan.train as train_module
 from tritonsagan.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from tritonsagan.models import Discriminator, Generator
-from tritonsagan.train import TrainConfig, TrainingDiverged, main, train
-from helpers import write_image
-
-TINY = dict(ch=8, batch_size=4, workers=0, num_samples=4, log_every=2, sample_every=2, save_every=2, compile=False)
-
-
-def tiny_config(out, **overrides) -> TrainConfig:
-    return TrainConfig(out=str(out), **{**TINY, **overrides})
-
-
-def cli_flags(**overrides) -> list[str]:
-    flags = []
-    for key, value in {**TINY, **overrides}.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            flags += [flag, str(value)]
-    return flags
-
+from tritonsagan.train import TrainingDiverged, main, train
+from helpers import cli_flags, final_weights, tiny_config, write_image
 
 def test_end_to_end_run_writes_every_output(tmp_path):
     run = tmp_path / "run"
@@ -68,15 +49,11 @@ def test_end_to_end_run_writes_every_output(tmp_path):
     assert any(k.startswith("opt_G.state.") for k in ckpt) and any(k.startswith("G_ema.") for k in ckpt)
 
 
-def _final_weights(run: Path) -> dict:
-    return load_file(latest_checkpoint(run / "checkpoints"))
-
-
 def test_resume_is_bitwise_exact(tmp_path):
     train(tiny_config(tmp_path / "straight", steps=4, conditional=True))
     train(tiny_config(tmp_path / "split", steps=2, conditional=True))
     train(tiny_config(tmp_path / "split", steps=4, conditional=True))  # resume=auto
-    straight, split = _final_weights(tmp_path / "straight"), _final_weights(tmp_path / "split")
+    straight, split = final_weights(tmp_path / "straight"), final_weights(tmp_path / "split")
     assert straight.keys() == split.keys()
     differing = [k for k in straight if not torch.equal(straight[k], split[k])]
     assert differing == []
@@ -96,7 +73,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     steps_on_disk = [s for s, _ in list_checkpoints(killed / "checkpoints")]
     assert steps_on_disk and steps_on_disk[-1] < 6, f"not killed mid-run: checkpoints {steps_on_disk}"
     train(tiny_config(killed, steps=6))
-    straight, resumed = _final_weights(tmp_path / "straight"), _final_weights(killed)
+    straight, resumed = final_weights(tmp_path / "straight"), final_weights(killed)
     assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
 
 
