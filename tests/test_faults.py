@@ -29,6 +29,19 @@ from helpers import cli_flags, final_weights, tiny_config
 SRC = str(Path(__file__).resolve().parents[1])  # where `python -m tritonsagan...` finds the package from a subprocess
 
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory) -> Path:
+    """An uninterrupted tiny run of 8 steps, checkpoints at 4, 6 and 8: what interrupted runs must equal
+    (the cadences of logs, samples and checkpoints draw no random numbers, so they may differ)."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    train(tiny_config(run, steps=8))
+    return run
+
+
+def _weights_at(run: Path, step: int) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints" / f"step_{step:07d}.safetensors")
+
+
 def _differing(a: dict, b: dict) -> list[str]:
     assert a.keys() == b.keys()
     return [k for k in a if not torch.equal(a[k], b[k])]
@@ -140,8 +153,7 @@ def _flip_bytes(path: Path) -> None:
 
 @pytest.mark.parametrize("damage", [_flip_bytes, lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), lambda p: p.write_bytes(b"")],
                          ids=["bytes overwritten", "truncated", "empty"])  # fmt: skip
-def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tmp_path, capsys, damage):
-    train(tiny_config(tmp_path / "straight", steps=6))
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tmp_path, capsys, damage, straight):
     run = tmp_path / "run"
     train(tiny_config(run, steps=4))
     newest = run / "checkpoints" / "step_0000004.safetensors"
@@ -154,7 +166,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
     assert "warning: skipped " + str(newest) in out.err and "renamed it step_0000004.safetensors.damaged" in out.err
     assert f"resumed from {run / 'checkpoints' / 'step_0000002.safetensors'} at step 2" in out.out
     assert (run / "checkpoints" / "step_0000004.safetensors.damaged").is_file()
-    assert _differing(final_weights(tmp_path / "straight"), final_weights(run)) == []
+    assert _differing(_weights_at(straight, 6), final_weights(run)) == []
 
 
 def test_when_no_checkpoint_passes_the_run_stops_and_keeps_them(tmp_path, capsys):
@@ -200,8 +212,7 @@ def test_a_checkpoint_without_its_sidecar_still_gives_its_generator(tmp_path):
 # ---- SIGINT and SIGTERM ----------------------------------------------------------------------------
 
 
-def test_sigterm_mid_run_stops_with_a_checkpoint_and_the_resumed_run_is_bitwise_identical(tmp_path):
-    train(tiny_config(tmp_path / "straight", steps=8, log_every=1, save_every=4))
+def test_sigterm_mid_run_stops_with_a_checkpoint_and_the_resumed_run_is_bitwise_identical(tmp_path, straight):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "tritonsagan.train", "--out", str(run), "--steps", "8", *cli_flags(log_every=1, save_every=4)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SRC)
@@ -216,7 +227,7 @@ def test_sigterm_mid_run_stops_with_a_checkpoint_and_the_resumed_run_is_bitwise_
     assert 1 <= stopped_at < 8, f"not stopped mid-run: {stopped_at}"
     assert f"error: stopped by SIGTERM after step {stopped_at} of 8; checkpoint {run / 'checkpoints'}" in err and "Traceback" not in err
     train(tiny_config(run, steps=8, log_every=1, save_every=4))
-    assert _differing(final_weights(tmp_path / "straight"), final_weights(run)) == []
+    assert _differing(_weights_at(straight, 8), final_weights(run)) == []
     assert _steps_logged(run) == list(range(1, 9))
 
 

@@ -195,8 +195,8 @@ def setup_distributed(cfg: TrainConfig) -> Distributed:
 
 
 def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
-    """The config checked (every problem named at once, by its flag, before anything is read or
-    written) with what it leaves to the device or the data decided: compile and bf16 on for CUDA, the
+    """The config checked (every problem named at once, by its flag, before anything is written)
+    with what it leaves to the device or the data decided: compile and bf16 on for CUDA, the
     --diffaug policy."""
     problems = []
     for name in ("steps", "batch_size", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
@@ -314,8 +314,8 @@ class Trainer:
     config -> dataset -> models (seeded) -> optimisers -> the run directory's lock -> checkpoint ->
     DDP and compile -> data stream, and last the RNG state of a resumed run, since building the models
     and the loader draws from the global RNG: a resumed run continues from exactly the state the
-    checkpoint saved. Every check that can fail on bad input comes before the lock, the first write.
-    `release()` gives the run directory back (train() does; so does the end of the process)."""
+    checkpoint saved. Every check of the input that needs no checkpoint comes before the lock, the
+    first write. `release()` gives the run directory back (train() does; so does the end of the process)."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.world = setup_distributed(cfg)
@@ -340,7 +340,11 @@ class Trainer:
             print(f"removed {len(stray)} temporary file(s) left by a process killed mid-write", flush=True)
         self.last_good_checkpoint: Path | None = None  # the newest checkpoint known to pass its checksum
         self.changed_settings: dict[str, tuple] = {}  # what this run segment changed from its checkpoint
-        self.step, resumed_rng = self._resume()
+        try:
+            self.step, resumed_rng = self._resume()
+        except BaseException:
+            self.release()  # a run that cannot resume leaves its directory free at once, whoever holds the error
+            raise
         self.G_train, self.D_train = self._wrap_distributed()
         whole_step = cfg.compile and cfg.compile_scope == "step"
         self.d_loss_fn, self.g_loss_fn = self._compiled(self._d_losses, cfg.compile), self._compiled(self._g_loss, cfg.compile)
