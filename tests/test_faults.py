@@ -244,23 +244,19 @@ def _signal_at_step(monkeypatch, step: int, count: int) -> None:
     monkeypatch.setattr(train_module.Trainer, "train_step", train_step)
 
 
-def test_ctrl_c_stops_after_the_step_with_a_checkpoint(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize(
+    "presses, message, checkpoints",
+    [(1, "stopped by SIGINT after step 3 of 6; checkpoint {checkpoints}/step_0000003.safetensors", [2, 3]),  # after the step
+     (2, "stopped at once by Ctrl-C at step 2; nothing after the last checkpoint ({checkpoints}/step_0000002.safetensors)", [2])],
+)  # fmt: skip
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_twice_at_once(tmp_path, capsys, monkeypatch, presses, message, checkpoints):
     run = tmp_path / "run"
-    _signal_at_step(monkeypatch, 3, count=1)
+    _signal_at_step(monkeypatch, 3, count=presses)
     assert train_main(["--out", str(run), "--steps", "6", *cli_flags()]) == INTERRUPTED_EXIT_CODE
     err = capsys.readouterr().err
-    assert f"error: stopped by SIGINT after step 3 of 6; checkpoint {run / 'checkpoints' / 'step_0000003.safetensors'}" in err
-    assert "Traceback" not in err and [s for s, _ in list_checkpoints(run / "checkpoints")] == [2, 3]
+    assert "error: " + message.format(checkpoints=run / "checkpoints") in err and "Traceback" not in err
+    assert [s for s, _ in list_checkpoints(run / "checkpoints")] == checkpoints
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
-
-
-def test_a_second_ctrl_c_stops_at_once(tmp_path, capsys, monkeypatch):
-    run = tmp_path / "run"
-    _signal_at_step(monkeypatch, 3, count=2)
-    assert train_main(["--out", str(run), "--steps", "6", *cli_flags()]) == INTERRUPTED_EXIT_CODE
-    err = capsys.readouterr().err
-    assert f"error: stopped at once by Ctrl-C at step 2; nothing after the last checkpoint ({run / 'checkpoints' / 'step_0000002.safetensors'})" in err
-    assert "Traceback" not in err and [s for s, _ in list_checkpoints(run / "checkpoints")] == [2]
 
 
 def test_stop_requests_record_the_first_signal():
