@@ -189,9 +189,22 @@ def setup_distributed(cfg: TrainConfig) -> Distributed:
     if on_cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if on_cuda else "gloo")
+        rank = int(os.environ.get("RANK", "0"))
+        dist.init_process_group("nccl" if on_cuda else "gloo", store=_restart_store(rank, world_size), rank=rank, world_size=world_size)
     control_group = dist.new_group(backend="gloo") if on_cuda else None
     return Distributed(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if on_cuda else "cpu"), control_group)
+
+
+def _restart_store(rank: int, world_size: int) -> dist.Store | None:
+    """Under torchrun, the store of this attempt's process group: torchrun's agent keeps one store across
+    the restarts of --max-restarts, where a restarted group would read the dead group's addresses and
+    fail to connect; a prefix per attempt keeps them apart. None outside torchrun (env:// as usual)."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return None
+    hosts_store = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=hosts_store)
+    return dist.PrefixStore(f"tritonsagan/attempt_{attempt}", store)
 
 
 def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
