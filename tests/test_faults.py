@@ -74,7 +74,7 @@ def test_resume_applies_and_records_the_settings_that_may_change(tmp_path):
     train(tiny_config(run, steps=2, log_every=1))
     trainer = train(tiny_config(run, steps=4, log_every=1, lr_g=1e-3, beta2=0.99))
     assert [g["lr"] for g in trainer.opt_g.param_groups] == [1e-3] and trainer.opt_g.param_groups[0]["betas"] == (0.0, 0.99)
-    records = [r for r in read_metrics(run)]
+    records = read_metrics(run)
     assert [(r["step"], r["lr_g"]) for r in records] == [(1, 1e-4), (2, 1e-4), (3, 1e-3), (4, 1e-3)]
     config = json.loads((run / "config.json").read_text())
     assert config["lr_g"] == 1e-3 and config["steps"] == 4

@@ -51,7 +51,12 @@ def read_metrics(run: str | os.PathLike) -> list[dict]:
     path = metrics if path.is_dir() else path
     if not path.is_file():
         raise MetricsError(f"no {metrics.name} at {path}")
-    lines = path.read_text().splitlines()
+    return parse_metrics(path.read_text(), path)
+
+
+def parse_metrics(text: str, path: Path) -> list[dict]:
+    """The records of a metrics.jsonl's text; a last line cut short (a killed run) is left out."""
+    lines = text.splitlines()
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -139,7 +144,7 @@ class MetricsLog:
     def _continue_from(self, step: int) -> list[dict]:
         """The records up to `step`, with metrics.jsonl rewritten to hold just them when it held more."""
         text = self.run.metrics.read_text()
-        records = [r for r in read_metrics(self.run.metrics) if r["step"] <= step]
+        records = [r for r in parse_metrics(text, self.run.metrics) if r["step"] <= step]
         kept = "".join(json.dumps(r) + "\n" for r in records)
         if kept != text:
             dropped = len(text.splitlines()) - len(records)
