@@ -63,6 +63,14 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def environment_line(env: dict, quick: bool) -> str:
+    """The report's first line: where and with what it measures."""
+    triton = f"triton {env['triton']}" if env["triton"] else "no triton"
+    mode = ", --quick" if quick else ""
+    return (f"tritonsagan-bench on {env['device']} ({env['device_type']}{mode}): torch {env['torch']}, {triton}, "
+            f"Python {env['python']}, git {env['git'] or 'unknown'}, {env['date']}")  # fmt: skip
+
+
 def report_name(report: dict) -> str:
     """<device>_<date>.json, e.g. nvidia-h100-80gb-hbm3_2026-11-22.json or cpu-amd-epyc-2-threads_2026-11-22.json."""
     env = report["environment"]
@@ -72,7 +80,7 @@ def report_name(report: dict) -> str:
 
 def run(device: torch.device, sections: set[str], quick: bool, variants: list[train_step.Variant], console: Console) -> dict:
     report: dict = {"environment": environment(device), "quick": quick}
-    console.print(report["environment"])
+    console.print(environment_line(report["environment"], quick), highlight=False)
     if "hopper" in sections:
         report["hopper"] = hopper.compile_report()
         console.print(hopper.report_table(report["hopper"]))

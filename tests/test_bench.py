@@ -23,6 +23,8 @@ def _bench(tmp_path, *args: str) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     (written,) = tmp_path.glob("*.json")
     report = json.loads(written.read_text())
+    header = result.stdout.splitlines()[0]  # a readable line, not the environment dict
+    assert header.startswith(f"tritonsagan-bench on {report['environment']['device']} (cpu, --quick): torch {torch.__version__}"), header
     assert written.name == report_name(report) and written.name.startswith("cpu-") and report["environment"]["date"][:10] in written.name
     return report
 

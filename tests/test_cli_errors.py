@@ -150,3 +150,18 @@ def test_ctrl_c_is_one_line_and_exit_130(command, tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(module, "_run", interrupted)
     assert COMMANDS[command](["--weights", "w", "--out", "x.png"] if command == "generate" else ["run"]) == 130
     assert capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"
+
+
+@pytest.mark.parametrize("module", ["train", "generate", "evaluate", "curves", "packed", "gpu_run", "bench.cli"])
+def test_every_flag_is_explained_and_its_default_said_once(module):
+    import argparse
+    import importlib
+
+    parser = importlib.import_module(f"tritonsagan.{module}").build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        name = "/".join(action.option_strings) or action.dest
+        text = parser._get_formatter()._expand_help(action) if action.help else ""
+        assert len(text) > 10, f"{name} has no help"
+        assert text.count("(default:") <= 1 and "(default: None)" not in text and "(default: )" not in text, f"{name}: {text}"

@@ -1,6 +1,8 @@
 """Training curves as pictures: <run>/curves.png refreshed at each log, tritonsagan-curves, TensorBoard events."""
 
+import io
 import json
+import struct
 
 import numpy as np
 from PIL import Image
@@ -46,16 +48,38 @@ def test_curves_command_draws_several_runs(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().err
     assert _colour_pixels(out) > 500
     assert len(read_metrics(runs[0])) == 6  # the cut-short last line of a killed run is ignored
-    assert {key for _, lines in PANELS for key, _, _ in lines} >= {"loss_d", "loss_g", "d_real", "d_fake", "gamma_g", "fid", "kid", "images_per_s"}
+    assert {key for _, _, lines in PANELS for key, _, _ in lines} >= {"loss_d", "loss_g", "d_real", "d_fake", "gamma_g", "fid", "kid", "images_per_s"}
 
 
-def test_tensorboard_event_files(tmp_path):
+def _tensorboard_events(folder) -> list:
+    """Every Event in a run's TensorBoard files (records: length, its CRC, the Event, its CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = []
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            events.append(Event.FromString(data[offset + 12 : offset + 12 + length]))
+            offset += 12 + length + 4
+    return events
+
+
+def test_tensorboard_gets_the_curves_panels_and_the_sample_grids(tmp_path):
     run = tmp_path / "run"
-    train(TrainConfig(out=str(run), steps=2, tensorboard=True, **TINY))
-    (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
-    data = events.read_bytes()
-    for tag in (b"loss_d", b"loss_g", b"d_real", b"gamma_g", b"images_per_s"):
-        assert tag in data, tag
+    train(TrainConfig(out=str(run), steps=2, tensorboard=True, **{**TINY, "sample_every": 2}))
+    scalars, images = {}, {}
+    for event in _tensorboard_events(run / "tensorboard"):
+        for value in event.summary.value:
+            if value.HasField("image"):
+                images[(value.tag, event.step)] = Image.open(io.BytesIO(value.image.encoded_image_string))
+            else:
+                scalars.setdefault(value.tag, []).append(event.step)
+    for tag in ("losses/loss_d", "losses/loss_g", "d_logits/d_real", "attention_gamma/gamma_g", "attention_gamma/gamma_d", "throughput/images_per_s"):
+        assert scalars[tag] == [1, 2], tag
+    grid = Image.open(run / "samples" / "step_0000002_ema.png")
+    assert set(images) == {("samples/G", 2), ("samples/G_ema", 2)}
+    assert np.array_equal(np.asarray(images[("samples/G_ema", 2)].convert("RGB")), np.asarray(grid.convert("RGB")))
 
 
 def test_curves_are_redrawn_at_most_every_redraw_interval_and_at_the_end(tmp_path, monkeypatch):

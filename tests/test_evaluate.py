@@ -12,7 +12,8 @@ import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
-from tritonsagan.data import BuiltinPhotoStream
+import tritonsagan.metrics as metrics
+from tritonsagan.data import BUILTIN_PHOTOS, BuiltinPhotoStream
 from tritonsagan.evaluate import (
     EvalError,
     STATS_TAG,
@@ -23,7 +24,7 @@ from tritonsagan.evaluate import (
     find_feature_weights,
     main,
 )
-from tritonsagan.metrics import feature_statistics, frechet_distance
+from tritonsagan.metrics import feature_statistics, frechet_distance, manifold_metrics
 from tritonsagan.models import Generator
 from tritonsagan.weights_io import load_safetensors, save_safetensors
 
@@ -108,6 +109,54 @@ def test_fid_of_a_set_with_itself_is_zero_and_different_photos_are_far(net_path)
     assert different > 5 * crops and different > 0.1 * scale, (crops, different, scale)
 
 
+def _manifold_metrics_numpy(real: np.ndarray, fake: np.ndarray, k: int) -> dict[str, float]:
+    """Precision and recall (Kynkaanniemi et al. 2019), density and coverage (Naeem et al. 2020),
+    straight from their definitions with full distance matrices."""
+
+    def distances(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    real_radii = np.sort(distances(real, real), axis=1)[:, k]  # column 0 is each point itself
+    fake_radii = np.sort(distances(fake, fake), axis=1)[:, k]
+    fake_to_real = distances(fake, real)  # (fake, real)
+    inside_real = fake_to_real <= real_radii[None, :]
+    return {
+        "precision": inside_real.any(1).mean(),
+        "recall": (fake_to_real <= fake_radii[:, None]).any(0).mean(),
+        "density": inside_real.sum() / (k * len(fake)),
+        "coverage": (fake_to_real.min(0) <= real_radii).mean(),
+    }
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_precision_recall_density_coverage_match_their_definitions(k, monkeypatch):
+    monkeypatch.setattr(metrics, "DISTANCE_ROWS", 7)  # several row blocks, the last one short
+    rng = np.random.default_rng(k)
+    real = rng.normal(size=(61, 6))
+    fake = rng.normal(size=(45, 6)) * 1.3 + 0.4  # overlapping, not equal: every value strictly between 0 and 1
+    expected = _manifold_metrics_numpy(real, fake, k)
+    got = manifold_metrics(torch.from_numpy(real).float(), torch.from_numpy(fake).float(), k)
+    assert all(0 < expected[key] for key in expected) and expected["precision"] < 1, expected
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-12), key
+    with pytest.raises(ValueError, match="more than k=5 feature vectors, got 5"):
+        manifold_metrics(torch.zeros(5, 6), torch.zeros(9, 6))
+
+
+def test_two_draws_of_real_images_have_precision_and_recall_near_one(net_path):
+    network = FeatureNetwork(net_path)
+
+    def features(photos, seed):
+        return extract_features(network, _builtin_batches(photos, seed, 256), 8, "test", progress=False)[0]
+
+    every_photo, again = features(BUILTIN_PHOTOS, 0), features(BUILTIN_PHOTOS, 1)
+    same = manifold_metrics(every_photo, again)
+    assert min(same.values()) > 0.9, same
+    # Crops of 4 of the 17 photos: inside the real set (precision), but far from covering it (recall, coverage).
+    four = manifold_metrics(every_photo, features(("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"), 2))
+    assert four["precision"] > 0.85 and four["recall"] < 0.8 and four["coverage"] < 0.5, four
+
+
 def test_find_feature_weights_order_and_message(tmp_path, monkeypatch, net_path):
     monkeypatch.setenv("TRITONSAGAN_FID_WEIGHTS", str(net_path))
     assert find_feature_weights() == net_path
@@ -130,10 +179,17 @@ def test_eval_command_writes_json_and_reuses_reference_stats(tmp_path, net_path,
     common = ["--weights", str(generator_dir), "--fid-weights", str(net_path), "--n", "40", "--kid-subset-size", "20"]
     assert _eval(*common, "--save-ref-stats", str(stats), "--out", str(first)) == 0
     result = json.loads(first.read_text())
-    for key in ("fid", "kid", "kid_std", "is", "is_std"):
+    for key in ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "density", "coverage"):
         assert math.isfinite(result[key]), key
-    assert result["fid"] > 0 and result["n"] == 40 and result["reference"] == "builtin, n=40"
-    assert "FID" in capsys.readouterr().out
+    assert result["fid"] > 0 and result["n"] == 40 and result["reference"] == "builtin, n=40" and result["nearest_k"] == 5
+    output = capsys.readouterr()
+    assert "FID" in output.out and "precision" in output.out and "coverage" in output.out
+    sha = FeatureNetwork(net_path).sha256[:12]
+    assert output.err.count(sha) == 1 and output.err.count("not a known FID network") == 1  # said once
+    assert output.err.count(f"wrote real-image statistics to {stats}") == 1 and output.err.count(f"wrote {first}") == 1
+    only_stats = tmp_path / "only.safetensors"
+    assert _eval("--fid-weights", str(net_path), "--n-real", "20", "--save-ref-stats", str(only_stats)) == 0
+    assert capsys.readouterr().err.count(str(only_stats)) == 1  # no second "wrote" for the same file
 
     reference = ReferenceStats.load(stats, FeatureNetwork(net_path))
     assert reference.features.shape == (40, FEATURES) and reference.sigma.dtype == torch.float64
@@ -160,7 +216,10 @@ def test_eval_bad_input(tmp_path, net_path, generator_dir, capsys):
     stats = tmp_path / "ref.safetensors"
     assert _eval("--fid-weights", str(net_path), "--n-real", "20", "--save-ref-stats", str(stats)) == 0
     other = _stand_in(tmp_path / "other.pt", seed=1)
-    assert "another feature network" in error("--fid-weights", str(other), "--ref-stats", str(stats))
+    (another,) = [line for line in error("--fid-weights", str(other), "--ref-stats", str(stats)).splitlines() if line.startswith("error:")]
+    assert "another feature network" in another
+    for network in (net_path, other):
+        assert another.count(FeatureNetwork(network).sha256[:12]) == 1  # each hash named once
     assert "not a tritonsagan statistics file" in error("--fid-weights", str(net_path), "--ref-stats", str(generator_dir / "model.safetensors"))
     tensors, metadata = load_safetensors(stats)
     meta = json.loads(metadata[STATS_TAG])

@@ -27,12 +27,24 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
     hints = get_type_hints(config_cls)
     for f in dataclasses.fields(config_cls):
         kind = hints[f.name]
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        help_text = field_help(f)
         if kind is bool or kind == (bool | None):  # bool | None: None means "decide from the device"
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         else:
             choices = f.metadata.get("choices")
             parser.add_argument(flag_name(f.name), type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text)
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """A field's help with its default appended, unless the help already says what the default is
+    (one decided by the device, or an empty string that stands for a fallback)."""
+    text = f.metadata.get("help", "")
+    if not text:
+        raise TypeError(f"config field {f.name} has no help text")  # every flag is explained
+    if "default" in text:
+        return text
+    shown = ("on" if f.default else "off") if isinstance(f.default, bool) else f.default
+    return f"{text} (default: {shown})"
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from .atomic_write import atomic_write_bytes
 from .cli import run_command
 from .errors import ConfigError, TritonsaganError
@@ -30,15 +32,18 @@ from .run_directory import RunDirectory
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 REDRAW_SECONDS = 30.0
 
-# (panel title, [(record key, line label, line style)]); list-valued keys draw one line per entry.
+# (TensorBoard group, panel title, [(record key, line label, line style)]); list-valued keys draw one
+# line per entry.
 PANELS = [
-    ("hinge losses", [("loss_d", "D", "-"), ("loss_g", "G", "--")]),
-    ("D logits (mean)", [("d_real", "real", "-"), ("d_fake", "fake", "--")]),
-    ("attention gamma", [("gamma_g", "G", "-"), ("gamma_d", "D", "--")]),
-    ("FID (G_ema)", [("fid", "FID", "-")]),
-    ("KID (G_ema)", [("kid", "KID", "-")]),
-    ("throughput (images/s)", [("images_per_s", "images/s", "-")]),
+    ("losses", "hinge losses", [("loss_d", "D", "-"), ("loss_g", "G", "--")]),
+    ("d_logits", "D logits (mean)", [("d_real", "real", "-"), ("d_fake", "fake", "--")]),
+    ("attention_gamma", "attention gamma", [("gamma_g", "G", "-"), ("gamma_d", "D", "--")]),
+    ("fid", "FID (G_ema)", [("fid", "FID", "-")]),
+    ("kid", "KID (G_ema)", [("kid", "KID", "-")]),
+    ("throughput", "throughput (images/s)", [("images_per_s", "images/s", "-")]),
 ]
+# A record key's TensorBoard tag: its panel's group, so TensorBoard shows the panels of curves.png.
+TENSORBOARD_TAGS = {key: f"{group}/{key}" for group, _, lines in PANELS for key, _, _ in lines}
 
 
 class MetricsError(TritonsaganError, ValueError):
@@ -95,7 +100,7 @@ def plot_curves(runs: dict[str, list[dict]], path: str | os.PathLike) -> Path:
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 3).flatten()
     colours = [f"C{i}" for i in range(10)]
-    for ax, (title, lines) in zip(axes, PANELS):
+    for ax, (_, title, lines) in zip(axes, PANELS):
         drawn = False
         for run_index, (run_name, records) in enumerate(runs.items()):
             for key, label, style in lines:
@@ -161,12 +166,20 @@ class MetricsLog:
         if self.tensorboard is not None:
             for key, value in record.items():
                 values = value if isinstance(value, list) else [value]
+                tag = TENSORBOARD_TAGS.get(key, key)
                 for i, v in enumerate(values):
                     if key != "step" and isinstance(v, (int, float)):
-                        self.tensorboard.add_scalar(key if len(values) == 1 else f"{key}/{i}", v, record["step"])
+                        self.tensorboard.add_scalar(tag if len(values) == 1 else f"{tag}_{i}", v, record["step"])
             self.tensorboard.flush()
         if time.monotonic() - self.drawn_at >= REDRAW_SECONDS:
             self._draw()
+
+    def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+        """Pictures of a step (the sample grids, HWC uint8) for TensorBoard, under samples/<name>."""
+        if self.tensorboard is not None:
+            for name, image in images.items():
+                self.tensorboard.add_image(f"samples/{name}", image, step, dataformats="HWC")
+            self.tensorboard.flush()
 
     def _draw(self) -> None:
         if HAS_MATPLOTLIB:

