@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from tritonsagan import generate, load_generator
-from tritonsagan.generate import attention_maps, main, sample_latents
+from tritonsagan.attention_figure import HEAT_OPACITY, MIN_SCALE_TOP, UNIFORM, attention_figure, attention_maps, overlay, upsample_heat
+from tritonsagan.generate import main, sample_latents
 from tritonsagan.models import Generator
 from tritonsagan.train import TrainConfig, train
 from helpers import rel_err
@@ -166,7 +167,40 @@ def test_attention_rows_equal_float64_softmax(conditional_weights):
     assert rel_err(maps.flatten(2), full[:, queries]) < 1e-5
 
 
-def test_attention_map_command(conditional_weights, tmp_path):
+def test_attention_map_figure_as_the_paper_draws_it(conditional_weights, tmp_path):
     out = tmp_path / "maps.png"
     assert main(["--weights", str(conditional_weights), "--n", "2", "--attention-maps", "--queries", "10,10", "100,60", "--out", str(out)]) == 0
-    assert Image.open(out).size == (3 * 130 + 2, 2 * 130 + 2)  # image + 2 overlays per row, one row per image
+    width, height = Image.open(out).size
+    assert width > 3 * 128 and height > 2 * 128  # 2 rows of the image and 2 query panels, and a colour bar
+
+    G = load_generator(conditional_weights)
+    images, maps = attention_maps(G, sample_latents(2, 128, seed=0), torch.tensor([0, 4]), [2 * 32 + 2, 15 * 32 + 25])
+    figure = attention_figure(images, maps, [(10, 10), (100, 60)], ["class 0", "class 4"])
+    *panels, colour_bar = figure.axes
+    assert [ax.get_title() for ax in panels[:3]] == ["queries", "query 1 at (10, 10)", "query 2 at (100, 60)"]
+    assert [panels[0].get_ylabel(), panels[3].get_ylabel()] == ["class 0", "class 4"]
+    for row in (0, 3):  # every query numbered on the image, and each panel labelled with its own
+        assert [t.get_text() for t in panels[row].texts] == ["1", "2"]
+        assert [t.get_text() for t in panels[row + 1].texts] == ["1"] and [t.get_text() for t in panels[row + 2].texts] == ["2"]
+    assert colour_bar.get_ylabel() == "attention weight / uniform"
+    assert colour_bar.get_ylim() == pytest.approx((UNIFORM, max(upsample_heat(maps, 128).max(), MIN_SCALE_TOP)))
+
+
+def test_attention_heat_is_smooth_and_the_image_shows_under_it():
+    one_key = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
+    one_key[0, 0, 5, 9] = 1.0  # all attention on one key of the 16x16 grid
+    heat = upsample_heat(one_key, 128)[0, 0]
+    # In units of uniform attention (x 256 keys); bilinear, the nearest pixel centre lies 1/16 of a key from the key's.
+    assert heat.max() == pytest.approx(256 * (15 / 16) ** 2)
+    steps = max(np.abs(np.diff(heat, axis=0)).max(), np.abs(np.diff(heat, axis=1)).max())
+    assert steps < 0.2 * heat.max()  # nearest-neighbour blocks would jump by the whole peak at their edges
+
+    image = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    blended = overlay(image, heat, top=heat.max())
+    grey = (image / 255) @ np.array([0.299, 0.587, 0.114])
+    cold = heat <= UNIFORM
+    assert cold.mean() > 0.9 and np.allclose(blended[cold], grey[cold][:, None])  # no more than uniform: the image itself, in grey
+    hottest = np.unravel_index(heat.argmax(), heat.shape)
+    assert np.abs(blended[hottest] - grey[hottest]).max() > 0.3 * HEAT_OPACITY  # the heat is drawn over it
+
+

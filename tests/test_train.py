@@ -20,12 +20,25 @@ from tritonsagan.models import Discriminator, Generator
 from tritonsagan.train import TrainingDiverged, main, train
 from helpers import cli_flags, final_weights, tiny_config, write_image
 
-def test_end_to_end_run_writes_every_output(tmp_path):
+def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["--out", str(run), "--steps", "4", "--conditional", *cli_flags()]) == 0
+    flags = cli_flags()
+    flags.remove("--no-compile")  # left to the device: config.json says what it decided
+    assert main(["--out", str(run), "--steps", "4", "--conditional", *flags]) == 0
+
+    # Off a terminal (pytest captures stdout): one line at the start, then a plain line at each log step.
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        f"training on cpu ({torch.get_num_threads()} threads): ch 8, batch 4, steps 0 -> 4; data builtin (17 images, 17 classes); "
+        f"compile off, bf16 off, DiffAugment color,translation,cutout; outputs in {run}/ (samples/, generator/, curves.png, metrics.jsonl)"
+    )
+    progress = [line for line in lines if line.startswith("step ")]
+    assert [line.split()[1] for line in progress] == ["2/4", "4/4"] and all(" left" in line and "img/s" in line for line in progress)
 
     config = json.loads((run / "config.json").read_text())
-    assert config["steps"] == 4 and config["conditional"] and config["compile"] is False and config["lr_d"] == 4e-4
+    assert config["steps"] == 4 and config["conditional"] and config["lr_d"] == 4e-4
+    # What was left to the device and the data is recorded as decided.
+    assert config["device"] == "cpu" and config["compile"] is False and config["bf16"] is False and config["diffaug"] == "color,translation,cutout"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
     for record in records:

@@ -1,5 +1,5 @@
-"""Images and attention maps from a generator: `generate`, and tritonsagan-generate, which reads the weights
-with `run_directory.load_generator` (safetensors only)."""
+"""Images from a generator: `generate`, and tritonsagan-generate, which reads the weights with
+`run_directory.load_generator` (safetensors only) and also draws attention maps (attention_figure)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tritonsagan.models import Generator
 from tritonsagan.models.config import IMAGE_SIZE
 
+from .attention_figure import attention_figure, attention_maps, figure_to_array
 from .cli import add_device_argument, parse_int_list, positive_float, resolve_device, run_command
 from .images import image_format, make_grid, save_image, to_uint8
 from .run_directory import load_generator
@@ -105,70 +105,6 @@ def slerp(a: torch.Tensor, b: torch.Tensor, steps: int) -> torch.Tensor:
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
-# ---- attention maps ---------------------------------------------------------------------------
-
-
-@torch.inference_mode()
-def attention_maps(
-    generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, queries: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and, for each query position of G's attention layer, its attention row as a map.
-
-    Only the selected rows softmax(q_i K^T) are computed (from the block's own theta and pooled phi
-    features), never the full N x N matrix. Returns uint8 images (B, 3, 128, 128) and maps
-    (B, len(queries), H/2, W/2) over the pooled key grid, each summing to 1.
-    """
-    block = generator.attention
-    if block is None:
-        raise ValueError("this generator has no attention layer (attn_res=0)")
-    captured = {}
-    hook = block.register_forward_hook(lambda module, inputs, output: captured.update(x=inputs[0]))
-    try:
-        param = next(generator.parameters())
-        generator.eval()
-        images = generator(z.to(param.device, param.dtype), None if labels is None else labels.to(param.device))
-    finally:
-        hook.remove()
-    x = captured["x"]
-    batch, _, height, width = x.shape
-    if not all(0 <= q < height * width for q in queries):
-        raise ValueError(f"query positions must be in [0, {height * width}) for the {height}x{width} attention layer")
-    rows = block.theta(x).flatten(2)[:, :, list(queries)].float()  # (B, C/8, Q): only the chosen queries
-    keys = F.max_pool2d(block.phi(x), 2).flatten(2).float()  # (B, C/8, N/4)
-    maps = torch.softmax(rows.transpose(1, 2) @ keys, dim=-1)  # (B, Q, N/4)
-    return to_uint8(images), maps.reshape(batch, len(queries), height // 2, width // 2).cpu()
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, marker: tuple[int, int]) -> np.ndarray:
-    """HWC uint8 image with a red-yellow heat map (scaled to its max) and a cyan query marker."""
-    size = image.shape[0]
-    heat = torch.from_numpy(heat)[None, None]
-    heat = F.interpolate(heat, size=(size, size), mode="nearest")[0, 0].numpy()
-    heat = heat / max(float(heat.max()), 1e-12)
-    color = np.stack([np.full_like(heat, 255.0), 255.0 * heat, np.zeros_like(heat)], axis=-1)
-    alpha = 0.65 * heat[..., None]
-    out = ((1 - alpha) * image * 0.6 + alpha * color).clip(0, 255).astype(np.uint8)
-    y, x = marker
-    out[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = (0, 255, 255)
-    return out
-
-
-def attention_figure(images: torch.Tensor, maps: torch.Tensor, queries: Sequence[int], grid_width: int) -> np.ndarray:
-    """One row per image: the image with every query marked, then one overlay per query."""
-    tiles = []
-    size = images.shape[-1]
-    scale = size / grid_width
-    markers = [(int((q // grid_width + 0.5) * scale), int((q % grid_width + 0.5) * scale)) for q in queries]
-    for image, image_maps in zip(images.permute(0, 2, 3, 1).numpy(), maps.numpy()):
-        marked = image.copy()
-        for y, x in markers:
-            marked[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3] = (0, 255, 255)
-        tiles.append(marked)
-        tiles += [overlay(image, heat, marker) for heat, marker in zip(image_maps, markers)]
-    stacked = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
-    return make_grid(stacked, columns=1 + len(queries))
-
-
 # ---- command line -------------------------------------------------------------------------------
 
 
@@ -219,13 +155,15 @@ def _latents_and_labels(args: argparse.Namespace, G: Generator, columns: int) ->
 
 
 def _write_attention_maps(args: argparse.Namespace, G: Generator, z: torch.Tensor, labels: torch.Tensor | None) -> Path:
-    height = G.config.attn_res
-    queries = [(y * height // IMAGE_SIZE) * height + (x * height // IMAGE_SIZE) for x, y in (args.queries or DEFAULT_QUERY_POINTS)]
-    if not all(0 <= x < IMAGE_SIZE and 0 <= y < IMAGE_SIZE for x, y in (args.queries or [])):
+    points = args.queries or DEFAULT_QUERY_POINTS
+    if not all(0 <= x < IMAGE_SIZE and 0 <= y < IMAGE_SIZE for x, y in points):
         raise ValueError(f"--queries points must lie inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
+    height = G.config.attn_res
+    queries = [(y * height // IMAGE_SIZE) * height + (x * height // IMAGE_SIZE) for x, y in points]
     images, maps = attention_maps(G, z, labels, queries)
+    captions = None if labels is None else [f"class {int(label)}" for label in labels]
     out = Path(args.out) if args.out else Path(args.out_dir) / "attention_maps.png"
-    save_image(attention_figure(images, maps, queries, height), out)
+    save_image(figure_to_array(attention_figure(images, maps, points, captions)), out)
     return out
 
 
