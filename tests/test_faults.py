@@ -214,14 +214,20 @@ def test_a_checkpoint_without_its_sidecar_still_gives_its_generator(tmp_path):
 
 def test_sigterm_mid_run_stops_with_a_checkpoint_and_the_resumed_run_is_bitwise_identical(tmp_path, straight):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tritonsagan.train", "--out", str(run), "--steps", "8", *cli_flags(log_every=1, save_every=4)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SRC)
+    # With DataLoader workers, and the signal sent to the whole process group as a scheduler may: the
+    # workers outlive it until the checkpoint is written, and the process still exits.
+    cmd = [sys.executable, "-m", "tritonsagan.train", "--out", str(run), "--steps", "8", *cli_flags(log_every=1, save_every=4, workers=2)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SRC, start_new_session=True)
     deadline = time.time() + 120
     while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").stat().st_size:  # step 1 logged: the handlers are set
         assert time.time() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its workers too
+        raise
     assert proc.returncode == 128 + signal.SIGTERM, err
     stopped_at = [s for s, _ in list_checkpoints(run / "checkpoints")][-1]
     assert 1 <= stopped_at < 8, f"not stopped mid-run: {stopped_at}"

@@ -584,7 +584,10 @@ class Trainer:
         return str(self.last_good_checkpoint or "none (no checkpoint was written yet)")
 
     def release(self) -> None:
-        """Unlock the run directory."""
+        """Unlock the run directory and end the DataLoader workers. The workers ignore SIGTERM
+        (stop_signals), which is how the interpreter's exit ends leftover children: a data stream
+        still open then would keep the process waiting for them forever."""
+        self.batches = None  # the iterator's finaliser tells its workers to finish, and waits for them
         if self.lock is not None:
             self.lock.release()
 
