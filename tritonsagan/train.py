@@ -101,7 +101,7 @@ class TrainConfig:
         "DiffAugment policy applied to every image D sees: comma list of color, translation, cutout; '' for none; "
         f"auto: {DIFFAUG_BUILTIN} for --data builtin (17 photos: D overfits without it), none for folders",
     )
-    tensorboard: bool = _field(False, "also write TensorBoard event files to <out>/tensorboard (needs tritonsagan[tensorboard])")
+    tensorboard: bool = _field(False, "also write TensorBoard event files to <out>/tensorboard (needs tensorboardX, the tensorboard extra)")
     # Tunings: each changes how the step computes, not what (same results up to float rounding); off
     # until a GPU report shows it faster (tritonsagan-bench's tuning variants).
     compile_scope: str = _field(
@@ -238,7 +238,7 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
         problems.append(f"--out {cfg.out} is a file; a run directory is a folder")
     if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
-        problems.append("--tensorboard needs tensorboardX: pip install 'tritonsagan[tensorboard]'")
+        problems.append("--tensorboard needs tensorboardX: pip install tensorboardX (the package's tensorboard extra)")
     diffaug = cfg.diffaug
     try:
         diffaug = resolve_diffaug(cfg.diffaug, cfg.data)
