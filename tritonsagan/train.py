@@ -601,7 +601,7 @@ class Trainer:
         """Grids from the fixed latents and labels: step_N.png (G in eval mode) and step_N_ema.png;
         returns them by model name (G, G_ema)."""
         grids = {}
-        for name, model, ema in (("G", self.G, False), ("G_ema", self.ema.model, True)):
+        for name, model, ema in (("G", self.G, False), (EMA_GENERATOR, self.ema.model, True)):
             grids[name] = make_grid(torch.cat(list(iter_generate(model, self.sample_z, self.sample_y))))
             save_image(grids[name], self.run.sample_grid(self.step, ema))
         self.G.train()  # iter_generate left it in eval mode
