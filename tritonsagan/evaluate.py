@@ -253,11 +253,11 @@ def evaluate(
     batch_size: int = 50,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
-    nearest_k: int = MANIFOLD_K,
+    nearest_k: int | None = MANIFOLD_K,
     progress: bool = True,
 ) -> dict:
-    """FID, KID (mean and std over subsets), precision, recall, density, coverage (k = nearest_k) and,
-    with class logits, IS of n generated images."""
+    """FID, KID (mean and std over subsets), precision, recall, density, coverage (k = nearest_k;
+    None: not computed) and, with class logits, IS of n generated images."""
     if n < 2:
         raise EvalError(f"n must be at least 2, got {n}")
     batches = generate_batches(generator, n, classes, seed, truncation, batch_size)
@@ -265,7 +265,8 @@ def evaluate(
     mu, sigma = fid_statistics(features, "generated")
     kid, kid_std = kernel_inception_distance(reference.features, features, kid_subsets, kid_subset_size, seed)
     result = {"fid": frechet_distance(reference.mu, reference.sigma, mu, sigma), "kid": kid, "kid_std": kid_std}
-    result.update(manifold_metrics(reference.features, features, nearest_k), nearest_k=nearest_k)
+    if nearest_k is not None:
+        result.update(manifold_metrics(reference.features, features, nearest_k), nearest_k=nearest_k)
     if logits is not None:
         result["is"], result["is_std"] = inception_score(logits, splits=min(10, n))
     result.update(n=n, network=network.name, network_sha256=network.sha256, reference=reference.source)
@@ -290,7 +291,8 @@ class FidMonitor:
             self.reference.save(cache)
 
     def __call__(self, generator: Generator) -> dict:
-        return evaluate(generator, self.reference, self.network, self.n, progress=False)
+        # Training logs FID and KID only: the k-nearest-neighbour metrics' distance passes would be wasted.
+        return evaluate(generator, self.reference, self.network, self.n, nearest_k=None, progress=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -621,8 +621,15 @@ class RunClock:
         self.images_per_step = cfg.n_dis * cfg.batch_size
         self.deadline = self.start + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
 
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
     def images_per_s(self, step: int) -> float:
-        return (step - self.start_step) * self.images_per_step / (time.perf_counter() - self.start)
+        return (step - self.start_step) * self.images_per_step / self.elapsed()
+
+    def seconds_left(self, step: int, total: int) -> float:
+        """At the pace since the start, the time until step `total`."""
+        return self.elapsed() / max(step - self.start_step, 1) * (total - step)
 
     def time_is_up(self) -> bool:
         """Whether the deadline has passed, agreed by every rank (they must stop at one step)."""
@@ -665,17 +672,16 @@ class ProgressDisplay:
     """A progress bar on a terminal, a line per logged step elsewhere (a log file, a pipe, CI), nothing
     off rank 0."""
 
-    def __init__(self, enabled: bool, total: int, completed: int) -> None:
+    def __init__(self, enabled: bool, total: int, clock: RunClock) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.enabled, self.total = enabled, total
-        self.start, self.start_step = time.perf_counter(), completed
+        self.enabled, self.total, self.clock = enabled, total, clock
         self.bar = None
         if enabled and Console().is_terminal:
             columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
             self.bar = Progress(*columns)
-            self.task = self.bar.add_task("train", total=total, completed=completed, status="")
+            self.task = self.bar.add_task("train", total=total, completed=clock.start_step, status="")
 
     def __enter__(self) -> ProgressDisplay:
         if self.bar:
@@ -692,8 +698,7 @@ class ProgressDisplay:
         if self.bar:
             self.bar.update(self.task, completed=step, **({"status": status} if status else {}))
         elif self.enabled and status:
-            elapsed = time.perf_counter() - self.start
-            left = elapsed / max(step - self.start_step, 1) * (self.total - step)
+            elapsed, left = self.clock.elapsed(), self.clock.seconds_left(step, self.total)
             print(f"step {step}/{self.total}  {status}  elapsed {_minutes(elapsed)}, about {_minutes(left)} left", flush=True)
 
 
@@ -740,7 +745,7 @@ def train_steps(trainer: Trainer) -> None:
     # GPU, so it is read only at log and save steps (a NaN stops the run before it is logged or saved).
     finite = torch.ones((), dtype=torch.bool, device=world.device)
     stopped_for_time = interrupted = False
-    with StopRequests() as stop, ProgressDisplay(main, cfg.steps, trainer.step) as display, contextlib.closing(log):
+    with StopRequests() as stop, ProgressDisplay(main, cfg.steps, clock) as display, contextlib.closing(log):
         while trainer.step < cfg.steps:
             out = trainer.train_step()
             finite &= torch.isfinite(out["loss_d"]) & torch.isfinite(out["loss_g"])
