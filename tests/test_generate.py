@@ -13,6 +13,7 @@ from PIL import Image
 from tritonsagan import generate, load_generator
 from tritonsagan.attention_figure import HEAT_OPACITY, MIN_SCALE_TOP, UNIFORM, attention_figure, attention_maps, overlay, upsample_heat
 from tritonsagan.generate import main, sample_latents
+from tritonsagan.images import PANEL_GAP, TITLE_HEIGHT
 from tritonsagan.models import Generator
 from tritonsagan.train import TrainConfig, train
 from helpers import rel_err
@@ -218,3 +219,22 @@ def test_attention_heat_is_smooth_and_the_image_shows_under_it():
     assert np.abs(blended[hottest] - grey[hottest]).max() > 0.3 * HEAT_OPACITY  # the heat is drawn over it
 
 
+
+
+def test_several_weights_side_by_side_from_the_same_latents(conditional_weights, tmp_path, capsys):
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    Generator(ch=8, num_classes=5).save_pretrained(other)
+    single, both = tmp_path / "single.png", tmp_path / "both.png"
+    assert main(["--weights", str(conditional_weights), "--n", "10", "--class-per-row", "--out", str(single)]) == 0
+    assert main(["--weights", str(conditional_weights), str(other), "--n", "10", "--class-per-row", "--out", str(both)]) == 0
+    grid, pair = np.asarray(Image.open(single)), np.asarray(Image.open(both))
+    assert pair.shape == (TITLE_HEIGHT + grid.shape[0], 2 * grid.shape[1] + PANEL_GAP, 3)
+    assert np.array_equal(pair[TITLE_HEIGHT:, : grid.shape[1]], grid)  # the first weights' grid, unchanged
+    assert pair[:TITLE_HEIGHT].max() > 200  # titled, white on black
+    assert not np.array_equal(pair[TITLE_HEIGHT:, grid.shape[1] + PANEL_GAP :], grid)
+    Generator(ch=8, num_classes=3).save_pretrained(tmp_path / "three")
+    assert main(["--weights", str(conditional_weights), str(tmp_path / "three"), "--n", "2", "--out", str(both)]) == 1
+    assert "must share z_dim and classes" in capsys.readouterr().err
+    assert main(["--weights", str(conditional_weights), str(other), "--n", "2", "--out-dir", str(tmp_path / "d")]) == 1
+    assert "--out-dir and --attention-maps take one" in capsys.readouterr().err

@@ -1,11 +1,23 @@
 """The GPU run's commands rehearsed on the CPU at tiny sizes: each writes its logs and JSON and passes."""
 
 import json
+import os
 
+import pytest
+import torch
 from PIL import Image
 
-from tritonsagan.gpu_run import BENCH_PARTS, MAX_WEIGHTS_BYTES, PRETRAINED_NAME, main
-from tritonsagan.models import Generator
+from tritonsagan.gpu_run import BENCH_PARTS, MAX_WEIGHTS_BYTES, PRETRAINED_NAME, RETURN_MAX_FILE_BYTES, main, model_card, unreturnable
+from tritonsagan.run_directory import load_generator
+from tritonsagan.shipped import SHIPPED_FILES
+from tritonsagan.weights_io import load_safetensors
+from helpers import stand_in_network
+
+
+def returned(out):
+    """The files of a step's output folder, as they would come back from the GPU machine."""
+    assert unreturnable(out) == []
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
 
 def test_check_rehearsal(tmp_path):
@@ -17,6 +29,8 @@ def test_check_rehearsal(tmp_path):
     assert train["exit_code"] == 0 and train["steps"] == 4 and train["losses_finite"] and train["images_per_s"] > 0
     assert train["grids"] == ["step_0000002_ema.png", "step_0000004_ema.png"] and train["grid_change"] > 0
     assert "step 4/4" in (tmp_path / "train-check.log").read_text()
+    assert returned(tmp_path) == ["check.json", "hopper.json", "pytest-gpu.log", "pytest-gpu.xml", "train-check.log",
+                                  "train-check_step_0000002_ema.png", "train-check_step_0000004_ema.png"]  # fmt: skip
 
 
 def test_bench_rehearsal_merges_parts_into_one_report(tmp_path):
@@ -30,14 +44,73 @@ def test_bench_rehearsal_merges_parts_into_one_report(tmp_path):
     assert set(BENCH_PARTS) == {"kernels", "train", "switches", "compile"}
 
 
-def test_pretrained_rehearsal_exports_float16_weights(tmp_path):
-    assert main(["pretrained", "--rehearse", "--out", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "pretrained.json").read_text())
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # the stand-in FID network
+def test_pretrained_rehearsal_makes_the_folder_to_ship(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITONSAGAN_FID_WEIGHTS", str(stand_in_network(tmp_path / "standin.pt")))
+    out, run = tmp_path / "out", tmp_path / "run"
+    for _ in range(2):  # the second command finds the run complete, and counts in the card's wall-clock
+        assert main(["pretrained", "--rehearse", "--out", str(out), "--run-dir", str(run)]) == 0
+    assert returned(out) == sorted([*(f"{PRETRAINED_NAME}/{name}" for name in SHIPPED_FILES), "attention.png", "classes.png", "metrics.jsonl",
+                                    "pretrained.json", "pretrained.log"])  # fmt: skip
+    summary = json.loads((out / "pretrained.json").read_text())
     assert summary["run"]["steps"] == 6 and summary["run"]["losses_finite"] and 0 < summary["weights_bytes"] <= MAX_WEIGHTS_BYTES
-    G = Generator.from_pretrained(tmp_path / PRETRAINED_NAME)
+    assert [c["step"] for c in summary["commands"]] == [6, 6] and summary["run"]["last_fid"]["step"] == 6
+    assert summary["photo_match"]["images"] == 8 * 17 and len(summary["photo_match"]["per_photo"]) == 17
+    G = load_generator(out / PRETRAINED_NAME)
     assert G.config.num_classes == 17 and G.config.ch == 8
-    assert Image.open(tmp_path / "step_0000006_ema.png").size == (262, 262)
-    assert (tmp_path / "metrics.jsonl").is_file()
+    tensors, _ = load_safetensors(out / PRETRAINED_NAME / "model.safetensors")
+    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16} and G.conv_out.weight.dtype == torch.float32
+    assert Image.open(out / "classes.png").size == (8 * 130 + 2, 17 * 130 + 2)
+    card = (out / PRETRAINED_NAME / "README.md").read_text()
+    assert "6 steps at batch 4 (24 images)" in card and "2 command(s)" in card and f"KID {summary['run']['last_fid']['kid']:.4f}" in card
+    assert "0 astronaut, 1 brick" in card and f"{summary['photo_match']['accuracy']:.0%} of 136 generated images" in card
+    assert "feature network standin.pt" in card
+
+
+def test_model_card_says_why_fid_was_not_measured():
+    summary = {
+        "run": {"steps": 10, "images_per_s": 2000.0, "last_fid": None},
+        "fid_not_measured": "no FID feature network: install the offline Inception",
+        "environment": {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0", "git": "abc", "date": "2026-11-24T00:00:00+00:00"},
+        "commands": [{"seconds": 480.0, "step": 6}, {"seconds": 240.0, "step": 10}],
+        "weights_bytes": 9 * 2**20,
+        "photo_match": {"accuracy": 0.75, "images": 16, "per_photo": {"astronaut": 1.0, "brick": 0.5}, "fresh_crops": 0.94},
+    }
+    config = {"ch": 24, "z_dim": 128, "attn_res": 32, "batch_size": 128, "lr_g": 1e-4, "lr_d": 4e-4, "ema_decay": 0.999, "ema_start": 1000,
+              "compile": True, "bf16": True, "diffaug": "color,translation,cutout", "fid_n": 2100}  # fmt: skip
+    card = model_card(summary, config)
+    assert "| FID / KID | not measured: no FID feature network: install the offline Inception |" in card
+    assert "12.0 minutes in 2 command(s)" in card and "9.0 MiB" in card and "75% of 16 generated images are nearest in colour to crops of their own class's photo (fresh real crops: 94%" in card
+    assert "NVIDIA H100 80GB HBM3; torch 2.11.0, triton 3.6.0" in card and "compile on, bf16 on, DiffAugment color,translation,cutout" in card
+
+
+def test_unreturnable_names_what_would_not_come_back(tmp_path):
+    for i in range(8):
+        (tmp_path / f"f{i}.json").write_text("{}")
+    assert unreturnable(tmp_path) == []
+    with open(tmp_path / "big.bin", "wb") as big:
+        big.truncate(RETURN_MAX_FILE_BYTES + 1)
+    (tmp_path / "a" / "b" / "c").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "c" / "deep.txt").write_text("")
+    (tmp_path / "a" / "odd name.txt").write_text("")
+    os.symlink(tmp_path / "f0.json", tmp_path / "link")
+    problems = unreturnable(tmp_path)
+    assert problems[0] == "12 files, more than 8"
+    for expected in ("big.bin: over 16 MiB", "a/b/c/deep.txt: more than 2 folders down", "a/odd name.txt: a name with", "link: not a plain file"):
+        assert any(p.startswith(expected) for p in problems), (expected, problems)
+
+
+def test_a_step_leaving_too_much_fails_naming_it(tmp_path, monkeypatch, capsys):
+    import tritonsagan.gpu_run as gpu_run
+
+    def bench_leaving_nine_files(out, *args):
+        for i in range(9):
+            (out / f"part{i}.json").write_text("{}")
+        return True
+
+    monkeypatch.setattr(gpu_run, "bench", bench_leaving_nine_files)
+    assert main(["bench", "--rehearse", "--out", str(tmp_path)]) == 1
+    assert "cannot come back from the GPU machine: 9 files, more than 8" in capsys.readouterr().err
 
 
 def test_bad_merge_report_is_a_clear_error(tmp_path, capsys):

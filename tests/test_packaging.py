@@ -1,7 +1,8 @@
-"""The wheel installs kernels/, models/, bench/ under tritonsagan and nothing else at the top level;
-the modules import one another without circles."""
+"""The wheel installs kernels/, models/, bench/ under tritonsagan and nothing else at the top level,
+with the shipped weights as package data; the modules import one another without circles."""
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,14 +10,28 @@ from pathlib import Path
 
 import pytest
 
+from tritonsagan.models import Generator
+from tritonsagan.shipped import MODEL_CARD_NAME, SHIPPED_FILES
+
 ROOT = Path(__file__).resolve().parents[1]
+WHEEL_AT_MOST_BYTES = 16 * 2**20  # code, and each shipped generator's float16 weights (at most 12 MiB)
 FOLDERS = {"tritonsagan": "tritonsagan", "kernels": "tritonsagan.kernels", "models": "tritonsagan.models", "bench": "tritonsagan.bench"}
 
 
-def test_wheel_layout(tmp_path):
+def test_wheel_layout_and_shipped_weights(tmp_path):
+    """Built from the tracked files plus a stand-in shipped folder: the wheel carries every shipped
+    file (package data) and stays small."""
     pytest.importorskip("setuptools")
+    source = tmp_path / "source"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, tracked):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    stand_in = source / "tritonsagan" / "pretrained" / "stand-in"
+    Generator(ch=8, num_classes=3).half().save_pretrained(stand_in)
+    (stand_in / MODEL_CARD_NAME).write_text("# stand-in\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
     )
@@ -26,6 +41,10 @@ def test_wheel_layout(tmp_path):
     assert top_level == {"tritonsagan"}
     for module in ("kernels/attention.py", "kernels/spectral_norm.py", "models/generator.py", "bench/__init__.py"):
         assert f"tritonsagan/{module}" in names
+    shipped = sorted(str(p.relative_to(source)) for p in (source / "tritonsagan" / "pretrained").rglob("*") if p.is_file())
+    assert {f"tritonsagan/pretrained/stand-in/{name}" for name in SHIPPED_FILES} <= set(shipped)
+    assert set(shipped) <= set(names), sorted(set(shipped) - set(names))
+    assert wheel.stat().st_size <= WHEEL_AT_MOST_BYTES, wheel.stat().st_size
 
 
 def _import_graph() -> dict[str, set[str]]:

@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="FID, KID, precision and recall, density and coverage (and IS) of a generator, offline. " + __doc__.split("\n\n")[1],
     )
     parser.add_argument("--weights", help="the generator to evaluate: a save_pretrained folder, its model.safetensors, a training checkpoint, "
-                        "or a run directory (its G_ema)")  # fmt: skip
+                        "a run directory (its G_ema), or the name of shipped weights")  # fmt: skip
     parser.add_argument("--data", default="builtin", help="real images: an image folder, a packed dataset (tritonsagan-prepare), or 'builtin', "
                         "the photos bundled with scikit-image (default: builtin)")  # fmt: skip
     parser.add_argument("--n", type=int, default=10_000, help="generated images, and real images unless --n-real says otherwise (default: 10000)")

@@ -17,8 +17,9 @@ from tritonsagan.models.config import IMAGE_SIZE
 
 from .attention_figure import attention_figure, attention_maps, figure_to_array
 from .cli import add_device_argument, parse_int_list, positive_float, resolve_device, run_command
-from .images import image_format, make_grid, save_image, to_uint8
+from .images import image_format, make_grid, save_image, side_by_side, to_uint8
 from .run_directory import load_generator
+from .shipped import shipped_names
 
 
 def sample_latents(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
@@ -120,7 +121,9 @@ DEFAULT_QUERY_POINTS = [(32, 32), (96, 32), (64, 64), (32, 96), (96, 96)]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-generate", description="Generate images from SAGAN weights (safetensors only).")
-    parser.add_argument("--weights", required=True, help="save_pretrained directory, model.safetensors, a training checkpoint, or a run directory")
+    parser.add_argument("--weights", required=True, nargs="+",
+                        help="save_pretrained directory, model.safetensors, a training checkpoint, a run directory, or the name of shipped weights "
+                        f"({', '.join(shipped_names()) or 'none in this installation'}); several: their grids side by side from the same latents")  # fmt: skip
     parser.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
     parser.add_argument("--classes", type=parse_int_list, help="class indices, e.g. 3,7 (images split evenly among them)")
     parser.add_argument("--class-per-row", action="store_true", help="one class per grid row (from --classes, else 0, 1, 2, ...)")
@@ -167,27 +170,42 @@ def _write_attention_maps(args: argparse.Namespace, G: Generator, z: torch.Tenso
     return out
 
 
+def _load_generators(args: argparse.Namespace) -> list[Generator]:
+    """Each --weights' generator; several must take the same latents and classes, for one grid each."""
+    if len(args.weights) > 1 and (args.out_dir or args.attention_maps):
+        raise ValueError("several --weights make their grids side by side in one --out; --out-dir and --attention-maps take one")
+    generators = [load_generator(weights, device=resolve_device(args.device)) for weights in args.weights]
+    shapes = {weights: (G.config.z_dim, G.config.num_classes) for weights, G in zip(args.weights, generators)}
+    if len(set(shapes.values())) > 1:
+        described = "; ".join(f"{weights}: z_dim {z_dim}, {classes} classes" for weights, (z_dim, classes) in shapes.items())
+        raise ValueError(f"--weights side by side must share z_dim and classes, to draw from the same latents: {described}")
+    return generators
+
+
 def _run(args: argparse.Namespace) -> str:
     if args.n < 1 or args.batch_size < 1:
         raise ValueError("--n and --batch-size must be positive")
     if args.out:
         image_format(args.out)  # an --out whose format cannot be told stops here, before any work
-    G = load_generator(args.weights, device=resolve_device(args.device))
+    generators = _load_generators(args)
     columns = min(args.n, 16 if args.interpolate else 8)
-    z, labels = _latents_and_labels(args, G, columns)
+    z, labels = _latents_and_labels(args, generators[0], columns)
     if args.attention_maps:
-        return str(_write_attention_maps(args, G, z, labels))
+        return str(_write_attention_maps(args, generators[0], z, labels))
     from rich.progress import track
 
-    batches = track(iter_generate(G, z, labels, args.batch_size), total=math.ceil(args.n / args.batch_size), description="generating",
-                    disable=args.n <= args.batch_size)  # fmt: skip
+    def batches(G: Generator) -> Iterator[torch.Tensor]:
+        return track(iter_generate(G, z, labels, args.batch_size), total=math.ceil(args.n / args.batch_size), description="generating",
+                     disable=args.n <= args.batch_size)  # fmt: skip
+
     if args.out_dir:
         out_dir = Path(args.out_dir)
-        images = (image for batch in batches for image in batch)
+        images = (image for batch in batches(generators[0]) for image in batch)
         for index, image in enumerate(images):
             save_image(image.permute(1, 2, 0).numpy(), out_dir / f"{index:06d}.png")
         return str(out_dir)
-    save_image(make_grid(torch.cat(list(batches)), columns=columns), args.out)
+    grids = [make_grid(torch.cat(list(batches(G))), columns=columns) for G in generators]
+    save_image(grids[0] if len(grids) == 1 else side_by_side(grids, args.weights), args.out)
     return args.out
 
 

@@ -2,19 +2,25 @@
 
 A GPU comes rarely, for about 30 minutes, at most 10 minutes a command, on a machine that reaches
 nothing (Python 3.12, torch 2.11, triton 3.6, numpy, scipy, pillow, scikit-image, matplotlib,
-safetensors, einops, rich, pytest; `pip install -e . --no-deps` installs the package there). Each
-step finishes well inside 10 minutes on an H100, compiles included, fetches nothing, and writes its
-logs and JSON into DIR:
+safetensors, einops, rich, pytest, setuptools; `pip install -e . --no-deps --no-build-isolation`
+installs the package there, as an isolated build would fetch setuptools). Each step finishes well
+inside 10 minutes on an H100, compiles included, fetches nothing, and writes its logs and JSON into
+DIR, within what comes back from that machine (`unreturnable`: at most 8 files of 16 MiB, 2 folders
+down; a step that leaves more fails naming it). Training runs write their checkpoints elsewhere.
 
 - `check`: `pytest -m gpu`, the Hopper compile check under that machine's triton, and a 3-minute
   CUDA training run with the defaults (compile, bf16, Triton kernels; ch 64, batch 256, builtin
-  photos): images/s, losses, no NaN, sample grids that change. Summary: DIR/check.json.
+  photos): images/s, losses, no NaN, sample grids that change (the first and last come back).
+  Summary: DIR/check.json.
 - `bench --part kernels|train|switches|compile`: one part of the full `tritonsagan-bench` report,
   DIR/<device>_<date>.json; `--merge-with REPORT` starts from an earlier part's report, so the four
   parts make one report.
 - `pretrained`: trains the 'builtin-photos' weights (class-conditional on the built-in photos) for
   `--minutes` in `--run-dir`, resuming what is there: run again on the same (warm) machine to
-  continue. DIR gets G_ema in float16 (builtin-photos/), metrics, curves and the last grids.
+  continue; KID/FID every 1000 steps where a feature network is found. DIR gets the folder to ship
+  (builtin-photos/: G_ema in float16, config.json, README.md, the model card), pretrained.json (the
+  card's figures), metrics.jsonl (`tritonsagan-curves` draws it), classes.png (a row per class) and
+  attention.png (the attention-map figure).
 
 `--rehearse` runs the same steps on the CPU at tiny sizes (tests/test_gpu_run.py runs it), so the
 commands are known to work before a GPU is there.
@@ -23,24 +29,33 @@ commands are known to work before a GPU is there.
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from tritonsagan.bench.cli import environment
 from tritonsagan.models import Generator
 from tritonsagan.models.pretrained import WEIGHTS_NAME
 
-from .atomic_write import atomic_write_json
-from .cli import run_command
+from .atomic_write import atomic_write_bytes, atomic_write_json
+from .cli import resolve_device, run_command
 from .curves import read_metrics
 from .errors import ConfigError, TritonsaganError
+from .evaluate import EvalError, find_feature_weights
+from .photo_match import generator_photo_match
 from .run_directory import RunDirectory
+from .shipped import MODEL_CARD_NAME
 
 REPO = Path(__file__).resolve().parents[1]  # a checkout: tests/ and the kernels beside the package
 BENCH_PARTS = {  # each one GPU-run command; together the whole report
@@ -57,7 +72,16 @@ CHECK_TRAINING = {"ch": 64, "batch-size": 256, "steps": 1_000_000, "max-minutes"
 PRETRAINED_TRAINING = {"ch": 24, "batch-size": 128, "steps": 1_000_000, "log-every": 100, "sample-every": 1000, "save-every": 1000,
                        "keep-checkpoints": 1, "ema-start": 1000, "ema-decay": 0.999}  # fmt: skip
 PRETRAINED_NAME = "builtin-photos"
+PRETRAINED_FID_EVERY = 1000
+PRETRAINED_FID_N = 2100  # FID needs more images than Inception's 2048 features; KID is unbiased at any n
+PRETRAINED_LEDGER = "gpu_run_pretrained.jsonl"  # in the run: each pretrained command's seconds and last step
 MAX_WEIGHTS_BYTES = 12 * 2**20  # what a GPU run can bring back and the wheel can carry
+# What comes back from the GPU machine's output folder; anything beyond is left there and lost.
+RETURN_MAX_FILES = 8
+RETURN_MAX_FILE_BYTES = 16 * 2**20
+RETURN_MAX_TOTAL_BYTES = 64 * 2**20
+RETURN_MAX_FOLDERS_DOWN = 2
+RETURN_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class StepFailed(TritonsaganError, RuntimeError):
@@ -83,7 +107,9 @@ def _train(options: dict, log: Path, *switches: str) -> int:
 
 def _training_summary(run: RunDirectory, exit_code: int) -> dict:
     """What a person checks of a training run: it ran, it stayed finite, its samples moved."""
-    records = [r for r in read_metrics(run.metrics) if "loss_d" in r] if run.metrics.is_file() else []
+    every = read_metrics(run.metrics) if run.metrics.is_file() else []
+    records = [r for r in every if "loss_d" in r]
+    fids = [r for r in every if "fid" in r]
     losses = [r[key] for r in records for key in ("loss_d", "loss_g")]
     grids = run.sample_grids(ema=True)
     change = None
@@ -97,9 +123,29 @@ def _training_summary(run: RunDirectory, exit_code: int) -> dict:
         "losses_finite": bool(losses) and all(math.isfinite(x) for x in losses),
         "first": records[0] if records else None,
         "last": records[-1] if records else None,
+        "last_fid": fids[-1] if fids else None,
         "grids": [p.name for p in grids],
         "grid_change": change,
     }
+
+
+def unreturnable(out: Path) -> list[str]:
+    """What in `out` would not come back from the GPU machine (its limits above), each with why."""
+    files = sorted(p for p in out.rglob("*") if not p.is_dir())
+    problems = [f"{len(files)} files, more than {RETURN_MAX_FILES}"] if len(files) > RETURN_MAX_FILES else []
+    if sum(p.stat().st_size for p in files if p.is_file()) > RETURN_MAX_TOTAL_BYTES:
+        problems.append(f"more than {RETURN_MAX_TOTAL_BYTES // 2**20} MiB in all")
+    for path in files:
+        relative = path.relative_to(out)
+        if not path.is_file() or path.is_symlink():
+            problems.append(f"{relative}: not a plain file")
+        elif path.stat().st_size > RETURN_MAX_FILE_BYTES:
+            problems.append(f"{relative}: over {RETURN_MAX_FILE_BYTES // 2**20} MiB")
+        if len(relative.parts) - 1 > RETURN_MAX_FOLDERS_DOWN:
+            problems.append(f"{relative}: more than {RETURN_MAX_FOLDERS_DOWN} folders down")
+        if not all(RETURN_NAME.fullmatch(part) for part in relative.parts):
+            problems.append(f"{relative}: a name with characters other than letters, digits, '.', '_' and '-'")
+    return problems
 
 
 def _pytest_counts(junit: Path) -> dict:
@@ -124,9 +170,13 @@ def check(out: Path, rehearse: bool) -> bool:
         summary["hopper"] = {"triton": report["triton"], "compiled": len(report["rows"]), "problems": problems}
     except hopper.HopperCheckUnavailable as err:
         summary["hopper"] = {"unavailable": str(err)}
-    run = RunDirectory(out / "train-check")
     options = {**CHECK_TRAINING, **TINY, "steps": 4, "max-minutes": 0, "log-every": 1, "sample-every": 2} if rehearse else CHECK_TRAINING
-    summary["train"] = _training_summary(run, _train({**options, "out": run.root}, out / "train-check.log"))
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:  # its checkpoints are too big to come back
+        run = RunDirectory(scratch)
+        summary["train"] = _training_summary(run, _train({**options, "out": run.root}, out / "train-check.log"))
+        grids = run.sample_grids(ema=True)
+        for grid in {*grids[:1], *grids[-1:]}:
+            shutil.copy(grid, out / f"train-check_{grid.name}")
     atomic_write_json(out / "check.json", summary)
     train = summary["train"]
     return code == 0 and not summary["hopper"].get("problems") and train["exit_code"] == 0 and train["losses_finite"]
@@ -143,23 +193,88 @@ def bench(out: Path, part: str, rehearse: bool, merge_with: Path | None) -> bool
     return _run_logged(command + (["--quick", "--device", "cpu"] if rehearse else []), out / f"bench-{part}.log") == 0
 
 
-def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool) -> bool:
+def _fid_flags(fid_weights: str | None, rehearse: bool) -> tuple[dict, str | None]:
+    """Training's FID flags when a feature network is there; else none, and why."""
+    try:
+        network = find_feature_weights(fid_weights)
+    except EvalError as err:
+        return {}, str(err)
+    every, n = (3, 24) if rehearse else (PRETRAINED_FID_EVERY, PRETRAINED_FID_N)
+    return {"fid-every": every, "fid-n": n, "fid-weights": network}, None
 
+
+def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool, fid_weights: str | None = None) -> bool:
     options = {**PRETRAINED_TRAINING, "data": "builtin", "max-minutes": minutes, "out": run_dir}
     if rehearse:
         options.update({**TINY, "steps": 6, "max-minutes": 0, "log-every": 2, "sample-every": 3, "save-every": 3, "ema-start": 2})
-    code = _train(options, out / "pretrained.log", "--conditional")
+    fid, no_fid = _fid_flags(fid_weights, rehearse)
+    started = time.monotonic()
+    code = _train({**options, **fid}, out / "pretrained.log", "--conditional")
     run = RunDirectory(run_dir)
-    summary = {"run": _training_summary(run, code)}
+    summary: dict = {"run": _training_summary(run, code), "fid_not_measured": no_fid, "environment": environment(torch.device(resolve_device("cpu" if rehearse else "auto")))}
+    ledger = run.root / PRETRAINED_LEDGER  # what each command of this run took, for the card's wall-clock
+    earlier = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.is_file() else []
+    summary["commands"] = [*earlier, {"seconds": round(time.monotonic() - started, 1), "step": summary["run"]["steps"]}]
+    atomic_write_bytes(ledger, "".join(json.dumps(command) + "\n" for command in summary["commands"]).encode())
     if run.generator.is_dir():
-        G_ema = Generator.from_pretrained(run.generator).half()
-        weights = G_ema.save_pretrained(out / PRETRAINED_NAME) / WEIGHTS_NAME
-        summary["weights_bytes"] = weights.stat().st_size
-        for path in (run.metrics, run.config, run.curves, *run.sample_grids(ema=True)[-1:], *run.sample_grids(ema=False)[-1:]):
-            if path.is_file():
-                shutil.copy(path, out / path.name)
+        weights = out / PRETRAINED_NAME
+        G_ema = Generator.from_pretrained(run.generator)
+        G_ema.half().save_pretrained(weights)
+        summary["weights_bytes"] = (weights / WEIGHTS_NAME).stat().st_size
+        summary["photo_match"] = generator_photo_match(G_ema.float())
+        for figure in (["--class-per-row", "--n", str(8 * G_ema.config.num_classes), "--out", out / "classes.png"],
+                       ["--n", "3", "--attention-maps", "--out", out / "attention.png"]):  # fmt: skip
+            _run_logged([sys.executable, "-m", "tritonsagan.generate", "--weights", str(weights), *map(str, figure)], out / "pretrained.log")
+        atomic_write_bytes(weights / MODEL_CARD_NAME, model_card(summary, json.loads(run.config.read_text())).encode())
+        shutil.copy(run.metrics, out / run.metrics.name)
     atomic_write_json(out / "pretrained.json", summary)
     return code == 0 and summary["run"]["losses_finite"] and summary.get("weights_bytes", math.inf) <= MAX_WEIGHTS_BYTES
+
+
+def model_card(summary: dict, config: dict) -> str:
+    """The shipped weights' README.md, from the pretrained step's summary and the run's config.json."""
+    run, env, match = summary["run"], summary["environment"], summary["photo_match"]
+    classes = ", ".join(f"{k} {name}" for k, name in enumerate(match["per_photo"]))
+    minutes = sum(c["seconds"] for c in summary["commands"]) / 60
+    fid = run["last_fid"]
+    measured = (f"FID {fid['fid']:.1f}, KID {fid['kid']:.4f} +- {fid['kid_std']:.4f} at step {fid['step']} ({config['fid_n']} generated images against as many "
+                f"real crops; feature network {Path(config['fid_weights']).name})") if fid else f"not measured: {summary['fid_not_measured']}"  # fmt: skip
+    on_off = {True: "on", False: "off"}
+    rows = [
+        ("classes", classes),
+        ("model", f"Generator, ch {config['ch']}, z_dim {config['z_dim']}, attention at {config['attn_res']}x{config['attn_res']}, "
+                  f"{len(match['per_photo'])} classes; stored in float16 ({summary['weights_bytes'] / 2**20:.1f} MiB)"),
+        ("training", f"{run['steps']} steps at batch {config['batch_size']} ({run['steps'] * config['batch_size']:,} images), lr G {config['lr_g']:g}, "
+                     f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']}"),
+        ("settings", f"compile {on_off[config['compile']]}, bf16 {on_off[config['bf16']]}, DiffAugment {config['diffaug'] or 'off'}"),
+        ("device", f"{env['device']}; torch {env['torch']}, triton {env['triton'] or 'none'}, tritonsagan git {env['git'] or 'unknown'}, {env['date'][:10]}"),
+        ("speed", f"{run['images_per_s']:.0f} images/s at the last logged step"),
+        ("wall-clock", f"{minutes:.1f} minutes in {len(summary['commands'])} command(s), compiles and evaluations included"),
+        ("FID / KID", measured),
+        ("photo match", f"{match['accuracy']:.0%} of {match['images']} generated images are nearest in colour to crops of their own class's photo "
+                        f"(fresh real crops: {match['fresh_crops']:.0%}; chance: 1 in {len(match['per_photo'])}); tritonsagan.photo_match"),
+    ]  # fmt: skip
+    table = "\n".join(f"| {name} | {text} |" for name, text in rows)
+    return f"""# {PRETRAINED_NAME}
+
+A class-conditional SAGAN generator (G_ema, the moving average of G) trained by tritonsagan on the
+photos bundled in scikit-image's wheel, each photo a class (`tritonsagan-train --data builtin
+--conditional`: random square crops, resized to 128x128 and flipped). It shows what the package
+makes on a machine without a GPU; a model of {len(match['per_photo'])} photos, not of any wider set of images.
+
+```python
+import tritonsagan
+
+G = tritonsagan.load_generator("{PRETRAINED_NAME}")
+images = tritonsagan.generate(G, {len(match['per_photo'])}, classes=list(range({len(match['per_photo'])})))  # one image per class
+```
+
+| | |
+|---|---|
+{table}
+
+Made by `python -m tritonsagan.gpu_run pretrained`; every figure here is read from that run.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,8 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rehearse", action="store_true", help="the same steps on the CPU at tiny sizes")
     parser.add_argument("--part", choices=tuple(BENCH_PARTS), default="kernels", help="bench: which part of the report (default: kernels)")
     parser.add_argument("--merge-with", type=Path, help="bench: an earlier part's report to add this part to")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs") / PRETRAINED_NAME, help="pretrained: the training run (resumed when there)")
+    parser.add_argument("--run-dir", type=Path, help=f"pretrained: the training run, resumed when there (default: runs/{PRETRAINED_NAME}; "
+                        "with --rehearse a temporary folder)")  # fmt: skip
     parser.add_argument("--minutes", type=float, default=8.0, help="pretrained: minutes of training in this command (default: 8)")
+    parser.add_argument("--fid-weights", help="pretrained: the FID feature network for KID/FID during training (default: as tritonsagan-eval finds it)")
     return parser
 
 
@@ -182,9 +299,14 @@ def _run(args: argparse.Namespace) -> str:
         ok = check(out, args.rehearse)
     elif args.step == "bench":
         ok = bench(out, args.part, args.rehearse, args.merge_with and args.merge_with.resolve())
+    elif args.run_dir or not args.rehearse:
+        ok = pretrained(out, (args.run_dir or Path("runs") / PRETRAINED_NAME).resolve(), args.minutes, args.rehearse, args.fid_weights)
     else:
-        run_dir = out / "pretrained-run" if args.rehearse else args.run_dir.resolve()
-        ok = pretrained(out, run_dir, args.minutes, args.rehearse)
+        with tempfile.TemporaryDirectory(prefix="pretrained-rehearsal-") as run_dir:
+            ok = pretrained(out, Path(run_dir), args.minutes, args.rehearse, args.fid_weights)
+    lost = unreturnable(out)
+    if lost:
+        raise StepFailed(f"gpu_run {args.step}: {out} holds what cannot come back from the GPU machine: {'; '.join(lost)}")
     if not ok:
         raise StepFailed(f"gpu_run {args.step}: something failed; see the logs and JSON in {out}")
     return f"gpu_run {args.step}: done; logs and JSON in {out}"

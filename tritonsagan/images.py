@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .atomic_write import atomic_write_bytes
 
@@ -34,6 +34,26 @@ def make_grid(images: torch.Tensor, columns: int | None = None, padding: int = 2
         top, left = padding + (i // columns) * (height + padding), padding + (i % columns) * (width + padding)
         grid[top : top + height, left : left + width] = image
     return grid
+
+
+TITLE_HEIGHT = 16  # pixels above each grid of side_by_side for its title
+PANEL_GAP = 8
+
+
+def side_by_side(grids: list[np.ndarray], titles: list[str]) -> np.ndarray:
+    """HWC uint8 grids in one row, each under its title (white on black), tops aligned."""
+    if len(grids) != len(titles):
+        raise ValueError(f"{len(grids)} grids but {len(titles)} titles")
+    height = TITLE_HEIGHT + max(grid.shape[0] for grid in grids)
+    width = sum(grid.shape[1] for grid in grids) + PANEL_GAP * (len(grids) - 1)
+    canvas = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(canvas)
+    left = 0
+    for grid, title in zip(grids, titles):
+        canvas.paste(Image.fromarray(grid), (left, TITLE_HEIGHT))
+        draw.text((left + 2, 2), title, fill=(255, 255, 255))
+        left += grid.shape[1] + PANEL_GAP
+    return np.asarray(canvas)
 
 
 # The formats images are written in, by file extension: lossless except JPEG (quality 95).

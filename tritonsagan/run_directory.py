@@ -28,6 +28,7 @@ from tritonsagan.models.pretrained import WEIGHTS_NAME
 from .atomic_write import atomic_write_bytes, atomic_write_json
 from .checkpoint import is_checkpoint, latest_checkpoint, read_checkpoint, read_sidecar, tensors_under
 from .errors import ConfigError, TritonsaganError
+from .shipped import describe_shipped, shipped_weights
 from .weights_io import WeightsError, check_state_dict
 
 # What a run's checkpoints hold besides G, D and the optimisers: the generator to sample from, and
@@ -123,13 +124,14 @@ def generator_from_checkpoint(path: Path) -> Generator:
 
 def load_generator(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Generator:
     """A Generator in eval mode from a save_pretrained directory, its model.safetensors, a training
-    checkpoint (its G_ema), or a run directory.
+    checkpoint (its G_ema), a run directory, or the name of weights shipped in the package
+    (tritonsagan.shipped; a file or folder of that name here comes first).
 
     For a run directory this is G_ema: its exported `generator/`, else the newest checkpoint's G_ema.
     """
-    path = Path(path)
+    path = Path(path) if Path(path).exists() else shipped_weights(path) or Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"weights not found: {path}")
+        raise FileNotFoundError(f"weights not found: {path} (no such file or folder, nor shipped weights of that name; {describe_shipped()})")
     if path.is_file() and path.name != WEIGHTS_NAME and is_checkpoint(path):
         G = generator_from_checkpoint(path)
     elif path.is_dir() and not (path / WEIGHTS_NAME).is_file():
