@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from tritonsagan.checkpoint import list_checkpoints
+from tritonsagan.config_flags import build_config
+from tritonsagan.train import TrainConfig, build_parser
 from helpers import cli_flags, image_folder, stand_in_network
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,9 +53,10 @@ def shell_commands(script: str) -> list[list[str]]:
     return [argv for line in joined.splitlines() if (argv := shlex.split(line, comments=True))]
 
 
-def demo_commands() -> list[list[str]]:
+def demo_commands(*make_args: str, cwd: Path = ROOT) -> list[list[str]]:
     """The tritonsagan commands of `make demo`'s recipe, as make prints them without running them."""
-    dry_run = subprocess.run(["make", "-n", "--no-print-directory", "-C", str(ROOT), "demo"], capture_output=True, text=True, check=True)
+    dry_run = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(ROOT / "Makefile"), "demo", *make_args], cwd=cwd,
+                             capture_output=True, text=True, check=True)  # fmt: skip
     commands = [argv for argv in shell_commands(dry_run.stdout) if Path(argv[0]).name.startswith("tritonsagan-")]
     assert commands and all(argv[0].startswith(".venv/bin/") for argv in commands), dry_run.stdout
     return commands
@@ -137,3 +140,19 @@ def test_every_readme_example_runs(tmp_path, monkeypatch):
     for program in ("make demo", "tritonsagan-train", "tritonsagan-generate", "tritonsagan-eval", "tritonsagan-prepare", "torchrun"):
         assert program in examples.ran, program
     assert (tmp_path / "runs" / "demo" / "classes.png").is_file() and (tmp_path / "runs" / "demo" / "attention.png").is_file()
+
+
+def test_the_demo_trains_the_defaults_for_minutes_on_cuda():
+    train, *_ = demo_commands("HAS_CUDA=1")
+    cfg = build_config(TrainConfig, build_parser().parse_args(train[1:]))
+    default = TrainConfig()
+    assert (cfg.ch, cfg.batch_size, cfg.compile, cfg.bf16) == (default.ch, default.batch_size, default.compile, default.bf16)
+    assert cfg.conditional and 0 < cfg.max_minutes <= 5 and cfg.steps > cfg.ema_start
+
+
+def test_the_demo_draws_the_shipped_grid_beside_its_own(tmp_path):
+    (tmp_path / "pyproject.toml").touch()  # what `make -n` needs of a checkout to print the recipe
+    assert demo_commands(cwd=tmp_path)[1][:3] == [".venv/bin/tritonsagan-generate", "--weights", "runs/demo"]
+    (tmp_path / "tritonsagan" / "pretrained" / "builtin-photos").mkdir(parents=True)
+    (tmp_path / "tritonsagan" / "pretrained" / "builtin-photos" / "model.safetensors").touch()
+    assert demo_commands(cwd=tmp_path)[1][:4] == [".venv/bin/tritonsagan-generate", "--weights", "runs/demo", "builtin-photos"]
