@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+import tritonsagan.gpu_run as gpu_run
 from tritonsagan.gpu_run import BENCH_PARTS, MAX_WEIGHTS_BYTES, PRETRAINED_NAME, RETURN_MAX_FILE_BYTES, main, model_card, unreturnable
 from tritonsagan.run_directory import load_generator
 from tritonsagan.shipped import SHIPPED_FILES
@@ -45,8 +46,11 @@ def test_bench_rehearsal_merges_parts_into_one_report(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # the stand-in FID network
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_pretrained_rehearsal_makes_the_folder_to_ship(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRITONSAGAN_FID_WEIGHTS", str(stand_in_network(tmp_path / "standin.pt")))
+    monkeypatch.setattr(gpu_run, "CARRIED_FID", tmp_path / "carry" / gpu_run.CARRIED_FID.name)
+    assert main(["carry", "--out", str(tmp_path / "carry"), "--fid-weights", str(stand_in_network(tmp_path / "standin.pt"))]) == 0
+    assert {p.dtype for p in torch.jit.load(gpu_run.CARRIED_FID).parameters()} == {torch.float16}
     out, run = tmp_path / "out", tmp_path / "run"
     for _ in range(2):  # the second command finds the run complete, and counts in the card's wall-clock
         assert main(["pretrained", "--rehearse", "--out", str(out), "--run-dir", str(run)]) == 0
@@ -64,7 +68,7 @@ def test_pretrained_rehearsal_makes_the_folder_to_ship(tmp_path, monkeypatch):
     card = (out / PRETRAINED_NAME / "README.md").read_text()
     assert "6 steps at batch 4 (24 images)" in card and "2 command(s)" in card and f"KID {summary['run']['last_fid']['kid']:.4f}" in card
     assert "0 astronaut, 1 brick" in card and f"{summary['photo_match']['accuracy']:.0%} of 136 generated images" in card
-    assert "feature network standin.pt" in card
+    assert f"feature network {gpu_run.CARRIED_FID.name}" in card  # pretrained finds what carry wrote
 
 
 def test_model_card_says_why_fid_was_not_measured():
@@ -101,8 +105,6 @@ def test_unreturnable_names_what_would_not_come_back(tmp_path):
 
 
 def test_a_step_leaving_too_much_fails_naming_it(tmp_path, monkeypatch, capsys):
-    import tritonsagan.gpu_run as gpu_run
-
     def bench_leaving_nine_files(out, *args):
         for i in range(9):
             (out / f"part{i}.json").write_text("{}")

