@@ -106,8 +106,12 @@ class Examples:
         return ["--steps", str((checkpoints[-1][0] if checkpoints else 0) + 2)]
 
     def _check_pip_install(self, args: list[str]) -> None:
-        """`pip install -e '.[extra,...]'` (or `-e .`): the extras exist in pyproject.toml."""
+        """`pip install -e '.[extra,...]'` (or `-e .`): the extras exist in pyproject.toml; or a
+        package an extra names, installed alone."""
         target = next(arg for arg in args if not arg.startswith("-"))
+        extra_packages = {re.split(r"[<>=\[; ]", dependency)[0] for extra in PYPROJECT["project"]["optional-dependencies"].values() for dependency in extra}
+        if "-e" not in args and target in extra_packages:
+            return
         match = re.fullmatch(r"\.(?:\[([\w,]+)\])?", target)
         assert match and "-e" in args, f"pip install {shlex.join(args)}: install the clone, editable"
         extras = set(match.group(1).split(",")) if match.group(1) else set()
