@@ -43,8 +43,13 @@ def field_help(f: dataclasses.Field) -> str:
         raise TypeError(f"config field {f.name} has no help text")  # every flag is explained
     if "default" in text:
         return text
-    shown = ("on" if f.default else "off") if isinstance(f.default, bool) else f.default
+    shown = on_off(f.default) if isinstance(f.default, bool) else f.default
     return f"{text} (default: {shown})"
+
+
+def on_off(flag: bool) -> str:
+    """A boolean setting as help texts and logs say it."""
+    return "on" if flag else "off"
 
 
 def read_config_file(path: str) -> dict[str, Any]:

@@ -149,7 +149,7 @@ class FeatureNetwork:
         side = getattr(module, "input_size", 299)
         self.info = KNOWN_NETWORKS.get(self.sha256) or NetworkInfo(f"unknown TorchScript network {self.path.name}", int(side), (-1.0, 1.0))
         self.device = torch.device(device)
-        self.module = module.eval().float().to(self.device)  # float32 also for weights stored in float16 (`half_copy`)
+        self.module = module.eval().float().to(self.device)  # float32 also for weights stored in float16 (float16_copy)
 
     @property
     def name(self) -> str:

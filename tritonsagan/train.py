@@ -35,7 +35,7 @@ from tritonsagan.models.layers import model_power_iteration
 from .atomic_write import remove_temporary_files
 from .checkpoint import checkpoint_path, list_checkpoints, read_checkpoint, restore_checkpoint, save_checkpoint, set_aside, write_checkpoint
 from .cli import resolve_device, run_command
-from .config_flags import add_config_flags, build_config, flag_name
+from .config_flags import add_config_flags, build_config, flag_name, on_off
 from .curves import MetricsLog
 from .data import ImageLimits
 from .diffaug import augment, draw, parse_policy
@@ -660,12 +660,16 @@ def start_line(trainer: Trainer) -> str:
         device = f"cpu ({torch.get_num_threads()} threads)"
     ranks = f" x {world.world_size} ranks" if world.world_size > 1 else ""
     classes = f", {trainer.num_classes} classes" if trainer.num_classes else ", unconditional"
-    on_off = {True: "on", False: "off"}
     return (
         f"training on {device}{ranks}: ch {cfg.ch}, batch {cfg.batch_size}, steps {trainer.step} -> {cfg.steps}; "
-        f"data {cfg.data} ({len(dataset)} images{classes}); compile {on_off[cfg.compile]}, bf16 {on_off[cfg.bf16]}, "
-        f"DiffAugment {cfg.diffaug or 'off'}; outputs in {trainer.run.root}/ (samples/, generator/, curves.png, metrics.jsonl)"
+        f"data {cfg.data} ({len(dataset)} images{classes}); {describe_device_settings(cfg.compile, cfg.bf16, cfg.diffaug)}; "
+        f"outputs in {trainer.run.root}/ (samples/, generator/, curves.png, metrics.jsonl)"
     )
+
+
+def describe_device_settings(compile: bool, bf16: bool, diffaug: str) -> str:
+    """The settings decided for the device (config.json records them resolved), as logs and model cards say them."""
+    return f"compile {on_off(compile)}, bf16 {on_off(bf16)}, DiffAugment {diffaug or 'off'}"
 
 
 class ProgressDisplay:
