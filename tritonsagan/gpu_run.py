@@ -242,6 +242,7 @@ def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool, fid_wei
 def model_card(summary: dict, config: dict) -> str:
     """The shipped weights' README.md, from the pretrained step's summary and the run's config.json."""
     run, env, match = summary["run"], summary["environment"], summary["photo_match"]
+    photos = len(match["per_photo"])  # one class per photo, each scored
     classes = ", ".join(f"{k} {name}" for k, name in enumerate(match["per_photo"]))
     minutes = sum(c["seconds"] for c in summary["commands"]) / 60
     fid = run["last_fid"]
@@ -250,7 +251,7 @@ def model_card(summary: dict, config: dict) -> str:
     rows = [
         ("classes", classes),
         ("model", f"Generator, ch {config['ch']}, z_dim {config['z_dim']}, attention at {config['attn_res']}x{config['attn_res']}, "
-                  f"{len(match['per_photo'])} classes; stored in float16 ({summary['weights_bytes'] / 2**20:.1f} MiB)"),
+                  f"{photos} classes; stored in float16 ({summary['weights_bytes'] / 2**20:.1f} MiB)"),
         ("training", f"{run['steps']} steps at batch {config['batch_size']} ({run['steps'] * config['batch_size']:,} images), lr G {config['lr_g']:g}, "
                      f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']}"),
         ("settings", describe_device_settings(config["compile"], config["bf16"], config["diffaug"])),
@@ -259,7 +260,7 @@ def model_card(summary: dict, config: dict) -> str:
         ("wall-clock", f"{minutes:.1f} minutes in {len(summary['commands'])} command(s), compiles and evaluations included"),
         ("FID / KID", measured),
         ("photo match", f"{match['accuracy']:.0%} of {match['images']} generated images are nearest in colour to crops of their own class's photo "
-                        f"(fresh real crops: {match['fresh_crops']:.0%}; chance: 1 in {len(match['per_photo'])}); tritonsagan.photo_match"),
+                        f"(fresh real crops: {match['fresh_crops']:.0%}; chance: 1 in {photos}); tritonsagan.photo_match"),
     ]  # fmt: skip
     table = "\n".join(f"| {name} | {text} |" for name, text in rows)
     return f"""# {PRETRAINED_NAME}
@@ -267,13 +268,13 @@ def model_card(summary: dict, config: dict) -> str:
 A class-conditional SAGAN generator (G_ema, the moving average of G) trained by tritonsagan on the
 photos bundled in scikit-image's wheel, each photo a class (`tritonsagan-train --data builtin
 --conditional`: random square crops, resized to 128x128 and flipped). It shows what the package
-makes on a machine without a GPU; a model of {len(match['per_photo'])} photos, not of any wider set of images.
+makes on a machine without a GPU; a model of {photos} photos, not of any wider set of images.
 
 ```python
 import tritonsagan
 
 G = tritonsagan.load_generator("{PRETRAINED_NAME}")
-images = tritonsagan.generate(G, {len(match['per_photo'])}, classes=list(range({len(match['per_photo'])})))  # one image per class
+images = tritonsagan.generate(G, {photos}, classes=list(range({photos})))  # one image per class
 ```
 
 | | |
