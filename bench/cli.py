@@ -1,8 +1,9 @@
 """tritonsagan-bench: attention, spectral norm and the training step, side by side with the alternatives;
-and (--hopper) every Triton kernel compiled for Hopper, which needs no GPU.
+(--hopper) every Triton kernel compiled for Hopper, which needs no GPU; and (--only learning) how
+well a short training run learns.
 
 This module only assembles: each section's module (attention, spectral_norm, train_step, data,
-hopper, targets) runs its measurements and owns its implementation names, its table and its cells.
+hopper, targets, learning) runs its measurements and owns its implementation names, its table and its cells.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from tritonsagan.atomic_write import atomic_write_bytes
 from tritonsagan.cli import add_device_argument, resolve_device, run_command
 from tritonsagan.errors import ConfigError
 
-from . import attention, data, floor, hopper, spectral_norm, targets, train_step
+from . import attention, data, floor, hopper, learning, spectral_norm, targets, train_step
 
 TIMED_SECTIONS = ("attention", "sn", "train", "data")
-ALL_SECTIONS = (*TIMED_SECTIONS, "hopper")
+ALL_SECTIONS = (*TIMED_SECTIONS, "hopper", "learning")
 
 
 def cpu_model() -> str:
@@ -78,12 +79,17 @@ def report_name(report: dict) -> str:
     return f"{re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')}_{env['date'][:10]}.json"
 
 
-def run(device: torch.device, sections: set[str], quick: bool, variants: list[train_step.Variant], console: Console) -> dict:
+def run(
+    device: torch.device, sections: set[str], quick: bool, variants: list[train_step.Variant], console: Console, samples: Path | None = None
+) -> dict:
     report: dict = {"environment": environment(device), "quick": quick}
     console.print(environment_line(report["environment"], quick), highlight=False)
     if "hopper" in sections:
         report["hopper"] = hopper.compile_report()
         console.print(hopper.report_table(report["hopper"]))
+    if "learning" in sections:
+        report["learning"] = learning.run(device, quick, samples=samples, log=lambda line: console.print(line, highlight=False))
+        console.print(learning.results_table(report["learning"]))
     if not sections & set(TIMED_SECTIONS):
         return report
     report["floor"] = floor.measure_floor(device, quick)
@@ -120,7 +126,7 @@ def merge_reports(earlier: dict, later: dict) -> dict:
 
 def parse_sections(text: str | None, with_hopper: bool) -> set[str]:
     """--only's comma list (default: every timed section), plus hopper with --hopper."""
-    sections = {part.strip() for part in (text or ",".join(TIMED_SECTIONS)).split(",") if part.strip()}
+    sections = {part.strip() for part in (text or ",".join(TIMED_SECTIONS)).split(",") if part.strip()}  # learning only when named
     unknown = sorted(sections - set(ALL_SECTIONS))
     if unknown:
         raise ConfigError(f"--only: unknown section {', '.join(unknown)}; sections: {', '.join(ALL_SECTIONS)}")
@@ -130,12 +136,14 @@ def parse_sections(text: str | None, with_hopper: bool) -> set[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (smaller models on CPU)")
-    parser.add_argument("--only", help=f"run these sections only (comma list of {', '.join(ALL_SECTIONS)})")
+    parser.add_argument("--only", help=f"run these sections only (comma list of {', '.join(ALL_SECTIONS)}; default: {', '.join(TIMED_SECTIONS)}; "
+                        "learning trains for about 30 minutes on two CPU cores)")  # fmt: skip
     parser.add_argument("--hopper", action="store_true", help="also compile every Triton kernel for Hopper (sm_90a, no GPU needed): "
                         "registers, spills, shared memory, dot instructions per autotune config")  # fmt: skip
     parser.add_argument("--variants", help=f"training-step variants: comma list of ids ({', '.join(train_step.VARIANT_IDS)}) "
                         f"or groups ({', '.join(train_step.VARIANT_GROUPS)}); default: all")  # fmt: skip
     add_device_argument(parser)
+    parser.add_argument("--samples", help="with the learning section: write G_ema's grid (a row per class) at each measured step into this folder")
     parser.add_argument("--json", help="write every number to this JSON file, or into this folder as <device>_<date>.json")
     parser.add_argument("--merge", action="store_true", help="with --json: add this run's sections to the report already there")
     return parser
@@ -146,7 +154,7 @@ def _run(args: argparse.Namespace) -> str | None:
     sections, variants = parse_sections(args.only, args.hopper), train_step.select_variants(args.variants)
     # Off a terminal (a log file, CI) rich would wrap the tables at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    report = run(device, sections, args.quick, variants, console)
+    report = run(device, sections, args.quick, variants, console, Path(args.samples) if args.samples else None)
     if not args.json:
         return None
     path = Path(args.json)

@@ -21,7 +21,7 @@ from rich.table import Table
 from tritonsagan.errors import ConfigError
 from tritonsagan.kernels import use_backend
 from tritonsagan.models import Discriminator, Generator
-from tritonsagan.models.config import IMAGE_SHAPE
+from tritonsagan.models.config import IMAGE_CHANNELS, IMAGE_SIZE
 from tritonsagan.train import TrainConfig, Trainer
 
 from .cells import number, ratio, table
@@ -102,7 +102,7 @@ def flops_per_image(ch: int) -> float:
 
     with torch.device("meta"):
         G, D = Generator(ch=ch), Discriminator(ch=ch)
-        z, images = torch.randn(1, G.config.z_dim), torch.randn(2, *IMAGE_SHAPE)
+        z, images = torch.randn(1, G.config.z_dim), torch.randn(2, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
     counter = FlopCounterMode(display=False)
     with use_backend("naive"), counter:
         with torch.no_grad():
@@ -130,7 +130,7 @@ def run(device: torch.device, floor: dict, quick: bool = False, variants: list[V
                               workers=0, device=str(device), **variant.tuning)  # fmt: skip
             try:
                 trainer = Trainer(cfg)
-                real = torch.rand(batch, *IMAGE_SHAPE, device=device) * 2 - 1
+                real = torch.rand(batch, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
 
                 def step():
                     with use_backend(variant.backend):

@@ -9,32 +9,66 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-IMAGE_CHANNELS, IMAGE_SIZE = 3, 128  # G's output and D's input: RGB, 128x128
-IMAGE_SHAPE = (IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE)
+IMAGE_CHANNELS = 3  # G's output and D's input: RGB
+IMAGE_SIZE = 128  # the official ImageNet model's; image_size of the configs
+IMAGE_SIZES = (32, 64, 128, 256)  # those with an architecture table below
 BASE_WIDTH = 64  # ch of the official ImageNet model
 ATTENTION_RESOLUTION = 32  # where the official code puts self-attention, in G and in D
 Z_DIM = 128
 
-# Width of each G up-block output, in multiples of ch; up-block i outputs 8 * 2**i pixels.
-G_WIDTHS = (16, 16, 8, 4, 2, 1)
-G_BLOCK_RESOLUTIONS = tuple(8 * 2**i for i in range(len(G_WIDTHS) - 1))  # 8 .. 128
-# Width of each D block output, in multiples of ch, and its output resolution.
-D_WIDTHS = (1, 2, 4, 8, 16, 16)
-D_BLOCK_RESOLUTIONS = (64, 32, 16, 8, 4, 4)
+# The architecture tables of BigGAN-PyTorch (BigGAN.py G_arch / D_arch), whose 128 entry is the official
+# SAGAN ImageNet model. G: the 4x4 input's width, then each up-block's output width, in multiples of
+# ch; up-block i outputs 8 * 2**i pixels.
+G_WIDTHS = {32: (4, 4, 4, 4), 64: (16, 16, 8, 4, 2), 128: (16, 16, 8, 4, 2, 1), 256: (16, 16, 8, 8, 4, 2, 1)}
+# D: each block's output width in multiples of ch, and whether it halves the resolution.
+D_WIDTHS = {32: (4, 4, 4, 4), 64: (1, 2, 4, 8, 16), 128: (1, 2, 4, 8, 16, 16), 256: (1, 2, 4, 8, 8, 16, 16)}
+D_DOWNSAMPLES = {32: (True, True, False, False), 64: (True,) * 4 + (False,), 128: (True,) * 5 + (False,), 256: (True,) * 6 + (False,)}
+
+
+def check_image_size(model: str, image_size: int) -> None:
+    if image_size not in IMAGE_SIZES:
+        raise ValueError(f"{model}: image_size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {image_size}")
+
+
+def g_block_resolutions(image_size: int) -> tuple[int, ...]:
+    """The output resolution of each G up-block: 8 .. image_size."""
+    return tuple(8 * 2**i for i in range(len(G_WIDTHS[image_size]) - 1))
+
+
+def d_block_resolutions(image_size: int) -> tuple[int, ...]:
+    """The output resolution of each D block."""
+    resolutions, size = [], image_size
+    for downsample in D_DOWNSAMPLES[image_size]:
+        size //= 2 if downsample else 1
+        resolutions.append(size)
+    return tuple(resolutions)
+
+
+# Initialisation of every weight: the official code's Xavier-uniform, or BigGAN-PyTorch's orthogonal.
+INITS = ("xavier", "orthogonal")
+# G's per-class batch-norm gains and biases at the start: the official code's 1 and 0, or BigGAN-PyTorch's
+# 1 + e(y) and e(y) with e an orthogonally initialised embedding.
+CLASS_BN_INITS = ("identity", "random")
+
 # The attention block's 1x1 convolutions: query and key (theta, phi) have channels / 8 outputs, the
 # value (g) channels / 2, as in the official sn_non_local_block_sim.
 ATTENTION_QUERY_KEY_RATIO = 8
 ATTENTION_VALUE_RATIO = 2
 
 
-def _attention_block(model: str, attn_res: int, resolutions: tuple[int, ...]) -> int:
-    """Index of the block whose output goes through self-attention (-1: none)."""
+def _attention_block(model: str, attn_res: int, image_size: int, resolutions: tuple[int, ...]) -> int:
+    """Index of the first block whose output goes through self-attention (-1: none)."""
     if attn_res == 0:
         return -1
     if attn_res not in resolutions:
         choices = ", ".join(map(str, sorted(set(resolutions))))
-        raise ValueError(f"{model}: attn_res must be 0 (no attention) or one of {choices}, got {attn_res}")
+        raise ValueError(f"{model}: at image_size {image_size}, attn_res must be 0 (no attention) or one of {choices}, got {attn_res}")
     return resolutions.index(attn_res)
+
+
+def _check_choice(model: str, name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{model}: {name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def _check_widths(model: str, ch: int, num_classes: int, attn_res: int, attention_factor: int) -> None:
@@ -57,16 +91,27 @@ class GeneratorConfig:
     z_dim: int = Z_DIM
     num_classes: int = 0  # 0: unconditional
     attn_res: int = ATTENTION_RESOLUTION  # 0: no attention
+    image_size: int = IMAGE_SIZE
+    init: str = INITS[0]
+    class_bn_init: str = CLASS_BN_INITS[0]
 
     def __post_init__(self) -> None:
-        _check_widths("Generator", self.ch, self.num_classes, self.attn_res, G_WIDTHS[self.attention_block + 1])
+        check_image_size("Generator", self.image_size)
+        _check_choice("Generator", "init", self.init, INITS)
+        _check_choice("Generator", "class_bn_init", self.class_bn_init, CLASS_BN_INITS)
+        _check_widths("Generator", self.ch, self.num_classes, self.attn_res, self.widths[self.attention_block + 1])
         if self.z_dim < 1:
             raise ValueError(f"Generator: z_dim must be positive, got {self.z_dim}")
 
     @property
+    def widths(self) -> tuple[int, ...]:
+        """The 4x4 input's channels, then each up-block's output channels."""
+        return tuple(w * self.ch for w in G_WIDTHS[self.image_size])
+
+    @property
     def attention_block(self) -> int:
         """Index of the up-block followed by self-attention (-1: none)."""
-        return _attention_block("Generator", self.attn_res, G_BLOCK_RESOLUTIONS)
+        return _attention_block("Generator", self.attn_res, self.image_size, g_block_resolutions(self.image_size))
 
 
 @dataclass(frozen=True)
@@ -74,14 +119,23 @@ class DiscriminatorConfig:
     ch: int = BASE_WIDTH
     num_classes: int = 0  # 0: unconditional
     attn_res: int = ATTENTION_RESOLUTION  # 0: no attention
+    image_size: int = IMAGE_SIZE
+    init: str = INITS[0]
 
     def __post_init__(self) -> None:
-        _check_widths("Discriminator", self.ch, self.num_classes, self.attn_res, D_WIDTHS[self.attention_block])
+        check_image_size("Discriminator", self.image_size)
+        _check_choice("Discriminator", "init", self.init, INITS)
+        _check_widths("Discriminator", self.ch, self.num_classes, self.attn_res, self.widths[self.attention_block])
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Each block's output channels."""
+        return tuple(w * self.ch for w in D_WIDTHS[self.image_size])
 
     @property
     def attention_block(self) -> int:
-        """Index of the block followed by self-attention (-1: none)."""
-        return _attention_block("Discriminator", self.attn_res, D_BLOCK_RESOLUTIONS)
+        """Index of the first block whose output goes through self-attention (-1: none)."""
+        return _attention_block("Discriminator", self.attn_res, self.image_size, d_block_resolutions(self.image_size))
 
 
 @dataclass(frozen=True)

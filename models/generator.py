@@ -1,7 +1,8 @@
-"""The 128x128 SAGAN generator (official ImageNet model).
+"""The SAGAN generator; at image_size 128 (the default) the official ImageNet model.
 
-z -> SNLinear -> 4x4x16ch -> up-blocks to 8, 16, 32, 64, 128 with widths 16, 8, 4, 2, 1 x ch
-(self-attention after the block at `attn_res`) -> BN, ReLU, SNConv3x3 -> 3, tanh.
+z -> SNLinear -> 4x4 -> up-blocks doubling the resolution to image_size (at 128: 4x4x16ch, then
+8, 16, 32, 64, 128 with widths 16, 8, 4, 2, 1 x ch; config.G_WIDTHS has every size's table), with
+self-attention after the block at `attn_res` -> BN, ReLU, SNConv3x3 -> 3, tanh.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import G_WIDTHS, IMAGE_CHANNELS, GeneratorConfig, TuningConfig
-from .layers import GBlock, SelfAttention, SNConv2d, SNLinear, model_power_iteration_grouped
+from .config import IMAGE_CHANNELS, GeneratorConfig, TuningConfig
+from .layers import GBlock, SelfAttention, SNConv2d, SNLinear, initialize, model_power_iteration_grouped
 from .pretrained import PretrainedMixin
 from .validation import check_labels
 
@@ -25,16 +26,18 @@ class Generator(PretrainedMixin, nn.Module):
         """`Generator(GeneratorConfig(ch=32))`, or the config's fields as keywords: `Generator(ch=32)`."""
         super().__init__()
         self.config = cfg = dataclasses.replace(config or GeneratorConfig(), **fields)
-        widths = [w * cfg.ch for w in G_WIDTHS]
+        widths = cfg.widths
         self.linear = SNLinear(cfg.z_dim, widths[0] * 4 * 4)
-        self.blocks = nn.ModuleList(GBlock(c_in, c_out, cfg.num_classes) for c_in, c_out in zip(widths, widths[1:]))
+        self.blocks = nn.ModuleList(GBlock(c_in, c_out, cfg.num_classes, cfg.class_bn_init) for c_in, c_out in zip(widths, widths[1:]))
         self.attention = SelfAttention(widths[cfg.attention_block + 1]) if cfg.attn_res else None
         self.bn = nn.BatchNorm2d(widths[-1])
         self.conv_out = SNConv2d(widths[-1], IMAGE_CHANNELS, 3, padding=1)
+        if cfg.init != "xavier":  # every layer starts Xavier-uniform
+            initialize(self, cfg.init)
         self.tuning = TuningConfig()  # how it computes (layers.set_tuning), not part of the saved config
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """z (B, z_dim), y (B,) class indices when conditional -> images (B, 3, 128, 128) in [-1, 1]."""
+        """z (B, z_dim), y (B,) class indices when conditional -> images (B, 3, image_size, image_size) in [-1, 1]."""
         cfg = self.config
         if z.ndim != 2 or z.shape[1] != cfg.z_dim:
             raise ValueError(f"Generator: z must have shape (B, {cfg.z_dim}), got {tuple(z.shape)}")

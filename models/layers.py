@@ -2,7 +2,8 @@
 
 Every weight layer is spectrally normalised (SNConv2d, SNLinear, SNEmbedding): the raw weight is
 the parameter `weight`, and the power-iteration vectors are the buffers `weight_u`, `weight_v`.
-Weights use Xavier-uniform initialisation and zero biases, as the official code does.
+Weights use Xavier-uniform initialisation and zero biases, as the official code does
+(`initialize` switches a model to orthogonal, as BigGAN-PyTorch).
 """
 
 from __future__ import annotations
@@ -53,6 +54,18 @@ class SpectralNormMixin:
         """Power iterations on this layer's own weight, with no forward (e.g. after averaging weights)."""
         if self.weight.ndim > 1:
             power_iteration(self.weight.flatten(1), self.weight_u, self.weight_v, n_power_iterations, self.sn_eps)
+
+
+def initialize(model: nn.Module, init: str) -> None:
+    """Every SN layer's weight drawn again by `init` ("xavier" or "orthogonal"), with its power-iteration
+    vectors started again from the new weight."""
+    draw = {"xavier": nn.init.xavier_uniform_, "orthogonal": nn.init.orthogonal_}[init]
+    with torch.no_grad():
+        for layer in spectral_norm_layers(model):
+            draw(layer.weight)
+            u, v = init_spectral_norm_vectors(layer.weight, layer.sn_eps)
+            layer.weight_u.copy_(u)
+            layer.weight_v.copy_(v)
 
 
 def spectral_norm_layers(model: nn.Module) -> list[SpectralNormMixin]:
@@ -157,12 +170,13 @@ class SelfAttention(nn.Module):
 
 
 class ClassBatchNorm2d(nn.Module):
-    """Conditional batch norm: per-class gamma/beta tables (gamma 1, beta 0 at start).
+    """Conditional batch norm: per-class gamma/beta tables, gamma 1 and beta 0 at start (the official
+    code's init "identity"), or 1 + e and e with e an orthogonal embedding (BigGAN-PyTorch's, "random").
 
     With num_classes = 0 it is a plain batch norm with one learned affine, and `y` is ignored.
     """
 
-    def __init__(self, num_features: int, num_classes: int = 0, eps: float = 1e-5, momentum: float = 0.1) -> None:
+    def __init__(self, num_features: int, num_classes: int = 0, eps: float = 1e-5, momentum: float = 0.1, init: str = "identity") -> None:
         super().__init__()
         self.num_classes = num_classes
         self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=num_classes == 0)
@@ -171,6 +185,10 @@ class ClassBatchNorm2d(nn.Module):
             self.beta = nn.Embedding(num_classes, num_features)
             nn.init.ones_(self.gamma.weight)
             nn.init.zeros_(self.beta.weight)
+            if init == "random":
+                with torch.no_grad():
+                    self.gamma.weight.add_(nn.init.orthogonal_(torch.empty_like(self.gamma.weight)))
+                    nn.init.orthogonal_(self.beta.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         x = self.bn(x)
@@ -182,11 +200,11 @@ class ClassBatchNorm2d(nn.Module):
 class GBlock(nn.Module):
     """Generator up-block: cBN, ReLU, 2x nearest upsample, conv3x3, cBN, ReLU, conv3x3; shortcut up + conv1x1."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0) -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0, class_bn_init: str = "identity") -> None:
         super().__init__()
-        self.bn1 = ClassBatchNorm2d(in_channels, num_classes)
+        self.bn1 = ClassBatchNorm2d(in_channels, num_classes, init=class_bn_init)
         self.conv1 = SNConv2d(in_channels, out_channels, 3, padding=1)
-        self.bn2 = ClassBatchNorm2d(out_channels, num_classes)
+        self.bn2 = ClassBatchNorm2d(out_channels, num_classes, init=class_bn_init)
         self.conv2 = SNConv2d(out_channels, out_channels, 3, padding=1)
         self.shortcut = SNConv2d(in_channels, out_channels, 1)
 

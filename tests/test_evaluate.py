@@ -159,7 +159,7 @@ def test_eval_command_writes_json_and_reuses_reference_stats(tmp_path, net_path,
     result = json.loads(first.read_text())
     for key in ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "density", "coverage"):
         assert math.isfinite(result[key]), key
-    assert result["fid"] > 0 and result["n"] == 40 and result["reference"] == "builtin, n=40" and result["nearest_k"] == 5
+    assert result["fid"] > 0 and result["n"] == 40 and result["reference"] == "builtin, n=40, 128x128" and result["nearest_k"] == 5
     output = capsys.readouterr()
     assert "FID" in output.out and "precision" in output.out and "coverage" in output.out
     sha = FeatureNetwork(net_path).sha256[:12]

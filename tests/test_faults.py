@@ -57,7 +57,8 @@ def _steps_logged(run: Path) -> list[int]:
 @pytest.mark.parametrize(
     "change, named",
     [(dict(ch=16), ["--ch 8 (this command: 16)"]), (dict(seed=3), ["--seed 0 (this command: 3)"]),
-     (dict(batch_size=2, conditional=True), ["--batch-size 4 (this command: 2)", "--conditional False (this command: True)"])],
+     (dict(batch_size=2, conditional=True), ["--batch-size 4 (this command: 2)", "--conditional False (this command: True)"]),
+     (dict(image_size=64), ["--image-size 128 (this command: 64)"])],
 )  # fmt: skip
 def test_resume_refuses_settings_that_shape_the_models_or_the_data(tmp_path, capsys, change, named):
     run = tmp_path / "run"
@@ -324,7 +325,7 @@ def test_torchrun_restarts_a_killed_rank_and_resumes_to_the_same_weights(tmp_pat
     "flags, named",
     [(["--seed", "-1"], "--seed must be >= 0, got -1"), (["--lr-g", "nan"], "--lr-g must be a positive number, got nan"),
      (["--beta2", "1.5"], "--beta2 must be in [0, 1), got 1.5"), (["--fid-every", "2", "--fid-weights", "/nonexistent/inception.pt"], "/nonexistent/inception.pt"),
-     (["--min-image-side", "0"], "--min-image-side must be >= 1")],
+     (["--min-image-side", "0"], "--min-image-side must be >= 1"), (["--image-size", "100"], "--image-size must be one of 32, 64, 128, 256, got 100")],
 )  # fmt: skip
 def test_bad_flags_are_named_before_the_run_directory_is_made(tmp_path, capsys, flags, named):
     run = tmp_path / "run"

@@ -1,4 +1,5 @@
-"""SAGAN-128 G and D: shapes, the attention block, input checks, torch.compile on CPU."""
+"""SAGAN G and D: shapes at every image size, the attention block, initialisations, input checks,
+torch.compile on CPU."""
 
 import copy
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from tritonsagan.kernels import attention_naive
 from tritonsagan.models import Discriminator, Generator, SelfAttention
+from tritonsagan.models.layers import spectral_norm_layers
 from helpers import rel_err
 
 CH = 8  # small width: the architecture is the same, only narrower
@@ -33,6 +35,63 @@ def test_official_channel_widths():
     assert [b.conv2.out_channels // CH for b in D.blocks] == [1, 2, 4, 8, 16, 16]
     assert D.attention.channels == 2 * CH  # D attention at 32x32 on 2ch
     assert D.blocks[-1].shortcut is None and not D.blocks[-1].downsample
+
+
+# BigGAN-PyTorch's G_arch / D_arch (BigGAN.py): G's 4x4 input and up-block widths, D's block widths and
+# downsampling, in multiples of ch; the attention resolution is ours (32, or 16 where D has no 32x32).
+ARCHITECTURES = {
+    32: ([4, 4, 4, 4], [4, 4, 4, 4], [True, True, False, False], 16),
+    64: ([16, 16, 8, 4, 2], [1, 2, 4, 8, 16], [True, True, True, True, False], 32),
+    128: ([16, 16, 8, 4, 2, 1], [1, 2, 4, 8, 16, 16], [True, True, True, True, True, False], 32),
+    256: ([16, 16, 8, 8, 4, 2, 1], [1, 2, 4, 8, 8, 16, 16], [True] * 6 + [False], 32),
+}
+
+
+@pytest.mark.parametrize("image_size", sorted(ARCHITECTURES))
+def test_every_image_size(image_size):
+    g_widths, d_widths, downsamples, attn_res = ARCHITECTURES[image_size]
+    G = Generator(ch=CH, num_classes=3, image_size=image_size, attn_res=attn_res)
+    D = Discriminator(ch=CH, num_classes=3, image_size=image_size, attn_res=attn_res)
+    assert G.linear.out_features == g_widths[0] * CH * 4 * 4
+    assert [b.conv2.out_channels // CH for b in G.blocks] == g_widths[1:]
+    assert [b.conv2.out_channels // CH for b in D.blocks] == d_widths and [b.downsample for b in D.blocks] == downsamples
+    y = torch.tensor([0, 2])
+    captured = {}
+    G.attention.register_forward_hook(lambda m, i, o: captured.update(g=i[0].shape))
+    D.attention.register_forward_hook(lambda m, i, o: captured.update(d=i[0].shape))
+    images = G(torch.randn(2, 128), y)
+    assert images.shape == (2, 3, image_size, image_size)
+    D(images, y).sum().backward()
+    assert captured["g"][-1] == attn_res and captured["d"][-1] == attn_res  # attention where asked, in both
+
+
+def test_orthogonal_init_and_its_power_iteration_vectors():
+    """init="orthogonal" draws every SN weight orthogonal (all singular values equal) and starts u, v
+    again from it: sigma from u, v is the new weight's largest singular value."""
+    torch.manual_seed(0)
+    for model in (Generator(ch=CH, num_classes=3, init="orthogonal"), Discriminator(ch=CH, num_classes=3, init="orthogonal")):
+        for layer in spectral_norm_layers(model):
+            w = layer.weight.detach().flatten(1).double()
+            singular = torch.linalg.svdvals(w)
+            assert singular.max() / singular.min() < 1 + 1e-5
+            sigma = layer.weight_u.double() @ w @ layer.weight_v.double()
+            assert abs(sigma / singular[0] - 1) < 1e-4
+    xavier = [torch.linalg.svdvals(layer.weight.detach().flatten(1)) for layer in spectral_norm_layers(Generator(ch=CH))]
+    assert max(float(s.max() / s.min()) for s in xavier) > 2  # the check above can tell the two apart
+
+
+def test_class_batch_norm_inits():
+    identity = Generator(ch=CH, num_classes=5)
+    random = Generator(ch=CH, num_classes=5, class_bn_init="random")
+    for a, b in zip(identity.blocks, random.blocks):
+        assert torch.equal(a.bn1.gamma.weight, torch.ones_like(a.bn1.gamma.weight)) and not a.bn1.beta.weight.any()
+        gains, biases = b.bn1.gamma.weight - 1, b.bn1.beta.weight
+        # 1 + e and e, e with orthonormal rows (5 classes, more features than classes): every class its own.
+        for table in (gains, biases):
+            assert rel_err(table @ table.T, torch.eye(5)) < 1e-5
+    z = torch.randn(2, 128)
+    images = random.eval()(z.repeat(2, 1), torch.tensor([0, 0, 1, 1]))
+    assert (images[:2] - images[2:]).abs().mean() > 1e-3  # the classes differ from the first step
 
 
 def test_conditional_models_use_the_labels():
@@ -95,6 +154,11 @@ def test_other_attention_resolutions(attn_res):
         (lambda G, D: D(torch.randn(2, 3, 128, 128), torch.tensor([-1, 1])), "class labels must be in"),
         (lambda G, D: Generator(ch=CH, attn_res=48), "attn_res must be 0"),
         (lambda G, D: Discriminator(ch=CH, attn_res=128), "attn_res must be 0"),
+        (lambda G, D: Generator(ch=CH, image_size=100), "image_size must be one of 32, 64, 128, 256, got 100"),
+        (lambda G, D: Discriminator(ch=CH, image_size=32), r"at image_size 32, attn_res must be 0 \(no attention\) or one of 8, 16, got 32"),
+        (lambda G, D: Discriminator(ch=CH, image_size=64)(torch.randn(2, 3, 128, 128)), r"x must have shape \(B, 3, 64, 64\) for image_size 64"),
+        (lambda G, D: Generator(ch=CH, init="kaiming"), "init must be one of xavier, orthogonal"),
+        (lambda G, D: Generator(ch=CH, class_bn_init="zeros"), "class_bn_init must be one of identity, random"),
     ],
 )
 def test_bad_inputs(call, match):

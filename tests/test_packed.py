@@ -30,7 +30,7 @@ def test_prepare_writes_shards_labels_and_manifest(tmp_path, capsys):
     write_image(truncated, 99)
     (src / "owls" / "cut.png").write_bytes(truncated.read_bytes()[:40])  # a truncated file
     assert prepare_main([str(src), str(tmp_path / "dest"), "--conditional", "--workers", "2"]) == 0
-    assert "packed 12 images in 3 classes" in capsys.readouterr().err
+    assert "packed 12 128x128 images in 3 classes" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "dest" / MANIFEST_NAME).read_text())
     assert manifest["complete"] and manifest["count"] == 12 and manifest["files"] == 14 and manifest["skipped_files"] == 2
     assert manifest["classes"] == ["cats", "dogs", "owls"] and sorted(manifest["shards"][0]["skipped"]) == ["dogs/broken.jpg", "owls/cut.png"]

@@ -29,7 +29,7 @@ def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     # Off a terminal (pytest captures stdout): one line at the start, then a plain line at each log step.
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (
-        f"training on cpu ({torch.get_num_threads()} threads): ch 8, batch 4, steps 0 -> 4; data builtin (17 images, 17 classes); "
+        f"training on cpu ({torch.get_num_threads()} threads): 128x128, ch 8, batch 4, steps 0 -> 4; data builtin (17 images, 17 classes); "
         f"compile off, bf16 off, DiffAugment color,translation,cutout; outputs in {run}/ (samples/, generator/, curves.png, metrics.jsonl)"
     )
     progress = [line for line in lines if line.startswith("step ")]

@@ -34,7 +34,7 @@ def attention_maps(generator: Generator, z: torch.Tensor, labels: torch.Tensor |
     """Images and, for each query position of G's attention layer, its attention row as a map.
 
     Only the selected rows softmax(q_i K^T) are computed (from the block's own theta and pooled phi
-    features), never the full N x N matrix. Returns uint8 images (B, 3, 128, 128) and maps
+    features), never the full N x N matrix. Returns uint8 images (B, 3, size, size) and maps
     (B, len(queries), H/2, W/2) over the pooled key grid, each summing to 1.
     """
     block = generator.attention

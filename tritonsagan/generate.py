@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from tritonsagan.models import Generator
-from tritonsagan.models.config import IMAGE_SIZE
 
 from .attention_figure import attention_figure, attention_maps, figure_to_array
 from .cli import add_device_argument, parse_int_list, positive_float, resolve_device, run_command
@@ -61,7 +60,7 @@ def class_labels(generator: Generator, n: int, classes: Sequence[int] | None, se
 def iter_generate(
     generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 64
 ) -> Iterator[torch.Tensor]:
-    """uint8 (b, 3, 128, 128) CPU batches for the given latents, `batch_size` at a time."""
+    """uint8 (b, 3, size, size) CPU batches for the given latents, `batch_size` at a time."""
     generator.eval()
     param = next(generator.parameters())
     for start in range(0, len(z), batch_size):
@@ -93,7 +92,7 @@ def generate(
     truncation: float | None = None,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """n images as a uint8 tensor (n, 3, 128, 128), deterministic for a seed on a given device."""
+    """n images as a uint8 tensor (n, 3, size, size), deterministic for a seed on a given device."""
     return torch.cat(list(generate_batches(generator, n, classes, seed, truncation, batch_size)))
 
 
@@ -116,7 +115,8 @@ def _point(text: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
-DEFAULT_QUERY_POINTS = [(32, 32), (96, 32), (64, 64), (32, 96), (96, 96)]
+# Where the default query points lie, as fractions of the image side.
+DEFAULT_QUERY_FRACTIONS = [(0.25, 0.25), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.75, 0.75)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(parser)
     parser.add_argument("--interpolate", action="store_true", help="a grid walking z from --seed to --seed+1 in --n steps")
     parser.add_argument("--attention-maps", action="store_true", help="the paper's figure: where G's attention looks from a few query points")
-    parser.add_argument("--queries", type=_point, nargs="+", help="query points x,y in image pixels for --attention-maps")
+    parser.add_argument("--queries", type=_point, nargs="+", help="query points x,y in image pixels for --attention-maps "
+                        "(default: five, at the centre and halfway to each corner)")  # fmt: skip
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", help="write one grid here, in the format its extension names (.png, .jpg, .jpeg, .webp)")
     target.add_argument("--out-dir", help="write one PNG per image into this folder")
@@ -158,11 +159,12 @@ def _latents_and_labels(args: argparse.Namespace, G: Generator, columns: int) ->
 
 
 def _write_attention_maps(args: argparse.Namespace, G: Generator, z: torch.Tensor, labels: torch.Tensor | None) -> Path:
-    points = args.queries or DEFAULT_QUERY_POINTS
-    if not all(0 <= x < IMAGE_SIZE and 0 <= y < IMAGE_SIZE for x, y in points):
-        raise ValueError(f"--queries points must lie inside the {IMAGE_SIZE}x{IMAGE_SIZE} image")
+    size = G.config.image_size
+    points = args.queries or [(round(fx * size), round(fy * size)) for fx, fy in DEFAULT_QUERY_FRACTIONS]
+    if not all(0 <= x < size and 0 <= y < size for x, y in points):
+        raise ValueError(f"--queries points must lie inside the {size}x{size} image")
     height = G.config.attn_res
-    queries = [(y * height // IMAGE_SIZE) * height + (x * height // IMAGE_SIZE) for x, y in points]
+    queries = [(y * height // size) * height + (x * height // size) for x, y in points]
     images, maps = attention_maps(G, z, labels, queries)
     captions = None if labels is None else [f"class {int(label)}" for label in labels]
     out = Path(args.out) if args.out else Path(args.out_dir) / "attention_maps.png"
@@ -175,10 +177,10 @@ def _load_generators(args: argparse.Namespace) -> list[Generator]:
     if len(args.weights) > 1 and (args.out_dir or args.attention_maps):
         raise ValueError("several --weights make their grids side by side in one --out; --out-dir and --attention-maps take one")
     generators = [load_generator(weights, device=resolve_device(args.device)) for weights in args.weights]
-    shapes = {weights: (G.config.z_dim, G.config.num_classes) for weights, G in zip(args.weights, generators)}
+    shapes = {weights: (G.config.z_dim, G.config.num_classes, G.config.image_size) for weights, G in zip(args.weights, generators)}
     if len(set(shapes.values())) > 1:
-        described = "; ".join(f"{weights}: z_dim {z_dim}, {classes} classes" for weights, (z_dim, classes) in shapes.items())
-        raise ValueError(f"--weights side by side must share z_dim and classes, to draw from the same latents: {described}")
+        described = "; ".join(f"{weights}: z_dim {z_dim}, {classes} classes, {size}x{size}" for weights, (z_dim, classes, size) in shapes.items())
+        raise ValueError(f"--weights side by side must share z_dim, classes and image size, to draw from the same latents in one grid: {described}")
     return generators
 
 

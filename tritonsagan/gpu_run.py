@@ -267,7 +267,7 @@ def model_card(summary: dict, config: dict) -> str:
 
 A class-conditional SAGAN generator (G_ema, the moving average of G) trained by tritonsagan on the
 photos bundled in scikit-image's wheel, each photo a class (`tritonsagan-train --data builtin
---conditional`: random square crops, resized to 128x128 and flipped). It shows what the package
+--conditional`: random square crops, resized to {config['image_size']}x{config['image_size']} and flipped). It shows what the package
 makes on a machine without a GPU; a model of {photos} photos, not of any wider set of images.
 
 ```python

@@ -11,19 +11,23 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from tritonsagan.models.config import IMAGE_SIZE
+
 from .data import BuiltinPhotoStream, DataError, ImageFolderStream, ImageLimits, ImageStream
 from .packed import PackedDataset, is_packed_dataset
 from .stop_signals import ignore_stop_signals
 
 
-def make_dataset(data: str, seed: int, conditional: bool, random_crop: bool = True, limits: ImageLimits = ImageLimits()) -> ImageStream:
-    """--data: "builtin", a packed dataset (tritonsagan-prepare), or an image folder (whose images
-    outside `limits` are skipped)."""
+def make_dataset(
+    data: str, seed: int, conditional: bool, random_crop: bool = True, limits: ImageLimits = ImageLimits(), image_size: int = IMAGE_SIZE
+) -> ImageStream:
+    """--data: "builtin", a packed dataset (tritonsagan-prepare; packed at image_size), or an image
+    folder (whose images outside `limits` are skipped), as image_size x image_size images."""
     if data == "builtin":
-        return BuiltinPhotoStream(seed)
+        return BuiltinPhotoStream(seed, image_size=image_size)
     if is_packed_dataset(data):
-        return PackedDataset(data, seed, conditional)
-    return ImageFolderStream(data, seed, conditional, random_crop, limits)
+        return PackedDataset(data, seed, conditional, image_size)
+    return ImageFolderStream(data, seed, conditional, random_crop, limits, image_size)
 
 
 def check_enough_images(dataset: ImageStream, batch_size: int) -> None:

@@ -1,13 +1,14 @@
-"""Packed datasets: an image folder decoded, cropped and resized once into uint8 128x128 shards.
+"""Packed datasets: an image folder decoded, cropped and resized once into uint8 shards (128x128 by
+default, or --image-size 32, 64, 256), for a model of that size.
 
     tritonsagan-prepare /data/imagenet/train /data/imagenet128 --conditional --workers 16
     tritonsagan-train --data /data/imagenet128 --conditional ...
 
 Layout of DEST (memory-mappable, no pickle):
-- `images_00000.npy` ...: uint8 (count, 3, 128, 128) per shard, one shard per SHARD_FILES source
-  files (4096 images: 201 MB), usable images only;
+- `images_00000.npy` ...: uint8 (count, 3, size, size) per shard, one shard per SHARD_FILES source
+  files (4096 images: 201 MB at 128), usable images only;
 - `labels_00000.npy` ...: int64 (count,) class indices (0 without --conditional);
-- `manifest.json`: the format, the source and settings, the class names, per shard its files, count
+- `manifest.json`: the format, the image size, the source and settings, the class names, per shard its files, count
   and the source files skipped with why (unreadable, or outside the size limits), the files whose names
   are not UTF-8 (left out), and whether packing is complete.
 Each shard is written atomically and the manifest after it, so an interrupted `tritonsagan-prepare`
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tritonsagan.models.config import IMAGE_SHAPE, IMAGE_SIZE
+from tritonsagan.models.config import IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZES
 
 from .atomic_write import atomic_write_bytes, atomic_write_json
 from .cli import run_command
@@ -76,9 +77,9 @@ def read_manifest(root: str | os.PathLike) -> dict:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not a tritonsagan packed dataset manifest")
-    if manifest.get("version") != VERSION or manifest.get("image_size") != IMAGE_SIZE:
+    if manifest.get("version") != VERSION or manifest.get("image_size") not in IMAGE_SIZES:
         raise DataError(f"{path}: packed with format version {manifest.get('version')} at {manifest.get('image_size')}px; "
-                        f"this tritonsagan reads version {VERSION} at {IMAGE_SIZE}px")  # fmt: skip
+                        f"this tritonsagan reads version {VERSION} at {', '.join(map(str, IMAGE_SIZES))}px")  # fmt: skip
     problems = _wrong_fields(manifest, MANIFEST_FIELDS, "")
     for index, shard in enumerate(manifest.get("shards") if isinstance(manifest.get("shards"), list) else []):
         problems += _wrong_fields(shard, SHARD_FIELDS, f"shards[{index}].") if isinstance(shard, dict) else [f"shards[{index}] is not an object"]
@@ -103,10 +104,14 @@ def _shard_names(index: int) -> tuple[str, str]:
     return f"images_{index:05d}.npy", f"labels_{index:05d}.npy"
 
 
-def _open_shard(root: Path, shard: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The shard's images (memory-mapped) and labels, checked against the manifest."""
+def _image_shape(size: int) -> tuple[int, int, int]:
+    return (IMAGE_CHANNELS, size, size)
+
+
+def _open_shard(root: Path, shard: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's images (memory-mapped) and labels, checked against the manifest (images of `size`)."""
     arrays = []
-    for key, shape, dtype in (("images", (shard["count"], *IMAGE_SHAPE), np.uint8), ("labels", (shard["count"],), np.int64)):
+    for key, shape, dtype in (("images", (shard["count"], *_image_shape(size)), np.uint8), ("labels", (shard["count"],), np.int64)):
         path = root / shard[key]
         if not path.is_file():
             raise DataError(f"{path}: shard file missing (the manifest lists it); pack the dataset again with tritonsagan-prepare")
@@ -130,19 +135,26 @@ def _flip(seed: int, index: int) -> bool:
 
 class PackedDataset(ImageStream):
     """A finished packed dataset as an endless stream: sample i is image order_e[i mod n] of epoch
-    e = i // n, flipped left-right when the (seed, i) coin says so; uint8 (3, 128, 128)."""
+    e = i // n, flipped left-right when the (seed, i) coin says so; uint8 (3, size, size) at the
+    manifest's size, which must be `image_size`: the model's."""
 
-    def __init__(self, root: str | os.PathLike, seed: int, conditional: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike, seed: int, conditional: bool = False, image_size: int = IMAGE_SIZE) -> None:
         self.root = Path(root)
         self.name = str(self.root)
         manifest = read_manifest(self.root)
+        if manifest["image_size"] != image_size:
+            raise DataError(
+                f"{self.root}: packed at {manifest['image_size']}x{manifest['image_size']}, the model is {image_size}x{image_size}; "
+                f"train with --image-size {manifest['image_size']}, or pack the images again with tritonsagan-prepare --image-size {image_size}"
+            )
+        self.image_size = image_size
         if not manifest["complete"]:
             raise DataError(f"{self.root}: packing was interrupted ({len(manifest['shards'])} shards written); run tritonsagan-prepare again to finish it")
         if conditional and not manifest["conditional"]:
             raise DataError(f"{self.root}: packed without --conditional, so it has no classes; pack it with --conditional or train without")
         self.classes = list(manifest["classes"]) if conditional else []
         self.shards = manifest["shards"]
-        labels = [_open_shard(self.root, shard)[1] for shard in self.shards]  # checks every shard up front
+        labels = [_open_shard(self.root, shard, image_size)[1] for shard in self.shards]  # checks every shard up front
         self.labels = np.concatenate(labels) if labels else np.empty(0, np.int64)
         self.offsets = np.cumsum([0] + [shard["count"] for shard in self.shards])
         if len(self.labels) == 0:
@@ -169,7 +181,7 @@ class PackedDataset(ImageStream):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         if self._images is None:
-            self._images = [_open_shard(self.root, shard)[0] for shard in self.shards]
+            self._images = [_open_shard(self.root, shard, self.image_size)[0] for shard in self.shards]
         epoch, position = divmod(index, len(self.labels))
         item = int(self.order(epoch)[position])
         shard = int(np.searchsorted(self.offsets, item, side="right")) - 1
@@ -182,14 +194,14 @@ class PackedDataset(ImageStream):
 # ---- packing ------------------------------------------------------------------------------------------
 
 
-def _decode(job: tuple[str, str, ImageLimits]) -> np.ndarray | str:
-    """One source file -> uint8 (3, 128, 128), or why it is skipped."""
-    path, crop, limits = job
+def _decode(job: tuple[str, str, ImageLimits, int]) -> np.ndarray | str:
+    """One source file -> uint8 (3, size, size), or why it is skipped."""
+    path, crop, limits, size = job
     try:
         image = load_usable(Path(path), limits)
     except SkippedImage as skipped:
         return str(skipped)
-    image = center_square(image) if crop == "center" else short_side_crop(image)
+    image = center_square(image, size) if crop == "center" else short_side_crop(image, size)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
@@ -201,8 +213,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def _expected_manifest(source: ImageFolderStream, conditional: bool, crop: str) -> dict:
     listing = "".join(f"{path.relative_to(source.root).as_posix()}\t{label}\n" for path, label in source.files)
+    size = source.image_size
     return {
-        "format": FORMAT, "version": VERSION, "image_size": IMAGE_SIZE, "layout": "uint8 (count, 3, 128, 128) per shard",
+        "format": FORMAT, "version": VERSION, "image_size": size, "layout": f"uint8 (count, 3, {size}, {size}) per shard",
         "source": str(source.root.resolve()), "conditional": conditional, "crop": crop, "min_image_side": source.limits.min_side,
         "max_aspect_ratio": source.limits.max_aspect_ratio, "classes": source.classes, "files": len(source.files),
         "files_sha256": hashlib.sha256(listing.encode()).hexdigest(), "shard_files": SHARD_FILES, "undecodable_names": source.undecodable_names,
@@ -229,7 +242,7 @@ def _finished_shards(dest: Path, expected: dict) -> list[dict]:
     finished = []
     for shard in manifest["shards"]:
         try:
-            _open_shard(dest, shard)
+            _open_shard(dest, shard, manifest["image_size"])
         except DataError:
             break  # repack from the first damaged shard on
         finished.append(shard)
@@ -244,11 +257,15 @@ def prepare(
     crop: str = "center",
     progress: bool = True,
     limits: ImageLimits = ImageLimits(),
+    image_size: int = IMAGE_SIZE,
 ) -> dict:
-    """Pack every usable image under src into dest (resuming an interrupted packing); the manifest."""
+    """Pack every usable image under src into dest at image_size x image_size (resuming an interrupted
+    packing); the manifest."""
     if crop not in CROPS:
         raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
-    source = ImageFolderStream(src, seed=0, conditional=conditional, limits=limits)  # the file list, classes, and their checks
+    if image_size not in IMAGE_SIZES:
+        raise DataError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {image_size}")
+    source = ImageFolderStream(src, seed=0, conditional=conditional, limits=limits, image_size=image_size)  # the file list, classes, and their checks
     dest = Path(dest)
     manifest = _expected_manifest(source, conditional, crop)
     shards = _finished_shards(dest, manifest)
@@ -262,7 +279,7 @@ def prepare(
         with bar:
             for index in range(len(shards), total_shards):
                 files = source.files[index * SHARD_FILES : (index + 1) * SHARD_FILES]
-                jobs = [(str(path), crop, limits) for path, _ in files]
+                jobs = [(str(path), crop, limits, image_size) for path, _ in files]
                 decoded = pool.map(_decode, jobs, chunksize=32) if pool else map(_decode, jobs)
                 images, labels, skipped = [], [], {}
                 for (path, label), image in zip(files, decoded):
@@ -273,7 +290,7 @@ def prepare(
                         labels.append(label)
                     bar.advance(task)
                 images_name, labels_name = _shard_names(index)
-                stacked = np.stack(images) if images else np.empty((0, *IMAGE_SHAPE), np.uint8)
+                stacked = np.stack(images) if images else np.empty((0, *_image_shape(image_size)), np.uint8)
                 atomic_write_bytes(dest / images_name, _npy_bytes(stacked))
                 atomic_write_bytes(dest / labels_name, _npy_bytes(np.asarray(labels, dtype=np.int64)))
                 shards.append({"images": images_name, "labels": labels_name, "count": len(images), "first_file": index * SHARD_FILES, "skipped": skipped})
@@ -302,20 +319,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"skip images whose shorter side is below this many px (default: {ImageLimits.min_side})")
     parser.add_argument("--max-aspect-ratio", type=float, default=ImageLimits.max_aspect_ratio,
                         help=f"skip images whose longer side exceeds this many times the shorter (default: {ImageLimits.max_aspect_ratio:g})")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                        help=f"side of the packed images, the --image-size of the models it trains: {', '.join(map(str, IMAGE_SIZES))} (default: {IMAGE_SIZE})")
     parser.add_argument("--crop", choices=CROPS, default="center",
-                        help="center: the central square, resized to 128 (BigGAN's make_hdf5); short-side: the shorter side "
-                        "resized to 128, then the central 128x128 (default: center)")  # fmt: skip
+                        help="center: the central square, resized to --image-size (BigGAN's make_hdf5); short-side: the shorter side "
+                        "resized to --image-size, then the central square (default: center)")  # fmt: skip
     return parser
 
 
 def _run(args: argparse.Namespace) -> str:
     limits = ImageLimits(args.min_image_side, args.max_aspect_ratio)
-    manifest = prepare(args.src, args.dest, args.conditional, max(1, args.workers), args.crop, sys.stderr.isatty(), limits)
+    manifest = prepare(args.src, args.dest, args.conditional, max(1, args.workers), args.crop, sys.stderr.isatty(), limits, args.image_size)
     classes = f" in {len(manifest['classes'])} classes" if manifest["conditional"] else ""
     skipped = f"{manifest['skipped_files']} files skipped (unreadable, too small or too elongated)"
     if manifest["undecodable_names"]:
         skipped += f" and {len(manifest['undecodable_names'])} left out (names not UTF-8)"
-    return f"packed {manifest['count']} images{classes} into {args.dest} ({skipped}, listed in {MANIFEST_NAME})"
+    return f"packed {manifest['count']} {args.image_size}x{args.image_size} images{classes} into {args.dest} ({skipped}, listed in {MANIFEST_NAME})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from tritonsagan.models import Generator
+from tritonsagan.models.config import IMAGE_SIZE
 
 from .data import BuiltinPhotoStream
 from .generate import generate
@@ -35,17 +36,19 @@ def colour_histograms(images: torch.Tensor) -> torch.Tensor:
     return counts / (height * width)
 
 
-def reference_crops(n: int = REFERENCE_CROPS, seed: int = REFERENCE_SEED) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """n crops of the built-in photos as training draws them: uint8 images, their photo index, the photo names."""
-    stream = BuiltinPhotoStream(seed)
+def reference_crops(n: int = REFERENCE_CROPS, seed: int = REFERENCE_SEED, image_size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """n crops of the built-in photos as training at image_size draws them: uint8 images, their photo
+    index, the photo names."""
+    stream = BuiltinPhotoStream(seed, image_size=image_size)
     items = [stream[i] for i in range(n)]
     return torch.stack([image for image, _, _ in items]), torch.tensor([label for _, label, _ in items]), stream.classes
 
 
 def photo_match(images: torch.Tensor, labels: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None) -> dict:
     """The share of `images` whose nearest reference crop (in colour) is of photo `labels[i]`, overall
-    and per photo: {"accuracy": float, "per_photo": {name: share}, "images": n}."""
-    crops, crop_labels, names = reference or reference_crops()
+    and per photo: {"accuracy": float, "per_photo": {name: share}, "images": n}. The reference
+    defaults to crops of the images' size."""
+    crops, crop_labels, names = reference or reference_crops(image_size=images.shape[-1] if images.dim() == 4 else IMAGE_SIZE)
     if labels.shape != (len(images),) or labels.dtype == torch.bool or labels.is_floating_point():
         raise ValueError(f"labels must be {len(images)} integer class indices, got {labels.dtype} {tuple(labels.shape)}")
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(names):
@@ -57,16 +60,18 @@ def photo_match(images: torch.Tensor, labels: torch.Tensor, reference: tuple[tor
 
 
 def fresh_crops_photo_match(reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None) -> dict:
-    """photo_match of real crops the reference has not seen: the score a generator's is read against."""
-    crops, labels, _ = reference_crops(FRESH_CROPS, FRESH_SEED)
+    """photo_match of real crops the reference has not seen (of the reference's size; default 128):
+    the score a generator's is read against."""
+    image_size = reference[0].shape[-1] if reference is not None else IMAGE_SIZE
+    crops, labels, _ = reference_crops(FRESH_CROPS, FRESH_SEED, image_size)
     return photo_match(crops, labels, reference)
 
 
 @torch.inference_mode()
 def generator_photo_match(generator: Generator, per_class: int = IMAGES_PER_CLASS, seed: int = 0) -> dict:
     """photo_match of `per_class` images of every class of a generator trained on `--data builtin
-    --conditional`, with that of fresh real crops beside it ("fresh_crops")."""
-    reference = reference_crops()
+    --conditional`, with that of fresh real crops of its size beside it ("fresh_crops")."""
+    reference = reference_crops(image_size=generator.config.image_size)
     names = reference[2]
     if generator.config.num_classes != len(names):
         raise ValueError(f"the generator has {generator.config.num_classes} classes; trained on the built-in photos it has one per photo, {len(names)}")

@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from tritonsagan.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
-from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, IMAGE_SIZE, Z_DIM
-from tritonsagan.models.layers import model_power_iteration
+from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, CLASS_BN_INITS, IMAGE_SIZE, IMAGE_SIZES, INITS, Z_DIM
 
 from .atomic_write import remove_temporary_files
 from .checkpoint import checkpoint_path, list_checkpoints, read_checkpoint, restore_checkpoint, save_checkpoint, set_aside, write_checkpoint
@@ -39,6 +38,7 @@ from .config_flags import add_config_flags, build_config, flag_name, on_off
 from .curves import MetricsLog
 from .data import ImageLimits
 from .diffaug import augment, draw, parse_policy
+from .ema import EMA
 from .errors import ConfigError, TritonsaganError
 from .evaluate import FID_WEIGHTS_ENV, FidMonitor, find_feature_weights
 from .generate import iter_generate
@@ -64,10 +64,25 @@ class TrainConfig:
     steps: int = _field(1_000_000, "total generator steps")
     max_minutes: float = _field(0.0, "stop after this many minutes of training, with a checkpoint, to continue later with the same command (0: no limit)")
     batch_size: int = _field(256, "global batch size (split across ranks)")
+    image_size: int = _field(
+        IMAGE_SIZE,
+        f"side of the images G draws and D reads: {', '.join(map(str, IMAGE_SIZES))}, each with BigGAN-PyTorch's widths for that size "
+        "(128: the official SAGAN model); at 32, D has no 32x32 features: give --attn-res 16",
+    )
     ch: int = _field(BASE_WIDTH, "base channel width of G and D")
     z_dim: int = _field(Z_DIM, "latent size")
     conditional: bool = _field(False, "class-conditional (sub-folders are classes; builtin: one class per photo)")
     attn_res: int = _field(ATTENTION_RESOLUTION, "resolution of the self-attention block in G and D (0: none)")
+    init: str = _field(INITS[0], "initialisation of every G and D weight: xavier (the official code's uniform) or orthogonal (BigGAN-PyTorch's)", choices=INITS)
+    class_bn_init: str = _field(
+        CLASS_BN_INITS[0],
+        "G's per-class batch-norm gains and biases at the start: identity (1 and 0, the official code's) or random "
+        "(1 + e and e, e an orthogonal per-class embedding, BigGAN-PyTorch's)",
+        choices=CLASS_BN_INITS,
+    )
+    d_sn_in_g_step: bool = _field(
+        False, "update D's spectral-norm vectors in the G step too (D in train mode there, as BigGAN-PyTorch; the official code: off)"
+    )
     lr_g: float = _field(1e-4, "generator learning rate")
     lr_d: float = _field(4e-4, "discriminator learning rate")
     beta1: float = _field(0.0, "Adam beta1")
@@ -131,7 +146,11 @@ class TrainConfig:
 # The settings a resumed run must share with its checkpoint: they shape the models or say which samples
 # each step reads, so changing one mid-run would make another run. All others may change on resume
 # (steps, learning rates, cadences, tunings...), and do: the change is applied and recorded.
-RUN_IDENTITY = ("data", "ch", "z_dim", "conditional", "attn_res", "seed", "batch_size", "n_dis", "crop", "min_image_side", "max_aspect_ratio")
+RUN_IDENTITY = (
+    "data", "image_size", "ch", "z_dim", "conditional", "attn_res", "seed", "batch_size", "n_dis", "crop", "min_image_side", "max_aspect_ratio"
+)  # fmt: skip
+# What a checkpoint written before a setting existed ran with.
+BEFORE_SETTING = {"image_size": IMAGE_SIZE}
 INVOCATION = ("out", "resume")  # how a command reaches the run, not what the run does
 
 
@@ -210,6 +229,16 @@ def _restart_store(rank: int, world_size: int) -> dist.Store | None:
     return dist.PrefixStore(f"tritonsagan/attempt_{attempt}", store)
 
 
+def generator_config(cfg: TrainConfig, num_classes: int) -> GeneratorConfig:
+    return GeneratorConfig(
+        ch=cfg.ch, z_dim=cfg.z_dim, num_classes=num_classes, attn_res=cfg.attn_res, image_size=cfg.image_size, init=cfg.init, class_bn_init=cfg.class_bn_init
+    )
+
+
+def discriminator_config(cfg: TrainConfig, num_classes: int) -> DiscriminatorConfig:
+    return DiscriminatorConfig(ch=cfg.ch, num_classes=num_classes, attn_res=cfg.attn_res, image_size=cfg.image_size, init=cfg.init)
+
+
 def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     """The config checked (every problem named at once, by its flag, before anything is written)
     with what it leaves to the device or the data decided: the device, compile and bf16 on for CUDA,
@@ -244,8 +273,12 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
         diffaug = resolve_diffaug(cfg.diffaug, cfg.data)
     except ConfigError as err:
         problems.append(str(err))
-    checks = [lambda: cfg.image_limits, lambda: GeneratorConfig(ch=cfg.ch, z_dim=cfg.z_dim, attn_res=cfg.attn_res)]
-    checks.append(lambda: DiscriminatorConfig(ch=cfg.ch, attn_res=cfg.attn_res))
+    checks = [lambda: cfg.image_limits]
+    if cfg.image_size not in IMAGE_SIZES:
+        problems.append(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {cfg.image_size}")
+    else:
+        checks.append(lambda: generator_config(cfg, num_classes=0))
+        checks.append(lambda: discriminator_config(cfg, num_classes=0))
     if cfg.fid_every:
         checks.append(lambda: find_feature_weights(cfg.fid_weights or None))  # before the run directory is made
     for check in checks:
@@ -266,6 +299,7 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
 def settings_changed_on_resume(checkpoint: Path, saved: dict, current: dict) -> dict[str, tuple]:
     """{setting: (checkpoint's value, this run's)} for each setting that differs; a ConfigError naming
     every RUN_IDENTITY setting that does."""
+    saved = {**BEFORE_SETTING, **saved}
     fixed = [name for name in RUN_IDENTITY if saved.get(name) != current[name]]
     if fixed:
         differences = ", ".join(f"{flag_name(name)} {saved.get(name)!r} (this command: {current[name]!r})" for name in fixed)
@@ -282,32 +316,6 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
-
-
-class EMA:
-    """G_ema = decay * G_ema + (1 - decay) * G after each step from `start` (a copy before it):
-    `average(G, weight(step))`.
-
-    Buffers stay consistent with the averaged weights: BN statistics are copied from G, and the
-    spectral-norm vectors of G_ema get one power iteration on G_ema's own weights per update.
-    """
-
-    def __init__(self, model: torch.nn.Module, decay: float, start: int) -> None:
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay, self.start = decay, start
-
-    def weight(self, step: int) -> float:
-        """How much of G goes into G_ema at this step (1: a copy)."""
-        return 1.0 - (self.decay if step >= self.start else 0.0)
-
-    @torch.no_grad()
-    def average(self, source: torch.nn.Module, weight: float) -> None:
-        ema_params, params = list(self.model.parameters()), list(source.parameters())
-        torch._foreach_lerp_(ema_params, params, weight)
-        for (name, ema_buffer), buffer in zip(self.model.named_buffers(), source.buffers()):
-            if not name.endswith(("weight_u", "weight_v")):
-                ema_buffer.copy_(buffer)
-        model_power_iteration(self.model)
 
 
 def attention_gammas(model: torch.nn.Module) -> list[float]:
@@ -344,12 +352,11 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         self.run = RunDirectory(cfg.out)
-        self.dataset = make_dataset(cfg.data, cfg.seed, cfg.conditional, cfg.crop == "random", cfg.image_limits)
+        self.dataset = make_dataset(cfg.data, cfg.seed, cfg.conditional, cfg.crop == "random", cfg.image_limits, cfg.image_size)
         self.per_rank_batch = cfg.batch_size // self.world.world_size
         check_enough_images(self.dataset, self.per_rank_batch)
         self.num_classes = self.dataset.num_classes if cfg.conditional else 0
-        self.G, self.D = self._build_models()
-        self.ema = EMA(self.G, cfg.ema_decay, cfg.ema_start)
+        self.G, self.D, self.ema = self._build_models()
         self.opt_g, self.opt_d = self._adam(self.G, cfg.lr_g), self._adam(self.D, cfg.lr_d)
         self.modules = {"G": self.G, "D": self.D, EMA_GENERATOR: self.ema.model}
         self.optimizers = {"opt_G": self.opt_g, "opt_D": self.opt_d}
@@ -379,16 +386,18 @@ class Trainer:
 
     # -- builders ------------------------------------------------------------------------------
 
-    def _build_models(self) -> tuple[Generator, Discriminator]:
+    def _build_models(self) -> tuple[Generator, Discriminator, EMA]:
         cfg, device = self.cfg, self.world.device
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-        G = Generator(ch=cfg.ch, z_dim=cfg.z_dim, num_classes=self.num_classes, attn_res=cfg.attn_res).to(device)
-        D = Discriminator(ch=cfg.ch, num_classes=self.num_classes, attn_res=cfg.attn_res).to(device)
+        G = Generator(generator_config(cfg, self.num_classes)).to(device)
+        D = Discriminator(discriminator_config(cfg, self.num_classes)).to(device)
         for model in (G, D):
             set_tuning(model, cfg.tuning)
+        # G_ema keeps plain batch norms: rank 0 alone recomputes its statistics, which a synchronised one would wait on the others for.
+        ema = EMA(G, cfg.ema_decay, cfg.ema_start, self.per_rank_batch, cfg.seed)
         if cfg.sync_bn:
             G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
-        return G, D
+        return G, D, ema
 
     def _adam(self, model: torch.nn.Module, lr: float) -> torch.optim.Adam:
         implementation = {}
@@ -444,7 +453,6 @@ class Trainer:
 
     def _g_loss(self, z, fake_y, augmentation):
         with self._autocast():
-            # D in eval mode: its spectral-norm vectors are not updated by the G step.
             return hinge_g_loss(self.D(augment(self.G_train(z, fake_y), augmentation), fake_y).float())
 
     def _draws(self, slot: int, augmented_images: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
@@ -454,7 +462,7 @@ class Trainer:
         gen = torch.Generator(self.draw_device).manual_seed(latent_seed(self.cfg.seed, self.step, slot, self.world.rank))
         z = torch.randn(self.per_rank_batch, self.cfg.z_dim, generator=gen, device=self.draw_device)
         y = torch.randint(self.num_classes, (self.per_rank_batch,), generator=gen, device=self.draw_device) if self.num_classes else None
-        augmentation = draw(self.diffaug, augmented_images, IMAGE_SIZE, gen)
+        augmentation = draw(self.diffaug, augmented_images, self.cfg.image_size, gen)
         device = self.world.device
         return z.to(device), None if y is None else y.to(device), {k: v.to(device) for k, v in augmentation.items()}
 
@@ -483,7 +491,8 @@ class Trainer:
             self.opt_d_step()
 
         z, fake_y, augmentation = self._draws(self.cfg.n_dis, augmented_images=self.per_rank_batch)
-        self.D.eval().requires_grad_(False)
+        # The official code's D in eval mode: its spectral-norm vectors are not updated by the G step.
+        self.D.train(self.cfg.d_sn_in_g_step).requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g = self.g_loss_fn(z, fake_y, augmentation)
         loss_g.backward()
@@ -568,9 +577,10 @@ class Trainer:
         path = checkpoint_path(self.run.checkpoints, self.step)
         if self.world.is_main:
             rng, extra = self._checkpoint_contents()
+            G_ema = self.ema_generator()
             try:
                 save_checkpoint(self.run.checkpoints, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
-                self.ema.model.save_pretrained(self.run.generator)
+                G_ema.save_pretrained(self.run.generator)
             except OSError as err:
                 raise CheckpointWriteError(
                     f"could not write the checkpoint of step {self.step}: {err}. Nothing was half-written; "
@@ -579,6 +589,11 @@ class Trainer:
         if self.world.world_size > 1:
             dist.barrier()
         self.last_good_checkpoint = path
+
+    def ema_generator(self) -> Generator:
+        """G_ema with the batch-norm statistics of its own weights at this step (tritonsagan.ema): what
+        every output of the run is drawn from."""
+        return self.ema.refresh_statistics(self.step)
 
     def describe_last_good(self) -> str:
         return str(self.last_good_checkpoint or "none (no checkpoint was written yet)")
@@ -601,7 +616,7 @@ class Trainer:
         """Grids from the fixed latents and labels: step_N.png (G in eval mode) and step_N_ema.png;
         returns them by model name (G, G_ema)."""
         grids = {}
-        for name, model, ema in (("G", self.G, False), (EMA_GENERATOR, self.ema.model, True)):
+        for name, model, ema in (("G", self.G, False), (EMA_GENERATOR, self.ema_generator(), True)):
             grids[name] = make_grid(torch.cat(list(iter_generate(model, self.sample_z, self.sample_y))))
             save_image(grids[name], self.run.sample_grid(self.step, ema))
         self.G.train()  # iter_generate left it in eval mode
@@ -661,7 +676,7 @@ def start_line(trainer: Trainer) -> str:
     ranks = f" x {world.world_size} ranks" if world.world_size > 1 else ""
     classes = f", {trainer.num_classes} classes" if trainer.num_classes else ", unconditional"
     return (
-        f"training on {device}{ranks}: ch {cfg.ch}, batch {cfg.batch_size}, steps {trainer.step} -> {cfg.steps}; "
+        f"training on {device}{ranks}: {cfg.image_size}x{cfg.image_size}, ch {cfg.ch}, batch {cfg.batch_size}, steps {trainer.step} -> {cfg.steps}; "
         f"data {cfg.data} ({len(dataset)} images{classes}); {describe_device_settings(cfg.compile, cfg.bf16, cfg.diffaug)}; "
         f"outputs in {trainer.run.root}/ (samples/, generator/, curves.png, metrics.jsonl)"
     )
@@ -712,7 +727,7 @@ def _minutes(seconds: float) -> str:
 
 def evaluate_fid(trainer: Trainer, fid: FidMonitor, log: MetricsLog, best_fid: float) -> float:
     """FID and KID of G_ema into the metrics; a new best is kept as checkpoints/best. The best FID."""
-    scores = fid(trainer.ema.model)
+    scores = fid(trainer.ema_generator())
     log.write({"step": trainer.step, **{k: scores[k] for k in ("fid", "kid", "kid_std")}})
     if scores["fid"] < best_fid:
         trainer.save_best(scores)
@@ -742,7 +757,7 @@ def train_steps(trainer: Trainer) -> None:
         run.write_config(dataclasses.asdict(cfg), trainer.step, trainer.changed_settings)
         print(start_line(trainer), flush=True)
     log = MetricsLog(run, trainer.step, enabled=main, tensorboard=cfg.tensorboard)
-    fid = FidMonitor(run.fid_reference, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers) if main and cfg.fid_every else None
+    fid = FidMonitor(run.fid_reference, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers, cfg.image_size) if main and cfg.fid_every else None
     best_fid = run.best_fid() if fid else math.inf
     clock = RunClock(cfg, trainer.step, world)
     # Whether every loss so far is finite, kept on the device: reading it makes the host wait for the
@@ -790,7 +805,7 @@ def train_steps(trainer: Trainer) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tritonsagan-train",
-        description="Train SAGAN-128 (hinge loss, TTUR, spectral norm, self-attention, EMA of G). "
+        description="Train SAGAN (128x128 by default; hinge loss, TTUR, spectral norm, self-attention, EMA of G). "
         "Run under torchrun for multi-GPU or multi-process CPU training.",
     )
     parser.add_argument("--config", help="JSON or TOML file of config fields; flags given here override it")

@@ -1,0 +1,205 @@
+"""Learning: the SAGAN trained class-conditionally on the built-in photos at 64x64 (each photo a
+class), measured at fixed steps: photo_match of G and of G_ema (tritonsagan.photo_match), KID of
+G_ema against real crops (with the FID Inception when installed; the report names the network),
+D's mean logits, the losses and the training wall-clock.
+
+The recipe (RECIPE) is the package's own TrainConfig defaults at 64x64 with a small width; it runs on
+the device it finds, about 30 minutes on two CPU cores. `figure` draws the curves, with a peer's
+figures beside them when given (a JSON of {"name", "rows": [{"step", "photo_match_g"}]}):
+
+    python -m tritonsagan.bench.learning REPORT.json [--peer PEER.json] --out learning.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from rich.table import Table
+
+from tritonsagan.errors import TritonsaganError
+from tritonsagan.evaluate import EvalError, FeatureNetwork, extract_features, find_feature_weights
+from tritonsagan.generate import generate
+from tritonsagan.images import make_grid, save_image
+from tritonsagan.metrics import kernel_inception_distance
+from tritonsagan.photo_match import fresh_crops_photo_match, photo_match, reference_crops
+from tritonsagan.train import TrainConfig, Trainer
+
+from .cells import number, table
+
+# The training run measured: the package's defaults but for these (no DiffAugment, as the peer runs).
+RECIPE = {"data": "builtin", "conditional": True, "image_size": 64, "ch": 16, "batch_size": 16, "diffaug": "", "ema_start": 200, "ema_decay": 0.99}
+STEPS, EVERY = 2000, 250
+QUICK = {"ch": 8, "batch_size": 4}
+QUICK_STEPS, QUICK_EVERY = 4, 2
+PHOTO_MATCH_PER_CLASS = 8  # generated images per class for photo_match
+KID_PER_CLASS = 20  # generated images per class for KID, and as many real crops (17 photos: 340)
+KID_SUBSETS = 100
+KID_REAL_SEED, KID_FRESH_SEED, GENERATE_SEED = 2, 3, 0
+
+
+class KidProbe:
+    """KID of a generator's images against real crops, on the FID feature network when one is found."""
+
+    def __init__(self, image_size: int, per_class: int, device: torch.device) -> None:
+        try:
+            self.network: FeatureNetwork | None = FeatureNetwork(find_feature_weights(), device)
+        except EvalError as err:
+            self.network, self.missing = None, str(err)
+            return
+        self.n = per_class * len(reference_crops(1, image_size=image_size)[2])
+        self.real = self._features(reference_crops(self.n, KID_REAL_SEED, image_size)[0])
+        self.real_vs_real = self.kid(self._features(reference_crops(self.n, KID_FRESH_SEED, image_size)[0]))
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.network is not None
+        return extract_features(self.network, images.split(50), -(-len(images) // 50), "features", progress=False)[0]
+
+    def kid(self, features: torch.Tensor) -> float:
+        return kernel_inception_distance(self.real, features, KID_SUBSETS, len(features), seed=0)[0]
+
+    def generator_kid(self, generator: torch.nn.Module) -> float:
+        classes = list(range(generator.config.num_classes))
+        return self.kid(self._features(generate(generator, self.n, classes=classes, seed=GENERATE_SEED)))
+
+    def describe(self) -> dict:
+        if self.network is None:
+            return {"network": None, "why_no_kid": self.missing}
+        return {"network": self.network.name, "network_sha256": self.network.sha256, "kid_n": self.n, "kid_real_vs_real": self.real_vs_real}
+
+
+def _photo_match(generator: torch.nn.Module, reference: tuple) -> float:
+    classes = list(range(generator.config.num_classes))
+    images = generate(generator, PHOTO_MATCH_PER_CLASS * len(classes), classes=classes, seed=GENERATE_SEED)
+    return photo_match(images, torch.arange(len(classes)).repeat_interleave(PHOTO_MATCH_PER_CLASS), reference)["accuracy"]
+
+
+def run(
+    device: torch.device,
+    quick: bool = False,
+    overrides: dict | None = None,
+    steps: int | None = None,
+    every: int | None = None,
+    kid: bool = True,
+    samples: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train RECIPE (with `overrides`, TrainConfig fields) for `steps`, measuring every `every` steps;
+    with `samples`, G_ema's grid (a row per class) at each measured step is written there."""
+    steps, every = steps or (QUICK_STEPS if quick else STEPS), every or (QUICK_EVERY if quick else EVERY)
+    recipe = {**RECIPE, **(QUICK if quick else {}), **(overrides or {})}
+    with tempfile.TemporaryDirectory(prefix="tritonsagan-learning-") as out:
+        cfg = TrainConfig(out=out, device=str(device), steps=steps, workers=1, sample_every=steps, save_every=steps, **recipe)
+        trainer = Trainer(cfg)
+        try:
+            return _measure(trainer, every, kid, samples, log, recipe)
+        finally:
+            trainer.release()
+
+
+def _measure(trainer: Trainer, every: int, kid: bool, samples: Path | None, log: Callable[[str], None], recipe: dict) -> dict:
+    cfg = trainer.cfg
+    reference = reference_crops(image_size=cfg.image_size)
+    probe = KidProbe(cfg.image_size, KID_PER_CLASS, trainer.world.device) if kid else None
+    section = {
+        "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k in {*recipe, "lr_g", "lr_d", "beta1", "beta2", "init", "class_bn_init", "d_sn_in_g_step"}},
+        "fresh_crops_photo_match": fresh_crops_photo_match(reference)["accuracy"],
+        **(probe.describe() if probe else {}),
+        "rows": [],
+    }
+    seconds = 0.0
+    while trainer.step < cfg.steps:
+        sums = dict.fromkeys(("loss_d", "loss_g", "d_real", "d_fake"), 0.0)
+        start, first = time.perf_counter(), trainer.step
+        while trainer.step < min(cfg.steps, first + every):
+            out = trainer.train_step()
+            for key in sums:
+                sums[key] += float(out[key])
+        seconds += time.perf_counter() - start
+        if not all(map(torch.isfinite, map(torch.tensor, sums.values()))):
+            raise TritonsaganError(f"learning benchmark: a loss became NaN or Inf by step {trainer.step}")
+        G_ema = trainer.ema_generator()
+        row = {"step": trainer.step, "photo_match_g": _photo_match(trainer.G, reference), "photo_match_g_ema": _photo_match(G_ema, reference)}
+        trainer.G.train()  # generate left it in eval mode
+        row["kid"] = probe.generator_kid(G_ema) if probe and probe.network else None
+        row.update({key: value / (trainer.step - first) for key, value in sums.items()}, seconds=seconds)
+        section["rows"].append(row)
+        if samples is not None:
+            classes = list(range(G_ema.config.num_classes))
+            grid = make_grid(generate(G_ema, 8 * len(classes), classes=classes, seed=GENERATE_SEED), columns=8)
+            save_image(grid, samples / f"step_{trainer.step:07d}_ema.png")
+        kid_text = f", KID {row['kid']:.4f}" if row["kid"] is not None else ""
+        log(f"learning: step {row['step']}: photo_match G {row['photo_match_g']:.2f}, G_ema {row['photo_match_g_ema']:.2f}{kid_text}; "
+            f"D real {row['d_real']:+.2f}, fake {row['d_fake']:+.2f}; {seconds:.0f} s")  # fmt: skip
+    return section
+
+
+def results_table(section: dict) -> Table:
+    network = section.get("network") or "no feature network: " + section.get("why_no_kid", "")
+    title = f"learning (photo_match of fresh real crops {section['fresh_crops_photo_match']:.2f}; KID: {network})"
+    result = table(title, ("step", "photo_match G", "photo_match G_ema", "KID G_ema", "D real", "D fake", "loss D", "loss G", "seconds"))
+    for r in section["rows"]:
+        result.add_row(
+            str(r["step"]), f"{r['photo_match_g']:.2f}", f"{r['photo_match_g_ema']:.2f}", number(r["kid"]),
+            f"{r['d_real']:+.2f}", f"{r['d_fake']:+.2f}", f"{r['loss_d']:.2f}", f"{r['loss_g']:.2f}", f"{r['seconds']:.0f}",
+        )  # fmt: skip
+    return result
+
+
+def figure(section: dict, peer: dict | None, path: Path) -> Path:
+    """photo_match of G and G_ema by step (the peer's G beside them), and KID of G_ema, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = section["rows"]
+    steps = [r["step"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    left.plot(steps, [r["photo_match_g_ema"] for r in rows], "o-", label="tritonsagan G_ema")
+    left.plot(steps, [r["photo_match_g"] for r in rows], "s--", label="tritonsagan G")
+    if peer:
+        left.plot([r["step"] for r in peer["rows"]], [r["photo_match_g"] for r in peer["rows"]], "^:", color="grey", label=f"{peer['name']} G")
+    left.axhline(section["fresh_crops_photo_match"], color="green", lw=0.8, label="fresh real crops")
+    left.axhline(1 / 17, color="red", lw=0.8, label="chance")
+    left.set(xlabel="step", ylabel="photo_match", ylim=(0, 1), title="class-conditional, built-in photos, 64x64")
+    left.legend(fontsize=7, loc="lower right")
+    kids = [(r["step"], r["kid"]) for r in rows if r["kid"] is not None]
+    if kids:
+        right.plot(*zip(*kids), "o-", label="tritonsagan G_ema")
+        right.axhline(section["kid_real_vs_real"], color="green", lw=0.8, label="real vs real")
+        right.set(xlabel="step", ylabel="KID", title=f"KID to real crops (n={section['kid_n']})", yscale="log")
+        right.legend(fontsize=7)
+    else:
+        right.set_axis_off()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tritonsagan.bench.learning", description="Draw a report's learning curves.")
+    parser.add_argument("report", help="a tritonsagan-bench JSON report with a learning section")
+    parser.add_argument("--peer", help="a JSON of a peer's figures: {name, rows: [{step, photo_match_g}]}")
+    parser.add_argument("--out", required=True, help="the PNG to write")
+    args = parser.parse_args(argv)
+    report = json.loads(Path(args.report).read_text())
+    if "learning" not in report:
+        print(f"{args.report}: no learning section (tritonsagan-bench --only learning)", file=sys.stderr)
+        return 2
+    peer = json.loads(Path(args.peer).read_text()) if args.peer else None
+    print(f"wrote {figure(report['learning'], peer, Path(args.out))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
