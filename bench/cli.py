@@ -80,7 +80,12 @@ def report_name(report: dict) -> str:
 
 
 def run(
-    device: torch.device, sections: set[str], quick: bool, variants: list[train_step.Variant], console: Console, samples: Path | None = None
+    device: torch.device,
+    sections: set[str],
+    quick: bool,
+    variants: list[train_step.Variant],
+    console: Console,
+    learning_options: dict | None = None,
 ) -> dict:
     report: dict = {"environment": environment(device), "quick": quick}
     console.print(environment_line(report["environment"], quick), highlight=False)
@@ -88,7 +93,7 @@ def run(
         report["hopper"] = hopper.compile_report()
         console.print(hopper.report_table(report["hopper"]))
     if "learning" in sections:
-        report["learning"] = learning.run(device, quick, samples=samples, log=lambda line: console.print(line, highlight=False))
+        report["learning"] = learning.run(device, quick, **(learning_options or {}), log=lambda line: console.print(line, highlight=False))
         console.print(learning.results_table(report["learning"]))
     if not sections & set(TIMED_SECTIONS):
         return report
@@ -143,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", help=f"training-step variants: comma list of ids ({', '.join(train_step.VARIANT_IDS)}) "
                         f"or groups ({', '.join(train_step.VARIANT_GROUPS)}); default: all")  # fmt: skip
     add_device_argument(parser)
-    parser.add_argument("--samples", help="with the learning section: write G_ema's grid (a row per class) at each measured step into this folder")
+    parser.add_argument("--samples", help="learning: write G_ema's grid (a row per class) at each measured step into this folder")
+    parser.add_argument("--learning-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="learning: a TrainConfig field to change from the recipe, e.g. class_bn_init=identity (repeatable)")
+    parser.add_argument("--learning-steps", type=int, help=f"learning: steps to train (default: {learning.STEPS})")
+    parser.add_argument("--learning-every", type=int, help=f"learning: steps between measurements (default: {learning.EVERY})")
     parser.add_argument("--json", help="write every number to this JSON file, or into this folder as <device>_<date>.json")
     parser.add_argument("--merge", action="store_true", help="with --json: add this run's sections to the report already there")
     return parser
@@ -154,7 +163,11 @@ def _run(args: argparse.Namespace) -> str | None:
     sections, variants = parse_sections(args.only, args.hopper), train_step.select_variants(args.variants)
     # Off a terminal (a log file, CI) rich would wrap the tables at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=200)
-    report = run(device, sections, args.quick, variants, console, Path(args.samples) if args.samples else None)
+    learning_options = {
+        "overrides": learning.parse_overrides(args.learning_set), "steps": args.learning_steps, "every": args.learning_every,
+        "samples": Path(args.samples) if args.samples else None,
+    }  # fmt: skip
+    report = run(device, sections, args.quick, variants, console, learning_options)
     if not args.json:
         return None
     path = Path(args.json)

@@ -5,9 +5,11 @@ D's mean logits, the losses and the training wall-clock.
 
 The recipe (RECIPE) is the package's own TrainConfig defaults at 64x64 with a small width; it runs on
 the device it finds, about 30 minutes on two CPU cores. `figure` draws the curves, with a peer's
-figures beside them when given (a JSON of {"name", "rows": [{"step", "photo_match_g"}]}):
+figures beside them when given (a JSON of {"name", "rows": [{"step", "photo_match_g"}]}), and
+`comparison_markdown` tabulates several runs (one change each, and the peer's):
 
     python -m tritonsagan.bench.learning REPORT.json [--peer PEER.json] --out learning.png
+    python -m tritonsagan.bench.learning --table REPORT.json ... PEER.json
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import json
 import sys
 import tempfile
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from rich.table import Table
 
-from tritonsagan.errors import TritonsaganError
+from tritonsagan.errors import ConfigError, TritonsaganError
 from tritonsagan.evaluate import EvalError, FeatureNetwork, extract_features, find_feature_weights
 from tritonsagan.generate import generate
 from tritonsagan.images import make_grid, save_image
@@ -73,6 +76,31 @@ class KidProbe:
         if self.network is None:
             return {"network": None, "why_no_kid": self.missing}
         return {"network": self.network.name, "network_sha256": self.network.sha256, "kid_n": self.n, "kid_real_vs_real": self.real_vs_real}
+
+
+BOOLEANS = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["class_bn_init=identity", "lr_d=2e-4"] -> TrainConfig fields, each value typed as the field is."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    types = typing.get_type_hints(TrainConfig)
+    overrides = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in fields or not _:
+            raise ConfigError(f"--learning-set {item}: expected FIELD=VALUE with a TrainConfig field (e.g. class_bn_init=identity)")
+        kind = types[name]
+        if kind in (bool, bool | None):
+            if value.lower() not in BOOLEANS:
+                raise ConfigError(f"--learning-set {item}: {name} takes one of {', '.join(BOOLEANS)}")
+            overrides[name] = BOOLEANS[value.lower()]
+            continue
+        try:
+            overrides[name] = kind(value)
+        except ValueError:
+            raise ConfigError(f"--learning-set {item}: {value!r} is not a {kind.__name__}") from None
+    return overrides
 
 
 def _photo_match(generator: torch.nn.Module, reference: tuple) -> float:
@@ -186,15 +214,49 @@ def figure(section: dict, peer: dict | None, path: Path) -> Path:
     return path
 
 
+TABLE_STEPS = (500, 1000, 1500)
+
+
+def changes_from_recipe(section: dict) -> str:
+    """What a run's recipe changed from RECIPE over today's TrainConfig defaults, e.g. "init=orthogonal"."""
+    defaults = {**dataclasses.asdict(TrainConfig()), **RECIPE}
+    changed = [f"{k}={v}" for k, v in section["recipe"].items() if defaults.get(k) != v]
+    return ", ".join(changed) or "none"
+
+
+def comparison_markdown(runs: list[tuple[str, dict]]) -> str:
+    """A row per run: photo_match of G (and of G_ema) at TABLE_STEPS, D's mean logits at the last of
+    them. A run is a report with a learning section, or a peer's figures ({name, rows})."""
+    steps = " / ".join(map(str, TABLE_STEPS))
+    lines = [f"| run | changed from the recipe | photo_match G at {steps} | G_ema at {steps} | D real / fake at {TABLE_STEPS[-1]} |", "|---|---|---|---|---|"]
+    for name, run in runs:
+        section = run.get("learning", run)
+        by_step = {row["step"]: row for row in section["rows"]}
+
+        def cells(key: str) -> str:
+            return " / ".join(f"{by_step[step][key]:.2f}" if step in by_step and key in by_step[step] else "-" for step in TABLE_STEPS)
+
+        last = by_step.get(TABLE_STEPS[-1], {})
+        logits = f"{last['d_real']:+.2f} / {last['d_fake']:+.2f}" if "d_real" in last else "-"
+        changed = changes_from_recipe(section) if "recipe" in section else "(peer)"
+        lines.append(f"| `{name}` | {changed} | {cells('photo_match_g')} | {cells('photo_match_g_ema')} | {logits} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tritonsagan.bench.learning", description="Draw a report's learning curves.")
-    parser.add_argument("report", help="a tritonsagan-bench JSON report with a learning section")
-    parser.add_argument("--peer", help="a JSON of a peer's figures: {name, rows: [{step, photo_match_g}]}")
-    parser.add_argument("--out", required=True, help="the PNG to write")
+    parser = argparse.ArgumentParser(prog="python -m tritonsagan.bench.learning", description="Learning reports: their curves, or a table of several.")
+    parser.add_argument("reports", nargs="+", help="tritonsagan-bench JSON reports with a learning section (or, with --table, a peer's figures)")
+    parser.add_argument("--peer", help="a JSON of a peer's figures, drawn beside the report's: {name, rows: [{step, photo_match_g}]}")
+    parser.add_argument("--out", help="the PNG of the first report's curves")
+    parser.add_argument("--table", action="store_true", help="print a markdown table of every report instead")
     args = parser.parse_args(argv)
-    report = json.loads(Path(args.report).read_text())
-    if "learning" not in report:
-        print(f"{args.report}: no learning section (tritonsagan-bench --only learning)", file=sys.stderr)
+    runs = [(Path(path).name, json.loads(Path(path).read_text())) for path in args.reports]
+    if args.table:
+        print(comparison_markdown(runs))
+        return 0
+    name, report = runs[0]
+    if "learning" not in report or not args.out:
+        print(f"{name}: needs a learning section (tritonsagan-bench --only learning) and --out", file=sys.stderr)
         return 2
     peer = json.loads(Path(args.peer).read_text()) if args.peer else None
     print(f"wrote {figure(report['learning'], peer, Path(args.out))}")

@@ -21,9 +21,14 @@ COLUMNS = [
 ]
 
 
+TABLE_SECTIONS = ("attention", "spectral_norm", "train_step", "data")  # a report with none of them (learning alone) has no row
+
+
 def summary_markdown(reports: list[tuple[str, dict]]) -> str:
     lines = ["| report | device | " + " | ".join(header for header, _ in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for name, report in reports:
+        if not any(section in report for section in TABLE_SECTIONS):
+            continue
         env = report["environment"]
         device = f"{env['device']} (torch {env['torch']}{', quick' if report.get('quick') else ''})"
         lines.append(f"| `{name}` | {device} | " + " | ".join(cell(report) for _, cell in COLUMNS) + " |")

@@ -1,4 +1,4 @@
-"""SAGAN-128 generator, discriminator and their layers."""
+"""SAGAN generator, discriminator and their layers (128x128 by default, the official model; 32, 64, 256 too)."""
 
 from .config import DiscriminatorConfig, GeneratorConfig, TuningConfig
 from .discriminator import Discriminator

@@ -99,7 +99,7 @@ class GeneratorConfig:
         check_image_size("Generator", self.image_size)
         _check_choice("Generator", "init", self.init, INITS)
         _check_choice("Generator", "class_bn_init", self.class_bn_init, CLASS_BN_INITS)
-        _check_widths("Generator", self.ch, self.num_classes, self.attn_res, self.widths[self.attention_block + 1])
+        _check_widths("Generator", self.ch, self.num_classes, self.attn_res, G_WIDTHS[self.image_size][self.attention_block + 1])
         if self.z_dim < 1:
             raise ValueError(f"Generator: z_dim must be positive, got {self.z_dim}")
 
@@ -125,7 +125,7 @@ class DiscriminatorConfig:
     def __post_init__(self) -> None:
         check_image_size("Discriminator", self.image_size)
         _check_choice("Discriminator", "init", self.init, INITS)
-        _check_widths("Discriminator", self.ch, self.num_classes, self.attn_res, self.widths[self.attention_block])
+        _check_widths("Discriminator", self.ch, self.num_classes, self.attn_res, D_WIDTHS[self.image_size][self.attention_block])
 
     @property
     def widths(self) -> tuple[int, ...]:

@@ -77,8 +77,8 @@ def test_quick_report_has_every_section(tmp_path):
     assert len(gpu_targets) == 12 and all(t["status"] == "not measured" and t["met"] is None for t in gpu_targets)  # no Triton, no bf16
     assert all(t["target"].startswith("data:") and t["measured"] is not None and t["met"] in (True, False) for t in data_targets)
 
-    table = summary_markdown([("cpu.json", report)]).splitlines()
-    assert len(table) == 3 and table[2].startswith("| `cpu.json` |")
+    table = summary_markdown([("cpu.json", report), ("learning.json", {"environment": report["environment"], "learning": {}})]).splitlines()
+    assert len(table) == 3 and table[2].startswith("| `cpu.json` |")  # a report without timed sections has no row
     assert f"{format_number(train['a']['images_per_s'])} / n/a / {format_number(train['b']['images_per_s'])}" in table[2]
 
 
@@ -167,3 +167,30 @@ def test_hopper_section_is_printed_and_saved(tmp_path, monkeypatch, capsys):
     assert report["hopper"] == fake and "attention" not in report and "floor" not in report
     printed = capsys.readouterr().out
     assert "Hopper compile check" in printed and "_attention_fwd_kernel" in printed and "wgmma" in printed
+
+
+def test_learning_section_measures_each_step_and_draws_its_curves(tmp_path, monkeypatch):
+    """--only learning --quick: a row per measured step with photo_match of G and G_ema, KID on the
+    named network, D's logits, losses and seconds; the grids; the curves beside a peer's figures."""
+    from tritonsagan.bench.learning import main as learning_main
+    from tritonsagan.evaluate import FID_WEIGHTS_ENV
+    from helpers import stand_in_network
+
+    monkeypatch.setenv(FID_WEIGHTS_ENV, str(stand_in_network(tmp_path / "net.pt")))
+    report = _bench(tmp_path / "report", "--only", "learning", "--samples", str(tmp_path / "grids"))
+    learning = report["learning"]
+    assert set(report) == {"environment", "quick", "learning"}
+    assert learning["recipe"]["image_size"] == 64 and learning["recipe"]["conditional"] and learning["network"].startswith("unknown TorchScript")
+    assert 0.9 <= learning["fresh_crops_photo_match"] <= 1 and math.isfinite(learning["kid_real_vs_real"])
+    assert [row["step"] for row in learning["rows"]] == [2, 4]
+    for row in learning["rows"]:
+        assert all(0 <= row[key] <= 1 for key in ("photo_match_g", "photo_match_g_ema"))
+        assert all(math.isfinite(row[key]) for key in ("kid", "d_real", "d_fake", "loss_d", "loss_g")) and _positive(row["seconds"])
+    assert learning["rows"][1]["seconds"] > learning["rows"][0]["seconds"]
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["step_0000002_ema.png", "step_0000004_ema.png"]
+
+    peer = tmp_path / "peer.json"
+    peer.write_text(json.dumps({"name": "a peer", "rows": [{"step": 2, "photo_match_g": 0.5}, {"step": 4, "photo_match_g": 0.6}]}))
+    (written,) = (tmp_path / "report").glob("*.json")
+    assert learning_main([str(written), "--peer", str(peer), "--out", str(tmp_path / "learning.png")]) == 0
+    assert (tmp_path / "learning.png").stat().st_size > 10_000

@@ -157,6 +157,7 @@ def test_other_attention_resolutions(attn_res):
         (lambda G, D: Generator(ch=CH, image_size=100), "image_size must be one of 32, 64, 128, 256, got 100"),
         (lambda G, D: Discriminator(ch=CH, image_size=32), r"at image_size 32, attn_res must be 0 \(no attention\) or one of 8, 16, got 32"),
         (lambda G, D: Discriminator(ch=CH, image_size=64)(torch.randn(2, 3, 128, 128)), r"x must have shape \(B, 3, 64, 64\) for image_size 64"),
+        (lambda G, D: Discriminator(ch=4, image_size=64), "ch=4 gives the attention block at 32x32 4 channels"),
         (lambda G, D: Generator(ch=CH, init="kaiming"), "init must be one of xavier, orthogonal"),
         (lambda G, D: Generator(ch=CH, class_bn_init="zeros"), "class_bn_init must be one of identity, random"),
     ],

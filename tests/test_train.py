@@ -194,3 +194,17 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_continues(tmp_
     train(tiny_config(run, steps=4, log_every=1))
     assert [s for s, _ in list_checkpoints(run / "checkpoints")][-1] == 4
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("d_sn_in_g_step", [False, True])
+def test_the_g_step_updates_ds_spectral_norm_vectors_only_when_asked(tmp_path, d_sn_in_g_step):
+    """Off (the official code): D's power iteration runs in the D step only; on (BigGAN-PyTorch): in both."""
+    trainer = train_module.Trainer(tiny_config(tmp_path / "run", d_sn_in_g_step=d_sn_in_g_step, diffaug=""))
+    layer, changed = trainer.D.blocks[1].conv1, []
+    trainer.D.register_forward_pre_hook(lambda module, args: changed.append(layer.weight_u.clone()))
+    trainer.D.register_forward_hook(lambda module, args, out: changed.append(not torch.equal(changed.pop(), layer.weight_u)))
+    try:
+        trainer.step_on([(torch.rand(4, 3, 128, 128) * 2 - 1, None)])
+    finally:
+        trainer.release()
+    assert changed == [True, d_sn_in_g_step]  # the D step's forward, then the G step's

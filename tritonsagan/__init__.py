@@ -1,4 +1,4 @@
-"""tritonsagan: Self-Attention GANs (SAGAN, 128x128) with Triton attention and spectral-norm kernels."""
+"""tritonsagan: Self-Attention GANs (SAGAN; 128x128 by default, 32 to 256) with Triton attention and spectral-norm kernels."""
 
 from tritonsagan.models import Discriminator, Generator
 
