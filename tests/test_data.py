@@ -63,16 +63,16 @@ def test_short_side_crop_centres_or_draws_inside_the_resized_image(tmp_path):
     write_image(tmp_path / "wide.png", 0, size=(300, 129))
     image = load_rgb(tmp_path / "wide.png")
     resized = image.resize((298, 128), Image.Resampling.BICUBIC, reducing_gap=3.0)  # shorter side to 128
-    centre = short_side_crop(image)
+    centre = short_side_crop(image, 128)
     assert centre.size == (128, 128) and np.array_equal(np.asarray(centre), np.asarray(resized)[:, 85:213])
     lefts = set()
     for seed in range(20):
-        crop = np.asarray(short_side_crop(image, np.random.default_rng(seed)))
+        crop = np.asarray(short_side_crop(image, 128, np.random.default_rng(seed)))
         left = [x for x in range(298 - 127) if np.array_equal(crop, np.asarray(resized)[:, x : x + 128])]
         assert len(left) == 1
         lefts.add(left[0])
     assert len(lefts) > 10  # positions drawn across the spare width
-    flipped = [resize_and_crop(image, np.random.default_rng(seed), random_crop=False) for seed in range(20)]
+    flipped = [resize_and_crop(image, 128, np.random.default_rng(seed), random_crop=False) for seed in range(20)]
     kinds = {"same" if np.array_equal(np.asarray(f), np.asarray(centre)) else "flipped" for f in flipped}
     assert kinds == {"same", "flipped"} and all(
         np.array_equal(np.asarray(f), np.asarray(centre)) or np.array_equal(np.asarray(f), np.asarray(centre)[:, ::-1]) for f in flipped

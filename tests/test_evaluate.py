@@ -265,7 +265,7 @@ def test_eval_reads_a_packed_dataset(tmp_path, net_path, generator_dir, capsys):
     assert _eval("--weights", str(generator_dir), "--data", str(tmp_path / "packed"), "--n", "30", "--fid-weights", str(net_path),
                  "--kid-subset-size", "10", "--out", str(out)) == 0  # fmt: skip
     result = json.loads(out.read_text())
-    assert result["reference"] == f"{tmp_path / 'packed'}, n=30" and np.isfinite(result["fid"])
+    assert result["reference"] == f"{tmp_path / 'packed'}, n=30, 128x128" and np.isfinite(result["fid"])
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")

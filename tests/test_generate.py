@@ -235,6 +235,6 @@ def test_several_weights_side_by_side_from_the_same_latents(conditional_weights,
     assert not np.array_equal(pair[TITLE_HEIGHT:, grid.shape[1] + PANEL_GAP :], grid)
     Generator(ch=8, num_classes=3).save_pretrained(tmp_path / "three")
     assert main(["--weights", str(conditional_weights), str(tmp_path / "three"), "--n", "2", "--out", str(both)]) == 1
-    assert "must share z_dim and classes" in capsys.readouterr().err
+    assert "must share z_dim, classes and image size" in capsys.readouterr().err
     assert main(["--weights", str(conditional_weights), str(other), "--n", "2", "--out-dir", str(tmp_path / "d")]) == 1
     assert "--out-dir and --attention-maps take one" in capsys.readouterr().err

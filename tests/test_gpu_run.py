@@ -80,7 +80,7 @@ def test_model_card_says_why_fid_was_not_measured():
         "weights_bytes": 9 * 2**20,
         "photo_match": {"accuracy": 0.75, "images": 16, "per_photo": {"astronaut": 1.0, "brick": 0.5}, "fresh_crops": 0.94},
     }
-    config = {"ch": 24, "z_dim": 128, "attn_res": 32, "batch_size": 128, "lr_g": 1e-4, "lr_d": 4e-4, "ema_decay": 0.999, "ema_start": 1000,
+    config = {"ch": 24, "image_size": 128, "z_dim": 128, "attn_res": 32, "batch_size": 128, "lr_g": 1e-4, "lr_d": 4e-4, "ema_decay": 0.999, "ema_start": 1000,
               "compile": True, "bf16": True, "diffaug": "color,translation,cutout", "fid_n": 2100}  # fmt: skip
     card = model_card(summary, config)
     assert "| FID / KID | not measured: no FID feature network: install the offline Inception |" in card
