@@ -44,11 +44,14 @@ def d_block_resolutions(image_size: int) -> tuple[int, ...]:
     return tuple(resolutions)
 
 
-# Initialisation of every weight: the official code's Xavier-uniform, or BigGAN-PyTorch's orthogonal.
+# Initialisation of every weight: the official code's Xavier-uniform (INIT), or BigGAN-PyTorch's orthogonal.
 INITS = ("xavier", "orthogonal")
+INIT = "xavier"
 # G's per-class batch-norm gains and biases at the start: the official code's 1 and 0, or BigGAN-PyTorch's
-# 1 + e(y) and e(y) with e an orthogonally initialised embedding.
+# 1 + e(y) and e(y) with e an orthogonally initialised embedding. The default is BigGAN-PyTorch's, on the
+# learning benchmark's evidence (bench/results/learning/: every class learned sooner; README, "Learning").
 CLASS_BN_INITS = ("identity", "random")
+CLASS_BN_INIT = "random"
 
 # The attention block's 1x1 convolutions: query and key (theta, phi) have channels / 8 outputs, the
 # value (g) channels / 2, as in the official sn_non_local_block_sim.
@@ -92,8 +95,8 @@ class GeneratorConfig:
     num_classes: int = 0  # 0: unconditional
     attn_res: int = ATTENTION_RESOLUTION  # 0: no attention
     image_size: int = IMAGE_SIZE
-    init: str = INITS[0]
-    class_bn_init: str = CLASS_BN_INITS[0]
+    init: str = INIT
+    class_bn_init: str = CLASS_BN_INIT
 
     def __post_init__(self) -> None:
         check_image_size("Generator", self.image_size)
@@ -120,7 +123,7 @@ class DiscriminatorConfig:
     num_classes: int = 0  # 0: unconditional
     attn_res: int = ATTENTION_RESOLUTION  # 0: no attention
     image_size: int = IMAGE_SIZE
-    init: str = INITS[0]
+    init: str = INIT
 
     def __post_init__(self) -> None:
         check_image_size("Discriminator", self.image_size)

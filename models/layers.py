@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tritonsagan.kernels import attention, init_spectral_norm_vectors, spectral_norm
 from tritonsagan.kernels.spectral_norm import autocast_dtype, power_iteration, power_iteration_grouped, spectral_norm_after_update
 
-from .config import ATTENTION_QUERY_KEY_RATIO, ATTENTION_VALUE_RATIO, TuningConfig
+from .config import ATTENTION_QUERY_KEY_RATIO, ATTENTION_VALUE_RATIO, CLASS_BN_INIT, TuningConfig
 
 
 class SpectralNormMixin:
@@ -176,7 +176,7 @@ class ClassBatchNorm2d(nn.Module):
     With num_classes = 0 it is a plain batch norm with one learned affine, and `y` is ignored.
     """
 
-    def __init__(self, num_features: int, num_classes: int = 0, eps: float = 1e-5, momentum: float = 0.1, init: str = "identity") -> None:
+    def __init__(self, num_features: int, num_classes: int = 0, eps: float = 1e-5, momentum: float = 0.1, init: str = CLASS_BN_INIT) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=num_classes == 0)
@@ -200,7 +200,7 @@ class ClassBatchNorm2d(nn.Module):
 class GBlock(nn.Module):
     """Generator up-block: cBN, ReLU, 2x nearest upsample, conv3x3, cBN, ReLU, conv3x3; shortcut up + conv1x1."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0, class_bn_init: str = "identity") -> None:
+    def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0, class_bn_init: str = CLASS_BN_INIT) -> None:
         super().__init__()
         self.bn1 = ClassBatchNorm2d(in_channels, num_classes, init=class_bn_init)
         self.conv1 = SNConv2d(in_channels, out_channels, 3, padding=1)

@@ -81,8 +81,8 @@ def test_orthogonal_init_and_its_power_iteration_vectors():
 
 
 def test_class_batch_norm_inits():
-    identity = Generator(ch=CH, num_classes=5)
-    random = Generator(ch=CH, num_classes=5, class_bn_init="random")
+    identity = Generator(ch=CH, num_classes=5, class_bn_init="identity")
+    random = Generator(ch=CH, num_classes=5)  # the default
     for a, b in zip(identity.blocks, random.blocks):
         assert torch.equal(a.bn1.gamma.weight, torch.ones_like(a.bn1.gamma.weight)) and not a.bn1.beta.weight.any()
         gains, biases = b.bn1.gamma.weight - 1, b.bn1.beta.weight

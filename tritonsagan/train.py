@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from tritonsagan.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
-from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, CLASS_BN_INITS, IMAGE_SIZE, IMAGE_SIZES, INITS, Z_DIM
+from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, CLASS_BN_INIT, CLASS_BN_INITS, IMAGE_SIZE, IMAGE_SIZES, INIT, INITS, Z_DIM
 
 from .atomic_write import remove_temporary_files
 from .checkpoint import checkpoint_path, list_checkpoints, read_checkpoint, restore_checkpoint, save_checkpoint, set_aside, write_checkpoint
@@ -73,11 +73,11 @@ class TrainConfig:
     z_dim: int = _field(Z_DIM, "latent size")
     conditional: bool = _field(False, "class-conditional (sub-folders are classes; builtin: one class per photo)")
     attn_res: int = _field(ATTENTION_RESOLUTION, "resolution of the self-attention block in G and D (0: none)")
-    init: str = _field(INITS[0], "initialisation of every G and D weight: xavier (the official code's uniform) or orthogonal (BigGAN-PyTorch's)", choices=INITS)
+    init: str = _field(INIT, "initialisation of every G and D weight: xavier (the official code's uniform) or orthogonal (BigGAN-PyTorch's)", choices=INITS)
     class_bn_init: str = _field(
-        CLASS_BN_INITS[0],
-        "G's per-class batch-norm gains and biases at the start: identity (1 and 0, the official code's) or random "
-        "(1 + e and e, e an orthogonal per-class embedding, BigGAN-PyTorch's)",
+        CLASS_BN_INIT,
+        "G's per-class batch-norm gains and biases at the start: random (1 + e and e, e an orthogonal per-class embedding, "
+        "BigGAN-PyTorch's; every class learned sooner on the learning benchmark) or identity (1 and 0, the official code's)",
         choices=CLASS_BN_INITS,
     )
     d_sn_in_g_step: bool = _field(
