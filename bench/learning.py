@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import tempfile
 import time
@@ -32,7 +33,8 @@ from tritonsagan.evaluate import EvalError, FeatureNetwork, extract_features, fi
 from tritonsagan.generate import generate
 from tritonsagan.images import make_grid, save_image
 from tritonsagan.metrics import kernel_inception_distance
-from tritonsagan.photo_match import fresh_crops_photo_match, photo_match, reference_crops
+from tritonsagan.data import BUILTIN_PHOTOS
+from tritonsagan.photo_match import fresh_crops_photo_match, generated_photo_match, reference_crops
 from tritonsagan.train import TrainConfig, Trainer
 
 from .cells import number, table
@@ -42,7 +44,6 @@ RECIPE = {"data": "builtin", "conditional": True, "image_size": 64, "ch": 16, "b
 STEPS, EVERY = 2000, 250
 QUICK = {"ch": 8, "batch_size": 4}
 QUICK_STEPS, QUICK_EVERY = 4, 2
-PHOTO_MATCH_PER_CLASS = 8  # generated images per class for photo_match
 KID_PER_CLASS = 20  # generated images per class for KID, and as many real crops (17 photos: 340)
 KID_SUBSETS = 100
 KID_REAL_SEED, KID_FRESH_SEED, GENERATE_SEED = 2, 3, 0
@@ -57,7 +58,7 @@ class KidProbe:
         except EvalError as err:
             self.network, self.missing = None, str(err)
             return
-        self.n = per_class * len(reference_crops(1, image_size=image_size)[2])
+        self.n = per_class * len(BUILTIN_PHOTOS)
         self.real = self._features(reference_crops(self.n, KID_REAL_SEED, image_size)[0])
         self.real_vs_real = self.kid(self._features(reference_crops(self.n, KID_FRESH_SEED, image_size)[0]))
 
@@ -83,12 +84,11 @@ BOOLEANS = {"true": True, "on": True, "1": True, "false": False, "off": False, "
 
 def parse_overrides(items: list[str]) -> dict:
     """["class_bn_init=identity", "lr_d=2e-4"] -> TrainConfig fields, each value typed as the field is."""
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     types = typing.get_type_hints(TrainConfig)
     overrides = {}
     for item in items:
-        name, _, value = item.partition("=")
-        if name not in fields or not _:
+        name, equals, value = item.partition("=")
+        if name not in types or not equals:
             raise ConfigError(f"--learning-set {item}: expected FIELD=VALUE with a TrainConfig field (e.g. class_bn_init=identity)")
         kind = types[name]
         if kind in (bool, bool | None):
@@ -101,12 +101,6 @@ def parse_overrides(items: list[str]) -> dict:
         except ValueError:
             raise ConfigError(f"--learning-set {item}: {value!r} is not a {kind.__name__}") from None
     return overrides
-
-
-def _photo_match(generator: torch.nn.Module, reference: tuple) -> float:
-    classes = list(range(generator.config.num_classes))
-    images = generate(generator, PHOTO_MATCH_PER_CLASS * len(classes), classes=classes, seed=GENERATE_SEED)
-    return photo_match(images, torch.arange(len(classes)).repeat_interleave(PHOTO_MATCH_PER_CLASS), reference)["accuracy"]
 
 
 def run(
@@ -151,10 +145,11 @@ def _measure(trainer: Trainer, every: int, kid: bool, samples: Path | None, log:
             for key in sums:
                 sums[key] += float(out[key])
         seconds += time.perf_counter() - start
-        if not all(map(torch.isfinite, map(torch.tensor, sums.values()))):
+        if not all(map(math.isfinite, sums.values())):
             raise TritonsaganError(f"learning benchmark: a loss became NaN or Inf by step {trainer.step}")
         G_ema = trainer.ema_generator()
-        row = {"step": trainer.step, "photo_match_g": _photo_match(trainer.G, reference), "photo_match_g_ema": _photo_match(G_ema, reference)}
+        models = {"photo_match_g": trainer.G, "photo_match_g_ema": G_ema}
+        row = {"step": trainer.step, **{key: generated_photo_match(model, reference, seed=GENERATE_SEED)["accuracy"] for key, model in models.items()}}
         trainer.G.train()  # generate left it in eval mode
         row["kid"] = probe.generator_kid(G_ema) if probe and probe.network else None
         row.update({key: value / (trainer.step - first) for key, value in sums.items()}, seconds=seconds)
@@ -226,11 +221,14 @@ def changes_from_recipe(section: dict) -> str:
 
 def comparison_markdown(runs: list[tuple[str, dict]]) -> str:
     """A row per run: photo_match of G (and of G_ema) at TABLE_STEPS, D's mean logits at the last of
-    them. A run is a report with a learning section, or a peer's figures ({name, rows})."""
+    them. A run is a report with a learning section, or a peer's figures ({name, rows}); other reports
+    are left out."""
     steps = " / ".join(map(str, TABLE_STEPS))
     lines = [f"| run | changed from the recipe | photo_match G at {steps} | G_ema at {steps} | D real / fake at {TABLE_STEPS[-1]} |", "|---|---|---|---|---|"]
     for name, run in runs:
         section = run.get("learning", run)
+        if "rows" not in section:
+            continue  # a report of other sections
         by_step = {row["step"]: row for row in section["rows"]}
 
         def cells(key: str) -> str:

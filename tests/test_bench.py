@@ -194,3 +194,17 @@ def test_learning_section_measures_each_step_and_draws_its_curves(tmp_path, monk
     (written,) = (tmp_path / "report").glob("*.json")
     assert learning_main([str(written), "--peer", str(peer), "--out", str(tmp_path / "learning.png")]) == 0
     assert (tmp_path / "learning.png").stat().st_size > 10_000
+
+
+def test_the_readmes_learning_table_is_generated_from_the_committed_reports():
+    """The README's learning table is what `python -m tritonsagan.bench.learning --table` prints for
+    the committed reports: the bench's learning reports, the one-change runs, then the peer's."""
+    from pathlib import Path
+
+    from tritonsagan.bench.learning import comparison_markdown
+
+    root = Path(__file__).parent.parent
+    results = root / "bench" / "results"
+    paths = sorted(results.glob("*.json")) + sorted((results / "learning").glob("*.json")) + sorted((results / "peers").glob("*.json"))
+    table = comparison_markdown([(p.name, json.loads(p.read_text())) for p in paths])
+    assert table in (root / "README.md").read_text()

@@ -68,14 +68,19 @@ def fresh_crops_photo_match(reference: tuple[torch.Tensor, torch.Tensor, list[st
 
 
 @torch.inference_mode()
-def generator_photo_match(generator: Generator, per_class: int = IMAGES_PER_CLASS, seed: int = 0) -> dict:
+def generated_photo_match(generator: Generator, reference: tuple[torch.Tensor, torch.Tensor, list[str]], per_class: int = IMAGES_PER_CLASS, seed: int = 0) -> dict:
     """photo_match of `per_class` images of every class of a generator trained on `--data builtin
-    --conditional`, with that of fresh real crops of its size beside it ("fresh_crops")."""
-    reference = reference_crops(image_size=generator.config.image_size)
+    --conditional`, against `reference` (crops of its size)."""
     names = reference[2]
     if generator.config.num_classes != len(names):
         raise ValueError(f"the generator has {generator.config.num_classes} classes; trained on the built-in photos it has one per photo, {len(names)}")
     classes = list(range(len(names)))
     images = generate(generator, per_class * len(classes), classes=classes, seed=seed)
-    match = photo_match(images, torch.arange(len(classes)).repeat_interleave(per_class), reference)
+    return photo_match(images, torch.arange(len(classes)).repeat_interleave(per_class), reference)
+
+
+def generator_photo_match(generator: Generator, per_class: int = IMAGES_PER_CLASS, seed: int = 0) -> dict:
+    """`generated_photo_match` with that of fresh real crops of the generator's size beside it ("fresh_crops")."""
+    reference = reference_crops(image_size=generator.config.image_size)
+    match = generated_photo_match(generator, reference, per_class, seed)
     return {**match, "fresh_crops": fresh_crops_photo_match(reference)["accuracy"]}
