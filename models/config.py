@@ -25,9 +25,10 @@ D_WIDTHS = {32: (4, 4, 4, 4), 64: (1, 2, 4, 8, 16), 128: (1, 2, 4, 8, 16, 16), 2
 D_DOWNSAMPLES = {32: (True, True, False, False), 64: (True,) * 4 + (False,), 128: (True,) * 5 + (False,), 256: (True,) * 6 + (False,)}
 
 
-def check_image_size(model: str, image_size: int) -> None:
+def check_image_size(name: str, image_size: int) -> None:
+    """A ValueError naming `name` (a field or a flag) unless image_size has an architecture table."""
     if image_size not in IMAGE_SIZES:
-        raise ValueError(f"{model}: image_size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {image_size}")
+        raise ValueError(f"{name} must be one of {', '.join(map(str, IMAGE_SIZES))}, got {image_size}")
 
 
 def g_block_resolutions(image_size: int) -> tuple[int, ...]:
@@ -99,7 +100,7 @@ class GeneratorConfig:
     class_bn_init: str = CLASS_BN_INIT
 
     def __post_init__(self) -> None:
-        check_image_size("Generator", self.image_size)
+        check_image_size("Generator: image_size", self.image_size)
         _check_choice("Generator", "init", self.init, INITS)
         _check_choice("Generator", "class_bn_init", self.class_bn_init, CLASS_BN_INITS)
         _check_widths("Generator", self.ch, self.num_classes, self.attn_res, G_WIDTHS[self.image_size][self.attention_block + 1])
@@ -126,7 +127,7 @@ class DiscriminatorConfig:
     init: str = INIT
 
     def __post_init__(self) -> None:
-        check_image_size("Discriminator", self.image_size)
+        check_image_size("Discriminator: image_size", self.image_size)
         _check_choice("Discriminator", "init", self.init, INITS)
         _check_widths("Discriminator", self.ch, self.num_classes, self.attn_res, D_WIDTHS[self.image_size][self.attention_block])
 

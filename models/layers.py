@@ -57,12 +57,13 @@ class SpectralNormMixin:
 
 
 def initialize(model: nn.Module, init: str) -> None:
-    """Every SN layer's weight drawn again by `init` ("xavier" or "orthogonal"), with its power-iteration
-    vectors started again from the new weight."""
-    draw = {"xavier": nn.init.xavier_uniform_, "orthogonal": nn.init.orthogonal_}[init]
+    """Every SN layer's weight as `init` says: "xavier" leaves the layers' own (reset_parameters);
+    "orthogonal" draws each again, with its power-iteration vectors started again from the new weight."""
+    if init == "xavier":
+        return
     with torch.no_grad():
         for layer in spectral_norm_layers(model):
-            draw(layer.weight)
+            nn.init.orthogonal_(layer.weight)
             u, v = init_spectral_norm_vectors(layer.weight, layer.sn_eps)
             layer.weight_u.copy_(u)
             layer.weight_v.copy_(v)

@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from tritonsagan.models import Generator
-from tritonsagan.models.config import IMAGE_SIZE, IMAGE_SIZES
+from tritonsagan.models.config import IMAGE_SIZE, IMAGE_SIZES, check_image_size
 
 from .atomic_write import atomic_write_bytes, atomic_write_json
 from .cli import add_device_argument, parse_int_list, positive_float, resolve_device, run_command
@@ -365,8 +365,8 @@ def _run(args: argparse.Namespace) -> str:
         raise EvalError("give --weights (a generator to evaluate), or --save-ref-stats to only compute real statistics")
     if args.n < 2 or args.batch_size < 1 or args.nearest_k < 1:
         raise EvalError("--n must be at least 2, --batch-size and --nearest-k positive")
-    if args.image_size is not None and args.image_size not in IMAGE_SIZES:
-        raise EvalError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {args.image_size}")
+    if args.image_size is not None:
+        check_image_size("--image-size", args.image_size)
     device = resolve_device(args.device)
     G = load_generator(args.weights, device=device) if args.weights else None
     image_size = G.config.image_size if G else args.image_size or IMAGE_SIZE

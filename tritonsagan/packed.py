@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tritonsagan.models.config import IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZES
+from tritonsagan.models.config import IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZES, check_image_size
 
 from .atomic_write import atomic_write_bytes, atomic_write_json
 from .cli import run_command
@@ -263,8 +263,7 @@ def prepare(
     packing); the manifest."""
     if crop not in CROPS:
         raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
-    if image_size not in IMAGE_SIZES:
-        raise DataError(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {image_size}")
+    check_image_size("--image-size", image_size)
     source = ImageFolderStream(src, seed=0, conditional=conditional, limits=limits, image_size=image_size)  # the file list, classes, and their checks
     dest = Path(dest)
     manifest = _expected_manifest(source, conditional, crop)

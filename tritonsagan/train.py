@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from tritonsagan.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
-from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, CLASS_BN_INIT, CLASS_BN_INITS, IMAGE_SIZE, IMAGE_SIZES, INIT, INITS, Z_DIM
+from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, CLASS_BN_INIT, CLASS_BN_INITS, IMAGE_SIZE, IMAGE_SIZES, INIT, INITS, Z_DIM, check_image_size
 
 from .atomic_write import remove_temporary_files
 from .checkpoint import checkpoint_path, list_checkpoints, read_checkpoint, restore_checkpoint, save_checkpoint, set_aside, write_checkpoint
@@ -273,11 +273,11 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     except ConfigError as err:
         problems.append(str(err))
     checks = [lambda: cfg.image_limits]
-    if cfg.image_size not in IMAGE_SIZES:
-        problems.append(f"--image-size must be one of {', '.join(map(str, IMAGE_SIZES))}, got {cfg.image_size}")
-    else:
+    if cfg.image_size in IMAGE_SIZES:  # else the flag's own message, not the model configs' as well
         checks.append(lambda: generator_config(cfg, num_classes=0))
         checks.append(lambda: discriminator_config(cfg, num_classes=0))
+    else:
+        checks.append(lambda: check_image_size("--image-size", cfg.image_size))
     if cfg.fid_every:
         checks.append(lambda: find_feature_weights(cfg.fid_weights or None))  # before the run directory is made
     for check in checks:
