@@ -131,7 +131,7 @@ def _measure(trainer: Trainer, every: int, kid: bool, samples: Path | None, log:
     reference = reference_crops(image_size=cfg.image_size)
     probe = KidProbe(cfg.image_size, KID_PER_CLASS, trainer.world.device) if kid else None
     section = {
-        "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k in {*recipe, "lr_g", "lr_d", "beta1", "beta2", "init", "class_bn_init", "d_sn_in_g_step"}},
+        "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k in {*recipe, "lr_g", "lr_d", "beta1", "beta2", "init", "bias_init", "class_bn_init", "d_sn_in_g_step"}},
         "fresh_crops_photo_match": fresh_crops_photo_match(reference)["accuracy"],
         **(probe.describe() if probe else {}),
         "rows": [],

@@ -48,6 +48,10 @@ def d_block_resolutions(image_size: int) -> tuple[int, ...]:
 # Initialisation of every weight: the official code's Xavier-uniform (INIT), or BigGAN-PyTorch's orthogonal.
 INITS = ("xavier", "orthogonal")
 INIT = "xavier"
+# Every conv and linear bias at the start: the official code's zeros, or torch's default uniform in
+# +-1 / sqrt(fan_in), which BigGAN-PyTorch leaves in place.
+BIAS_INITS = ("zeros", "uniform")
+BIAS_INIT = "zeros"
 # G's per-class batch-norm gains and biases at the start: the official code's 1 and 0, or BigGAN-PyTorch's
 # 1 + e(y) and e(y) with e an orthogonally initialised embedding. The default is BigGAN-PyTorch's, on the
 # learning benchmark's evidence (bench/results/learning/: every class learned sooner; README, "Learning").
@@ -97,11 +101,13 @@ class GeneratorConfig:
     attn_res: int = ATTENTION_RESOLUTION  # 0: no attention
     image_size: int = IMAGE_SIZE
     init: str = INIT
+    bias_init: str = BIAS_INIT
     class_bn_init: str = CLASS_BN_INIT
 
     def __post_init__(self) -> None:
         check_image_size("Generator: image_size", self.image_size)
         _check_choice("Generator", "init", self.init, INITS)
+        _check_choice("Generator", "bias_init", self.bias_init, BIAS_INITS)
         _check_choice("Generator", "class_bn_init", self.class_bn_init, CLASS_BN_INITS)
         _check_widths("Generator", self.ch, self.num_classes, self.attn_res, G_WIDTHS[self.image_size][self.attention_block + 1])
         if self.z_dim < 1:
@@ -125,10 +131,12 @@ class DiscriminatorConfig:
     attn_res: int = ATTENTION_RESOLUTION  # 0: no attention
     image_size: int = IMAGE_SIZE
     init: str = INIT
+    bias_init: str = BIAS_INIT
 
     def __post_init__(self) -> None:
         check_image_size("Discriminator: image_size", self.image_size)
         _check_choice("Discriminator", "init", self.init, INITS)
+        _check_choice("Discriminator", "bias_init", self.bias_init, BIAS_INITS)
         _check_widths("Discriminator", self.ch, self.num_classes, self.attn_res, D_WIDTHS[self.image_size][self.attention_block])
 
     @property

@@ -36,7 +36,7 @@ class Discriminator(PretrainedMixin, nn.Module):
         self.attention = SelfAttention(widths[cfg.attention_block]) if cfg.attn_res else None
         self.linear = SNLinear(widths[-1], 1)
         self.embed = SNEmbedding(cfg.num_classes, widths[-1]) if cfg.num_classes > 0 else None
-        initialize(self, cfg.init)
+        initialize(self, cfg.init, cfg.bias_init)
         self.tuning = TuningConfig()  # how it computes (layers.set_tuning), not part of the saved config
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

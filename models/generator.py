@@ -32,7 +32,7 @@ class Generator(PretrainedMixin, nn.Module):
         self.attention = SelfAttention(widths[cfg.attention_block + 1]) if cfg.attn_res else None
         self.bn = nn.BatchNorm2d(widths[-1])
         self.conv_out = SNConv2d(widths[-1], IMAGE_CHANNELS, 3, padding=1)
-        initialize(self, cfg.init)
+        initialize(self, cfg.init, cfg.bias_init)
         self.tuning = TuningConfig()  # how it computes (layers.set_tuning), not part of the saved config
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

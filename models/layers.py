@@ -3,7 +3,7 @@
 Every weight layer is spectrally normalised (SNConv2d, SNLinear, SNEmbedding): the raw weight is
 the parameter `weight`, and the power-iteration vectors are the buffers `weight_u`, `weight_v`.
 Weights use Xavier-uniform initialisation and zero biases, as the official code does
-(`initialize` switches a model to orthogonal, as BigGAN-PyTorch).
+(`initialize` switches a model to orthogonal weights and torch's uniform biases, as BigGAN-PyTorch).
 """
 
 from __future__ import annotations
@@ -56,17 +56,21 @@ class SpectralNormMixin:
             power_iteration(self.weight.flatten(1), self.weight_u, self.weight_v, n_power_iterations, self.sn_eps)
 
 
-def initialize(model: nn.Module, init: str) -> None:
+def initialize(model: nn.Module, init: str, bias_init: str) -> None:
     """Every SN layer's weight as `init` says: "xavier" leaves the layers' own (reset_parameters);
-    "orthogonal" draws each again, with its power-iteration vectors started again from the new weight."""
-    if init == "xavier":
-        return
+    "orthogonal" draws each again, with its power-iteration vectors started again from the new weight.
+    Biases as `bias_init` says: "zeros" leaves the layers' own; "uniform" draws torch's default."""
     with torch.no_grad():
         for layer in spectral_norm_layers(model):
-            nn.init.orthogonal_(layer.weight)
-            u, v = init_spectral_norm_vectors(layer.weight, layer.sn_eps)
-            layer.weight_u.copy_(u)
-            layer.weight_v.copy_(v)
+            if init == "orthogonal":
+                nn.init.orthogonal_(layer.weight)
+                u, v = init_spectral_norm_vectors(layer.weight, layer.sn_eps)
+                layer.weight_u.copy_(u)
+                layer.weight_v.copy_(v)
+            bias = getattr(layer, "bias", None)
+            if bias_init == "uniform" and bias is not None:
+                bound = layer.weight[0].numel() ** -0.5  # 1 / sqrt(fan_in), as torch's Conv2d and Linear
+                nn.init.uniform_(bias, -bound, bound)
 
 
 def spectral_norm_layers(model: nn.Module) -> list[SpectralNormMixin]:

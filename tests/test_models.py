@@ -80,6 +80,23 @@ def test_orthogonal_init_and_its_power_iteration_vectors():
     assert max(float(s.max() / s.min()) for s in xavier) > 2  # the check above can tell the two apart
 
 
+def test_bias_inits():
+    """bias_init="zeros" (the default) starts every conv and linear bias at 0; "uniform" draws torch's
+    default, uniform in +-1 / sqrt(fan_in), and touches neither the weights nor any other parameter."""
+    for model_class in (Generator, Discriminator):
+        torch.manual_seed(0)
+        zeros = model_class(ch=CH, num_classes=3)
+        torch.manual_seed(0)
+        uniform = model_class(ch=CH, num_classes=3, bias_init="uniform")
+        biased = [layer for layer in spectral_norm_layers(uniform) if getattr(layer, "bias", None) is not None]
+        assert biased and all(not layer.bias.any() for layer in spectral_norm_layers(zeros) if getattr(layer, "bias", None) is not None)
+        for layer in biased:
+            bound = layer.weight[0].numel() ** -0.5
+            assert layer.bias.abs().max() <= bound and layer.bias.abs().max() > bound / 2
+        for (name, a), b in zip(zeros.named_parameters(), uniform.parameters()):
+            assert torch.equal(a, b) or name.endswith(".bias"), name
+
+
 def test_class_batch_norm_inits():
     identity = Generator(ch=CH, num_classes=5, class_bn_init="identity")
     random = Generator(ch=CH, num_classes=5)  # the default
@@ -160,6 +177,7 @@ def test_other_attention_resolutions(attn_res):
         (lambda G, D: Discriminator(ch=4, image_size=64), "ch=4 gives the attention block at 32x32 4 channels"),
         (lambda G, D: Generator(ch=CH, init="kaiming"), "init must be one of xavier, orthogonal"),
         (lambda G, D: Generator(ch=CH, class_bn_init="zeros"), "class_bn_init must be one of identity, random"),
+        (lambda G, D: Discriminator(ch=CH, bias_init="normal"), "bias_init must be one of zeros, uniform"),
     ],
 )
 def test_bad_inputs(call, match):

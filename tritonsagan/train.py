@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from tritonsagan.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
-from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, CLASS_BN_INIT, CLASS_BN_INITS, IMAGE_SIZE, IMAGE_SIZES, INIT, INITS, Z_DIM, check_image_size
+from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, BIAS_INIT, BIAS_INITS, CLASS_BN_INIT, CLASS_BN_INITS, IMAGE_SIZE, IMAGE_SIZES, INIT, INITS, Z_DIM, check_image_size
 
 from .atomic_write import remove_temporary_files
 from .checkpoint import checkpoint_path, list_checkpoints, read_checkpoint, restore_checkpoint, save_checkpoint, set_aside, write_checkpoint
@@ -73,6 +73,9 @@ class TrainConfig:
     conditional: bool = _field(False, "class-conditional (sub-folders are classes; builtin: one class per photo)")
     attn_res: int = _field(ATTENTION_RESOLUTION, "resolution of the self-attention block in G and D (0: none)")
     init: str = _field(INIT, "initialisation of every G and D weight: xavier (the official code's uniform) or orthogonal (BigGAN-PyTorch's)", choices=INITS)
+    bias_init: str = _field(
+        BIAS_INIT, "initial conv and linear biases of G and D: zeros (the official code's) or uniform (torch's default, kept by BigGAN-PyTorch)", choices=BIAS_INITS
+    )
     class_bn_init: str = _field(
         CLASS_BN_INIT,
         "G's per-class batch-norm gains and biases at the start: random (1 + e and e, e an orthogonal per-class embedding, "
@@ -230,12 +233,15 @@ def _restart_store(rank: int, world_size: int) -> dist.Store | None:
 
 def generator_config(cfg: TrainConfig, num_classes: int) -> GeneratorConfig:
     return GeneratorConfig(
-        ch=cfg.ch, z_dim=cfg.z_dim, num_classes=num_classes, attn_res=cfg.attn_res, image_size=cfg.image_size, init=cfg.init, class_bn_init=cfg.class_bn_init
+        ch=cfg.ch, z_dim=cfg.z_dim, num_classes=num_classes, attn_res=cfg.attn_res, image_size=cfg.image_size, init=cfg.init, bias_init=cfg.bias_init,
+        class_bn_init=cfg.class_bn_init,
     )
 
 
 def discriminator_config(cfg: TrainConfig, num_classes: int) -> DiscriminatorConfig:
-    return DiscriminatorConfig(ch=cfg.ch, num_classes=num_classes, attn_res=cfg.attn_res, image_size=cfg.image_size, init=cfg.init)
+    return DiscriminatorConfig(
+        ch=cfg.ch, num_classes=num_classes, attn_res=cfg.attn_res, image_size=cfg.image_size, init=cfg.init, bias_init=cfg.bias_init
+    )
 
 
 def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
