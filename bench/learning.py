@@ -8,7 +8,7 @@ the device it finds, about 30 minutes on two CPU cores. `figure` draws the curve
 figures beside them when given (a JSON of {"name", "rows": [{"step", "photo_match_g"}]}), and
 `comparison_markdown` tabulates several runs (one change each, and the peer's):
 
-    python -m tritonsagan.bench.learning REPORT.json [--peer PEER.json] --out learning.png
+    python -m tritonsagan.bench.learning REPORT.json [--peer PEER.json ...] --out learning.png
     python -m tritonsagan.bench.learning --table REPORT.json ... PEER.json
 """
 
@@ -176,8 +176,8 @@ def results_table(section: dict) -> Table:
     return result
 
 
-def figure(section: dict, peer: dict | None, path: Path) -> Path:
-    """photo_match of G and G_ema by step (the peer's G beside them), and KID of G_ema, as a PNG."""
+def figure(section: dict, peers: list[dict], path: Path) -> Path:
+    """photo_match of G and G_ema by step (each peer run's G beside them), and KID of G_ema, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -188,8 +188,10 @@ def figure(section: dict, peer: dict | None, path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
     left.plot(steps, [r["photo_match_g_ema"] for r in rows], "o-", label="tritonsagan G_ema")
     left.plot(steps, [r["photo_match_g"] for r in rows], "s--", label="tritonsagan G")
-    if peer:
-        left.plot([r["step"] for r in peer["rows"]], [r["photo_match_g"] for r in peer["rows"]], "^:", color="grey", label=f"{peer['name']} G")
+    for peer, marker in zip(peers, "^v<>"):
+        seed = peer.get("settings", {}).get("seed")
+        label = f"{peer['name']} G" + (f", seed {seed}" if seed is not None else "")
+        left.plot([r["step"] for r in peer["rows"]], [r["photo_match_g"] for r in peer["rows"]], f"{marker}:", color="grey", label=label)
     left.axhline(section["fresh_crops_photo_match"], color="green", lw=0.8, label="fresh real crops")
     left.axhline(1 / 17, color="red", lw=0.8, label="chance")
     left.set(xlabel="step", ylabel="photo_match", ylim=(0, 1), title="class-conditional, built-in photos, 64x64")
@@ -237,6 +239,8 @@ def comparison_markdown(runs: list[tuple[str, dict]]) -> str:
         last = by_step.get(TABLE_STEPS[-1], {})
         logits = f"{last['d_real']:+.2f} / {last['d_fake']:+.2f}" if "d_real" in last else "-"
         changed = changes_from_recipe(section) if "recipe" in section else "(peer)"
+        if "initial_weights" in section:  # a run started from weights made elsewhere (e.g. a peer's initialisation)
+            changed += f"; started from {section['initial_weights']}"
         lines.append(f"| `{name}` | {changed} | {cells('photo_match_g')} | {cells('photo_match_g_ema')} | {logits} |")
     return "\n".join(lines)
 
@@ -244,7 +248,9 @@ def comparison_markdown(runs: list[tuple[str, dict]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tritonsagan.bench.learning", description="Learning reports: their curves, or a table of several.")
     parser.add_argument("reports", nargs="+", help="tritonsagan-bench JSON reports with a learning section (or, with --table, a peer's figures)")
-    parser.add_argument("--peer", help="a JSON of a peer's figures, drawn beside the report's: {name, rows: [{step, photo_match_g}]}")
+    parser.add_argument(
+        "--peer", action="append", default=[], help="a JSON of a peer's figures, drawn beside the report's: {name, rows: [{step, photo_match_g}]} (repeatable, up to 4)"
+    )
     parser.add_argument("--out", help="the PNG of the first report's curves")
     parser.add_argument("--table", action="store_true", help="print a markdown table of every report instead")
     args = parser.parse_args(argv)
@@ -256,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     if "learning" not in report or not args.out:
         print(f"{name}: needs a learning section (tritonsagan-bench --only learning) and --out", file=sys.stderr)
         return 2
-    peer = json.loads(Path(args.peer).read_text()) if args.peer else None
-    print(f"wrote {figure(report['learning'], peer, Path(args.out))}")
+    if len(args.peer) > 4:
+        print(f"--peer: at most 4 peer runs, got {len(args.peer)}", file=sys.stderr)
+        return 2
+    peers = [json.loads(Path(path).read_text()) for path in args.peer]
+    print(f"wrote {figure(report['learning'], peers, Path(args.out))}")
     return 0
 
 

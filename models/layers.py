@@ -2,8 +2,9 @@
 
 Every weight layer is spectrally normalised (SNConv2d, SNLinear, SNEmbedding): the raw weight is
 the parameter `weight`, and the power-iteration vectors are the buffers `weight_u`, `weight_v`.
-Weights use Xavier-uniform initialisation and zero biases, as the official code does
-(`initialize` switches a model to orthogonal weights and torch's uniform biases, as BigGAN-PyTorch).
+The layers start with the official code's Xavier-uniform weights and zero biases; `initialize` then
+applies the model config's init and bias_init (by default BigGAN-PyTorch's: orthogonal weights and
+torch's uniform biases).
 """
 
 from __future__ import annotations
@@ -60,17 +61,18 @@ def initialize(model: nn.Module, init: str, bias_init: str) -> None:
     """Every SN layer's weight as `init` says: "xavier" leaves the layers' own (reset_parameters);
     "orthogonal" draws each again, with its power-iteration vectors started again from the new weight.
     Biases as `bias_init` says: "zeros" leaves the layers' own; "uniform" draws torch's default."""
+    layers = spectral_norm_layers(model)
     with torch.no_grad():
-        for layer in spectral_norm_layers(model):
-            if init == "orthogonal":
-                nn.init.orthogonal_(layer.weight)
-                u, v = init_spectral_norm_vectors(layer.weight, layer.sn_eps)
-                layer.weight_u.copy_(u)
-                layer.weight_v.copy_(v)
-            bias = getattr(layer, "bias", None)
-            if bias_init == "uniform" and bias is not None:
+        for layer in layers if init == "orthogonal" else ():
+            nn.init.orthogonal_(layer.weight)
+            u, v = init_spectral_norm_vectors(layer.weight, layer.sn_eps)
+            layer.weight_u.copy_(u)
+            layer.weight_v.copy_(v)
+        # After every weight, so that the weights drawn do not depend on bias_init.
+        for layer in layers if bias_init == "uniform" else ():
+            if getattr(layer, "bias", None) is not None:
                 bound = layer.weight[0].numel() ** -0.5  # 1 / sqrt(fan_in), as torch's Conv2d and Linear
-                nn.init.uniform_(bias, -bound, bound)
+                nn.init.uniform_(layer.bias, -bound, bound)
 
 
 def spectral_norm_layers(model: nn.Module) -> list[SpectralNormMixin]:

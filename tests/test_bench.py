@@ -189,11 +189,13 @@ def test_learning_section_measures_each_step_and_draws_its_curves(tmp_path, monk
     assert learning["rows"][1]["seconds"] > learning["rows"][0]["seconds"]
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["step_0000002_ema.png", "step_0000004_ema.png"]
 
-    peer = tmp_path / "peer.json"
+    peer, other_seed = tmp_path / "peer.json", tmp_path / "peer_seed1.json"
     peer.write_text(json.dumps({"name": "a peer", "rows": [{"step": 2, "photo_match_g": 0.5}, {"step": 4, "photo_match_g": 0.6}]}))
+    other_seed.write_text(json.dumps({"name": "a peer", "settings": {"seed": 1}, "rows": [{"step": 2, "photo_match_g": 0.4}]}))
     (written,) = (tmp_path / "report").glob("*.json")
-    assert learning_main([str(written), "--peer", str(peer), "--out", str(tmp_path / "learning.png")]) == 0
+    assert learning_main([str(written), "--peer", str(peer), "--peer", str(other_seed), "--out", str(tmp_path / "learning.png")]) == 0
     assert (tmp_path / "learning.png").stat().st_size > 10_000
+    assert learning_main([str(written), *["--peer", str(peer)] * 5, "--out", str(tmp_path / "five.png")]) == 2  # at most 4
 
 
 def test_the_readmes_learning_table_is_generated_from_the_committed_reports():

@@ -83,7 +83,7 @@ class TrainConfig:
         choices=CLASS_BN_INITS,
     )
     d_sn_in_g_step: bool = _field(
-        False, "update D's spectral-norm vectors in the G step too (D in train mode there, as BigGAN-PyTorch; the official code: off)"
+        True, "update D's spectral-norm vectors in the G step too (D in train mode there, as BigGAN-PyTorch's; off: the official code's D in eval mode)"
     )
     lr_g: float = _field(1e-4, "generator learning rate")
     lr_d: float = _field(4e-4, "discriminator learning rate")
@@ -152,7 +152,7 @@ RUN_IDENTITY = (
     "data", "image_size", "ch", "z_dim", "conditional", "attn_res", "seed", "batch_size", "n_dis", "crop", "min_image_side", "max_aspect_ratio"
 )  # fmt: skip
 # What a checkpoint written before a setting existed ran with.
-BEFORE_SETTING = {"image_size": IMAGE_SIZE}
+BEFORE_SETTING = {"image_size": IMAGE_SIZE, "bias_init": "zeros"}
 INVOCATION = ("out", "resume")  # how a command reaches the run, not what the run does
 
 
@@ -496,7 +496,7 @@ class Trainer:
             self.opt_d_step()
 
         z, fake_y, augmentation = self._draws(self.cfg.n_dis, augmented_images=self.per_rank_batch)
-        # The official code's D in eval mode: its spectral-norm vectors are not updated by the G step.
+        # D in train mode updates its spectral-norm vectors here too (BigGAN-PyTorch's); in eval mode not (the official code's).
         self.D.train(self.cfg.d_sn_in_g_step).requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g = self.g_loss_fn(z, fake_y, augmentation)
