@@ -41,7 +41,7 @@ test: setup setup-gpu-triton
 	$(PY) -m pytest -q
 	$(PY_GPU_TRITON) -m pytest -q $(KERNEL_TESTS)
 
-# The demo: on a CPU a short small run (5m43s on 2 cores); on a CUDA machine the defaults (ch 64,
+# The demo: on a CPU a short small run (2m48s on 2 cores); on a CUDA machine the defaults (ch 64,
 # batch 256, compile, bf16) for 4 minutes. HAS_CUDA is read once the environment exists.
 DEMO_CPU := --ch 16 --batch-size 16 --steps 150 --log-every 10 --sample-every 50 --save-every 50 --ema-start 50 --ema-decay 0.99
 DEMO_CUDA := --steps 20000 --max-minutes 4 --log-every 50 --sample-every 500 --save-every 500 --ema-start 500 --ema-decay 0.999
