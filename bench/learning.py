@@ -1,12 +1,14 @@
 """Learning: the SAGAN trained class-conditionally on the built-in photos at 64x64 (each photo a
-class), measured at fixed steps: photo_match of G and of G_ema (tritonsagan.photo_match), KID of
-G_ema against real crops (with the FID Inception when installed; the report names the network),
-D's mean logits, the losses and the training wall-clock.
+class), measured at fixed steps: photo_match of G and of G_ema (tritonsagan.photo_match), the fixed
+pattern of both (tritonsagan.fixed_pattern: the frames and grids at the same place in every image),
+KID of G_ema against real crops (with the FID Inception when installed; the report names the
+network), D's mean logits, the losses and the training wall-clock.
 
 The recipe (RECIPE) is the package's own TrainConfig defaults at 64x64 with a small width; it runs on
 the device it finds, about 30 minutes on two CPU cores. `figure` draws the curves, with a peer's
-figures beside them when given (a JSON of {"name", "rows": [{"step", "photo_match_g"}]}), and
-`comparison_markdown` tabulates several runs (one change each, and the peer's):
+figures beside them when given (a JSON of {"name", "rows": [{"step", "photo_match_g", and optionally
+"fixed_pattern_g"}]}), and `comparison_markdown` tabulates several runs (one change each, and the
+peer's):
 
     python -m tritonsagan.bench.learning REPORT.json [--peer PEER.json ...] --out learning.png
     python -m tritonsagan.bench.learning --table REPORT.json ... PEER.json
@@ -34,7 +36,8 @@ from tritonsagan.generate import generate
 from tritonsagan.images import make_grid, save_image
 from tritonsagan.metrics import kernel_inception_distance
 from tritonsagan.data import BUILTIN_PHOTOS
-from tritonsagan.photo_match import fresh_crops_photo_match, generated_photo_match, reference_crops
+from tritonsagan.fixed_pattern import fixed_pattern
+from tritonsagan.photo_match import FRESH_SEED, IMAGES_PER_CLASS, fresh_crops_photo_match, photo_match, reference_crops
 from tritonsagan.train import TrainConfig, Trainer
 
 from .cells import number, table
@@ -133,9 +136,12 @@ def _measure(trainer: Trainer, every: int, kid: bool, samples: Path | None, log:
     section = {
         "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k in {*recipe, "lr_g", "lr_d", "beta1", "beta2", "init", "bias_init", "class_bn_init", "d_sn_in_g_step"}},
         "fresh_crops_photo_match": fresh_crops_photo_match(reference)["accuracy"],
+        "fixed_pattern_real": fixed_pattern(reference_crops(IMAGES_PER_CLASS * len(reference[2]), FRESH_SEED, cfg.image_size)[0]),
         **(probe.describe() if probe else {}),
         "rows": [],
     }
+    classes = list(range(len(reference[2])))
+    labels = torch.arange(len(classes)).repeat_interleave(IMAGES_PER_CLASS)
     seconds = 0.0
     while trainer.step < cfg.steps:
         sums = dict.fromkeys(("loss_d", "loss_g", "d_real", "d_fake"), 0.0)
@@ -148,54 +154,68 @@ def _measure(trainer: Trainer, every: int, kid: bool, samples: Path | None, log:
         if not all(map(math.isfinite, sums.values())):
             raise TritonsaganError(f"learning benchmark: a loss became NaN or Inf by step {trainer.step}")
         G_ema = trainer.ema_generator()
-        models = {"photo_match_g": trainer.G, "photo_match_g_ema": G_ema}
-        row = {"step": trainer.step, **{key: generated_photo_match(model, reference, seed=GENERATE_SEED)["accuracy"] for key, model in models.items()}}
+        generated = {name: generate(model, len(labels), classes=classes, seed=GENERATE_SEED) for name, model in (("g", trainer.G), ("g_ema", G_ema))}
         trainer.G.train()  # generate left it in eval mode
+        row: dict = {"step": trainer.step}
+        for name, images in generated.items():
+            row[f"photo_match_{name}"] = photo_match(images, labels, reference)["accuracy"]
+            row[f"fixed_pattern_{name}"] = fixed_pattern(images)
         row["kid"] = probe.generator_kid(G_ema) if probe and probe.network else None
         row.update({key: value / (trainer.step - first) for key, value in sums.items()}, seconds=seconds)
         section["rows"].append(row)
-        if samples is not None:
-            classes = list(range(G_ema.config.num_classes))
-            grid = make_grid(generate(G_ema, 8 * len(classes), classes=classes, seed=GENERATE_SEED), columns=8)
-            save_image(grid, samples / f"step_{trainer.step:07d}_ema.png")
+        if samples is not None:  # a row per class
+            save_image(make_grid(generated["g_ema"], columns=IMAGES_PER_CLASS), samples / f"step_{trainer.step:07d}_ema.png")
         kid_text = f", KID {row['kid']:.4f}" if row["kid"] is not None else ""
         log(f"learning: step {row['step']}: photo_match G {row['photo_match_g']:.2f}, G_ema {row['photo_match_g_ema']:.2f}{kid_text}; "
-            f"D real {row['d_real']:+.2f}, fake {row['d_fake']:+.2f}; {seconds:.0f} s")  # fmt: skip
+            f"fixed pattern G_ema {row['fixed_pattern_g_ema']:.2f}; D real {row['d_real']:+.2f}, fake {row['d_fake']:+.2f}; {seconds:.0f} s")  # fmt: skip
     return section
 
 
 def results_table(section: dict) -> Table:
     network = section.get("network") or "no feature network: " + section.get("why_no_kid", "")
-    title = f"learning (photo_match of fresh real crops {section['fresh_crops_photo_match']:.2f}; KID: {network})"
-    result = table(title, ("step", "photo_match G", "photo_match G_ema", "KID G_ema", "D real", "D fake", "loss D", "loss G", "seconds"))
+    title = (f"learning (fresh real crops: photo_match {section['fresh_crops_photo_match']:.2f}, "
+             f"fixed pattern {section['fixed_pattern_real']:.2f}; KID: {network})")  # fmt: skip
+    result = table(title, ("step", "photo_match G", "photo_match G_ema", "fixed pattern G_ema", "KID G_ema", "D real", "D fake", "loss D", "loss G", "seconds"))
     for r in section["rows"]:
         result.add_row(
-            str(r["step"]), f"{r['photo_match_g']:.2f}", f"{r['photo_match_g_ema']:.2f}", number(r["kid"]),
+            str(r["step"]), f"{r['photo_match_g']:.2f}", f"{r['photo_match_g_ema']:.2f}", f"{r['fixed_pattern_g_ema']:.2f}", number(r["kid"]),
             f"{r['d_real']:+.2f}", f"{r['d_fake']:+.2f}", f"{r['loss_d']:.2f}", f"{r['loss_g']:.2f}", f"{r['seconds']:.0f}",
         )  # fmt: skip
     return result
 
 
 def figure(section: dict, peers: list[dict], path: Path) -> Path:
-    """photo_match of G and G_ema by step (each peer run's G beside them), and KID of G_ema, as a PNG."""
+    """photo_match and the fixed pattern of G and G_ema by step (each peer run's G beside them), and KID
+    of G_ema, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = section["rows"]
-    steps = [r["step"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-    left.plot(steps, [r["photo_match_g_ema"] for r in rows], "o-", label="tritonsagan G_ema")
-    left.plot(steps, [r["photo_match_g"] for r in rows], "s--", label="tritonsagan G")
-    for peer, marker in zip(peers, "^v<>"):
-        seed = peer.get("settings", {}).get("seed")
-        label = f"{peer['name']} G" + (f", seed {seed}" if seed is not None else "")
-        left.plot([r["step"] for r in peer["rows"]], [r["photo_match_g"] for r in peer["rows"]], f"{marker}:", color="grey", label=label)
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 3.6), dpi=100)
+
+    def curves(axes, metric: str) -> None:
+        """Each run's `metric` at the steps it has one (reports older than a metric lack it)."""
+        lines = [(rows, "g_ema", "o-", "C0", "tritonsagan G_ema"), (rows, "g", "s--", "C1", "tritonsagan G")]
+        for peer, marker in zip(peers, "^v<>"):
+            seed = peer.get("settings", {}).get("seed")
+            lines.append((peer["rows"], "g", f"{marker}:", "grey", f"{peer['name']} G" + (f", seed {seed}" if seed is not None else "")))
+        for run_rows, model, style, colour, label in lines:
+            measured = [(r["step"], r[f"{metric}_{model}"]) for r in run_rows if f"{metric}_{model}" in r]
+            if measured:
+                axes.plot(*zip(*measured), style, color=colour, label=label)
+
+    curves(left, "photo_match")
     left.axhline(section["fresh_crops_photo_match"], color="green", lw=0.8, label="fresh real crops")
     left.axhline(1 / 17, color="red", lw=0.8, label="chance")
     left.set(xlabel="step", ylabel="photo_match", ylim=(0, 1), title="class-conditional, built-in photos, 64x64")
     left.legend(fontsize=7, loc="lower right")
+    curves(middle, "fixed_pattern")
+    if "fixed_pattern_real" in section:
+        middle.axhline(section["fixed_pattern_real"], color="green", lw=0.8, label="fresh real crops")
+    middle.set(xlabel="step", ylabel="fixed pattern", ylim=(0, None), title="frames and grids at the same place in every image")
+    middle.legend(fontsize=7)
     kids = [(r["step"], r["kid"]) for r in rows if r["kid"] is not None]
     if kids:
         right.plot(*zip(*kids), "o-", label="tritonsagan G_ema")
@@ -212,6 +232,7 @@ def figure(section: dict, peers: list[dict], path: Path) -> Path:
 
 
 TABLE_STEPS = (500, 1000, 1500)
+PATTERN_STEP = 1000  # by when the frames of early training should have faded
 
 
 def changes_from_recipe(section: dict) -> str:
@@ -222,26 +243,31 @@ def changes_from_recipe(section: dict) -> str:
 
 
 def comparison_markdown(runs: list[tuple[str, dict]]) -> str:
-    """A row per run: photo_match of G (and of G_ema) at TABLE_STEPS, D's mean logits at the last of
-    them. A run is a report with a learning section, or a peer's figures ({name, rows}); other reports
-    are left out."""
+    """A row per run: photo_match of G (and of G_ema) at TABLE_STEPS, the fixed pattern of G and G_ema
+    at PATTERN_STEP (the header gives real crops' from the first report that has it), D's mean logits
+    at the last of TABLE_STEPS. A run is a report with a learning section, or a peer's figures ({name,
+    rows}); other reports are left out."""
+    sections = [(name, run.get("learning", run)) for name, run in runs]
+    sections = [(name, section) for name, section in sections if "rows" in section]  # others are reports of other sections
+    real = next((f" (real crops {section['fixed_pattern_real']:.2f})" for _, section in sections if "fixed_pattern_real" in section), "")
     steps = " / ".join(map(str, TABLE_STEPS))
-    lines = [f"| run | changed from the recipe | photo_match G at {steps} | G_ema at {steps} | D real / fake at {TABLE_STEPS[-1]} |", "|---|---|---|---|---|"]
-    for name, run in runs:
-        section = run.get("learning", run)
-        if "rows" not in section:
-            continue  # a report of other sections
+    lines = [
+        f"| run | changed from the recipe | photo_match G at {steps} | G_ema at {steps} | fixed pattern G / G_ema at {PATTERN_STEP}{real} | D real / fake at {TABLE_STEPS[-1]} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, section in sections:
         by_step = {row["step"]: row for row in section["rows"]}
 
-        def cells(key: str) -> str:
-            return " / ".join(f"{by_step[step][key]:.2f}" if step in by_step and key in by_step[step] else "-" for step in TABLE_STEPS)
+        def cells(key: str, steps: tuple[int, ...] = TABLE_STEPS) -> str:
+            return " / ".join(f"{by_step[step][key]:.2f}" if step in by_step and key in by_step[step] else "-" for step in steps)
 
         last = by_step.get(TABLE_STEPS[-1], {})
         logits = f"{last['d_real']:+.2f} / {last['d_fake']:+.2f}" if "d_real" in last else "-"
+        pattern = f"{cells('fixed_pattern_g', (PATTERN_STEP,))} / {cells('fixed_pattern_g_ema', (PATTERN_STEP,))}"
         changed = changes_from_recipe(section) if "recipe" in section else "(peer)"
         if "initial_weights" in section:  # a run started from weights made elsewhere (e.g. a peer's initialisation)
             changed += f"; started from {section['initial_weights']}"
-        lines.append(f"| `{name}` | {changed} | {cells('photo_match_g')} | {cells('photo_match_g_ema')} | {logits} |")
+        lines.append(f"| `{name}` | {changed} | {cells('photo_match_g')} | {cells('photo_match_g_ema')} | {pattern} | {logits} |")
     return "\n".join(lines)
 
 
@@ -249,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tritonsagan.bench.learning", description="Learning reports: their curves, or a table of several.")
     parser.add_argument("reports", nargs="+", help="tritonsagan-bench JSON reports with a learning section (or, with --table, a peer's figures)")
     parser.add_argument(
-        "--peer", action="append", default=[], help="a JSON of a peer's figures, drawn beside the report's: {name, rows: [{step, photo_match_g}]} (repeatable, up to 4)"
+        "--peer", action="append", default=[], help="a JSON of a peer's figures, drawn beside the report's: {name, rows: [{step, photo_match_g, fixed_pattern_g (optional)}]} (repeatable, up to 4)"
     )
     parser.add_argument("--out", help="the PNG of the first report's curves")
     parser.add_argument("--table", action="store_true", help="print a markdown table of every report instead")

@@ -170,8 +170,9 @@ def test_hopper_section_is_printed_and_saved(tmp_path, monkeypatch, capsys):
 
 
 def test_learning_section_measures_each_step_and_draws_its_curves(tmp_path, monkeypatch):
-    """--only learning --quick: a row per measured step with photo_match of G and G_ema, KID on the
-    named network, D's logits, losses and seconds; the grids; the curves beside a peer's figures."""
+    """--only learning --quick: a row per measured step with photo_match and the fixed pattern of G and
+    G_ema, KID on the named network, D's logits, losses and seconds; the grids; the curves beside a
+    peer's figures."""
     from tritonsagan.bench.learning import main as learning_main
     from tritonsagan.evaluate import FID_WEIGHTS_ENV
     from helpers import stand_in_network
@@ -182,20 +183,36 @@ def test_learning_section_measures_each_step_and_draws_its_curves(tmp_path, monk
     assert set(report) == {"environment", "quick", "learning"}
     assert learning["recipe"]["image_size"] == 64 and learning["recipe"]["conditional"] and learning["network"].startswith("unknown TorchScript")
     assert 0.9 <= learning["fresh_crops_photo_match"] <= 1 and math.isfinite(learning["kid_real_vs_real"])
+    assert 0 <= learning["fixed_pattern_real"] < 0.05
     assert [row["step"] for row in learning["rows"]] == [2, 4]
     for row in learning["rows"]:
         assert all(0 <= row[key] <= 1 for key in ("photo_match_g", "photo_match_g_ema"))
+        assert all(math.isfinite(row[key]) and row[key] >= 0 for key in ("fixed_pattern_g", "fixed_pattern_g_ema"))
         assert all(math.isfinite(row[key]) for key in ("kid", "d_real", "d_fake", "loss_d", "loss_g")) and _positive(row["seconds"])
     assert learning["rows"][1]["seconds"] > learning["rows"][0]["seconds"]
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["step_0000002_ema.png", "step_0000004_ema.png"]
 
     peer, other_seed = tmp_path / "peer.json", tmp_path / "peer_seed1.json"
-    peer.write_text(json.dumps({"name": "a peer", "rows": [{"step": 2, "photo_match_g": 0.5}, {"step": 4, "photo_match_g": 0.6}]}))
+    peer.write_text(json.dumps({"name": "a peer", "rows": [{"step": 2, "photo_match_g": 0.5, "fixed_pattern_g": 0.4}, {"step": 4, "photo_match_g": 0.6}]}))
     other_seed.write_text(json.dumps({"name": "a peer", "settings": {"seed": 1}, "rows": [{"step": 2, "photo_match_g": 0.4}]}))
     (written,) = (tmp_path / "report").glob("*.json")
     assert learning_main([str(written), "--peer", str(peer), "--peer", str(other_seed), "--out", str(tmp_path / "learning.png")]) == 0
     assert (tmp_path / "learning.png").stat().st_size > 10_000
     assert learning_main([str(written), *["--peer", str(peer)] * 5, "--out", str(tmp_path / "five.png")]) == 2  # at most 4
+
+
+def test_the_learning_table_has_a_row_per_run_with_dashes_where_a_figure_is_missing():
+    from tritonsagan.bench.learning import comparison_markdown
+
+    ours = {"learning": {"recipe": {}, "fixed_pattern_real": 0.012, "rows": [{"step": 500, "photo_match_g": 0.5, "photo_match_g_ema": 0.25},
+            {"step": 1000, "photo_match_g": 0.75, "photo_match_g_ema": 0.5, "fixed_pattern_g": 0.5, "fixed_pattern_g_ema": 0.25}]}}  # fmt: skip
+    peer = {"name": "a peer", "rows": [{"step": 1000, "photo_match_g": 0.875, "fixed_pattern_g": 0.375}]}
+    header, rule, *rows = comparison_markdown([("ours.json", ours), ("timings.json", {"attention": []}), ("peer.json", peer)]).splitlines()
+    assert "fixed pattern G / G_ema at 1000 (real crops 0.01)" in header and rule.count("|") == header.count("|")
+    assert rows == [
+        "| `ours.json` | none | 0.50 / 0.75 / - | 0.25 / 0.50 / - | 0.50 / 0.25 | - |",
+        "| `peer.json` | (peer) | - / 0.88 / - | - / - / - | 0.38 / - | - |",
+    ]
 
 
 def test_the_readmes_learning_table_is_generated_from_the_committed_reports():
