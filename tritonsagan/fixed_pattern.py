@@ -31,7 +31,8 @@ def edge_maps(images: torch.Tensor) -> torch.Tensor:
 
 
 def fixed_pattern(images: torch.Tensor) -> float:
-    """The share of the images' edge energy that sits at the same place in every image (see the module)."""
+    """How far the images' mean edge map varies from place to place, relative to its mean, less what
+    chance leaves (see the module): about 0 for random crops, higher the more every image repeats."""
     if len(images) < 2:
         raise ValueError(f"fixed_pattern needs at least 2 images, got {len(images)}")
     edges = edge_maps(images)
