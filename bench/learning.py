@@ -258,8 +258,8 @@ def comparison_markdown(runs: list[tuple[str, dict]]) -> str:
     for name, section in sections:
         by_step = {row["step"]: row for row in section["rows"]}
 
-        def cells(key: str, steps: tuple[int, ...] = TABLE_STEPS) -> str:
-            return " / ".join(f"{by_step[step][key]:.2f}" if step in by_step and key in by_step[step] else "-" for step in steps)
+        def cells(key: str, at: tuple[int, ...] = TABLE_STEPS) -> str:
+            return " / ".join(f"{by_step[step][key]:.2f}" if step in by_step and key in by_step[step] else "-" for step in at)
 
         last = by_step.get(TABLE_STEPS[-1], {})
         logits = f"{last['d_real']:+.2f} / {last['d_fake']:+.2f}" if "d_real" in last else "-"

@@ -63,16 +63,17 @@ def initialize(model: nn.Module, init: str, bias_init: str) -> None:
     Biases as `bias_init` says: "zeros" leaves the layers' own; "uniform" draws torch's default."""
     layers = spectral_norm_layers(model)
     with torch.no_grad():
-        for layer in layers if init == "orthogonal" else ():
-            nn.init.orthogonal_(layer.weight)
-            u, v = init_spectral_norm_vectors(layer.weight, layer.sn_eps)
-            layer.weight_u.copy_(u)
-            layer.weight_v.copy_(v)
-        # After every weight, so that the weights drawn do not depend on bias_init.
-        for layer in layers if bias_init == "uniform" else ():
-            if getattr(layer, "bias", None) is not None:
-                bound = layer.weight[0].numel() ** -0.5  # 1 / sqrt(fan_in), as torch's Conv2d and Linear
-                nn.init.uniform_(layer.bias, -bound, bound)
+        if init == "orthogonal":
+            for layer in layers:
+                nn.init.orthogonal_(layer.weight)
+                u, v = init_spectral_norm_vectors(layer.weight, layer.sn_eps)
+                layer.weight_u.copy_(u)
+                layer.weight_v.copy_(v)
+        if bias_init == "uniform":  # after every weight, so that the weights drawn do not depend on bias_init
+            for layer in layers:
+                if getattr(layer, "bias", None) is not None:
+                    bound = layer.weight[0].numel() ** -0.5  # 1 / sqrt(fan_in), as torch's Conv2d and Linear
+                    nn.init.uniform_(layer.bias, -bound, bound)
 
 
 def spectral_norm_layers(model: nn.Module) -> list[SpectralNormMixin]:

@@ -1,4 +1,4 @@
-"""fixed_pattern: the share of a set of images' edges that sits at the same place in every image."""
+"""fixed_pattern: how much of a set of images' edges sits at the same place in every image."""
 
 import pytest
 import torch
