@@ -21,23 +21,13 @@ import torch
 from rich.console import Console
 
 from tritonsagan.atomic_write import atomic_write_bytes
-from tritonsagan.cli import add_device_argument, resolve_device, run_command
+from tritonsagan.cli import add_device_argument, device_name, resolve_device, run_command
 from tritonsagan.errors import ConfigError
 
 from . import attention, data, floor, hopper, learning, spectral_norm, targets, train_step
 
 TIMED_SECTIONS = ("attention", "sn", "train", "data")
 ALL_SECTIONS = (*TIMED_SECTIONS, "hopper", "learning")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def environment(device: torch.device) -> dict:
@@ -52,9 +42,8 @@ def environment(device: torch.device) -> dict:
         commit = git.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
     return {
-        "device": name,
+        "device": device_name(device),
         "device_type": device.type,
         "torch": torch.__version__,
         "triton": triton_version,

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import tritonsagan.train as train_module
 from tritonsagan.checkpoint import list_checkpoints, read_checkpoint
-from tritonsagan.cli import INTERRUPTED_EXIT_CODE
+from tritonsagan.cli import INTERRUPTED_EXIT_CODE, device_name
 from tritonsagan.curves import main as curves_main, read_metrics
 from tritonsagan.run_directory import RunInUse, load_generator
 from tritonsagan.stop_signals import StopRequests
@@ -81,6 +81,7 @@ def test_resume_applies_and_records_the_settings_that_may_change(tmp_path):
     assert config["lr_g"] == 1e-3 and config["steps"] == 4
     history = [json.loads(line) for line in (run / "config_history.jsonl").read_text().splitlines()]
     assert [h["step"] for h in history] == [0, 2] and history[0]["changed"] == {}
+    assert all(h["device"] == device_name(torch.device("cpu")) for h in history)
     assert history[1]["changed"] == {"steps": [2, 4], "lr_g": [1e-4, 1e-3], "beta2": [0.9, 0.99]}
     _, meta = read_checkpoint(run / "checkpoints" / "step_0000004.safetensors")
     assert meta["config"]["lr_g"] == 1e-3 and meta["optimizers"]["opt_G"]["param_groups"][0]["lr"] == 1e-3

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -60,6 +62,23 @@ def resolve_device(requested: str) -> str:
     elif device.type != "cpu":
         raise ConfigError(f"--device {requested}: tritonsagan runs on cpu or cuda")
     return requested
+
+
+def device_name(device: torch.device) -> str:
+    """What reports and runs call the device: the GPU's name, or the CPU's model and its torch threads."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{_cpu_model()}, {torch.get_num_threads()} threads"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,8 @@
 """A training run's folder: the one owner of its layout, and of reading a generator out of it.
 
     <run>/config.json                  the run's resolved TrainConfig, as its latest start or resume set it
-    <run>/config_history.jsonl         one record per start or resume: the step, the settings changed, the config
+    <run>/config_history.jsonl         one record per start or resume: the step, the settings changed, the
+                                       device, the config
     <run>/train.lock                   locked by the training process working in the run (holds its pid)
     <run>/metrics.jsonl, curves.png    one record per log step (and per FID evaluation); their plot
     <run>/tensorboard/                 event files (--tensorboard)
@@ -69,10 +70,11 @@ class RunDirectory:
         return read_sidecar(self.best_checkpoint)["fid"] if self.best_checkpoint.is_file() else math.inf
 
 
-    def write_config(self, config: dict, step: int, changed: dict[str, tuple]) -> None:
-        """config.json: the settings in force from `step` on; config_history.jsonl gains their record."""
+    def write_config(self, config: dict, step: int, changed: dict[str, tuple], device: str) -> None:
+        """config.json: the settings in force from `step` on; config_history.jsonl gains their record,
+        with the device (its name) that trains from there."""
         atomic_write_json(self.config, config)
-        record = {"step": step, "changed": {name: list(values) for name, values in changed.items()}, "config": config}
+        record = {"step": step, "changed": {name: list(values) for name, values in changed.items()}, "device": device, "config": config}
         history = self.config_history.read_text() if self.config_history.is_file() else ""
         atomic_write_bytes(self.config_history, (history + json.dumps(record) + "\n").encode())
 

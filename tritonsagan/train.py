@@ -32,7 +32,7 @@ from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, BIAS_INI
 
 from .atomic_write import remove_temporary_files
 from .checkpoint import checkpoint_path, list_checkpoints, read_checkpoint, restore_checkpoint, save_checkpoint, set_aside, write_checkpoint
-from .cli import resolve_device, run_command
+from .cli import device_name, resolve_device, run_command
 from .config_flags import add_config_flags, build_config, flag_name, on_off
 from .curves import MetricsLog
 from .data import ImageLimits
@@ -759,7 +759,7 @@ def train_steps(trainer: Trainer) -> None:
     and SIGTERM end them early after a step, with a checkpoint; the signals then raise TrainingInterrupted."""
     cfg, world, run, main = trainer.cfg, trainer.world, trainer.run, trainer.world.is_main
     if main:
-        run.write_config(dataclasses.asdict(cfg), trainer.step, trainer.changed_settings)
+        run.write_config(dataclasses.asdict(cfg), trainer.step, trainer.changed_settings, device_name(world.device))
         print(start_line(trainer), flush=True)
     log = MetricsLog(run, trainer.step, enabled=main, tensorboard=cfg.tensorboard)
     fid = FidMonitor(run.fid_reference, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers, cfg.image_size) if main and cfg.fid_every else None
