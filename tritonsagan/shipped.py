@@ -1,9 +1,9 @@
 """Generator weights that ship inside the package, loaded by name and offline:
 `load_generator("builtin-photos")`, `tritonsagan-generate --weights builtin-photos`.
 
-Each lives in tritonsagan/pretrained/<name>/ as save_pretrained writes it (model.safetensors, G_ema
-in float16, and config.json) with README.md, its model card: the data, the training, the device, the
-figures measured. `python -m tritonsagan.gpu_run pretrained` makes such a folder on the GPU machine.
+Each lives in tritonsagan/pretrained/<name>/ as `tritonsagan-export` writes it from a training run:
+model.safetensors (G_ema in float16) and config.json as save_pretrained writes them, README.md, its
+model card (the data, the training, the device, the figures measured), and card.json, those figures.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from tritonsagan.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "pretrained"
 MODEL_CARD_NAME = "README.md"
-SHIPPED_FILES = (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME)
+CARD_FIGURES_NAME = "card.json"  # the model card's figures, for tables made from them
+SHIPPED_FILES = (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME, CARD_FIGURES_NAME)
 
 
 def shipped_names() -> list[str]:

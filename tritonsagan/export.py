@@ -1,0 +1,252 @@
+"""tritonsagan-export: a training run's G_ema as a folder to share or ship, with its model card.
+
+    tritonsagan-export RUN --out FOLDER [--checkpoint PATH] [--name NAME] [--kid-n N]
+
+The folder holds what save_pretrained writes (model.safetensors, G_ema in float16, and config.json),
+which load_generator and `tritonsagan-generate --weights FOLDER` read; README.md, its model card; and
+card.json, the card's figures. Every figure is read from the run or measured here on the exported
+float16 weights:
+
+- from the run (config_history.jsonl, metrics.jsonl): the data, steps, batch, learning rates and
+  EMA; the device of each start or resume; the training wall-clock, each process's steps over its
+  last logged images/s (the steps kept: work lost to a kill and done again is not counted);
+- photo_match (tritonsagan.photo_match), when the run trained class-conditionally on the built-in
+  photos;
+- KID of --kid-n generated images (every class in turn) against as many real images of the run's
+  data, drawn as training draws them, beside KID of as many other real images against the same ones:
+  what a perfect generator scores at that n. On the FID feature network, which the card names; where
+  none is found, the card says so;
+- fixed_pattern (tritonsagan.fixed_pattern) of the generated images beside the real ones: frames and
+  grids that every image repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from tritonsagan.models import Generator
+from tritonsagan.models.pretrained import WEIGHTS_NAME
+
+from .atomic_write import atomic_write_bytes, atomic_write_json
+from .checkpoint import read_sidecar
+from .cli import add_device_argument, resolve_device, run_command
+from .curves import read_metrics
+from .errors import ConfigError
+from .evaluate import EvalError, FeatureNetwork, extract_features, find_feature_weights
+from .fixed_pattern import fixed_pattern
+from .generate import generate
+from .data import ImageStream
+from .loader import make_dataset
+from .metrics import kernel_inception_distance
+from .photo_match import generator_photo_match
+from .run_directory import RunDirectory, generator_from_checkpoint
+from .shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME
+from .train import describe_device_settings
+
+KID_N = 340  # 20 images of each of the 17 built-in photos
+KID_SUBSETS = 100
+REAL_SEED = 1  # the real images' stream: other crops than the training stream's (seed 0) draws
+GENERATE_SEED = 0
+FEATURE_BATCH = 50
+
+
+def training_segments(run: RunDirectory, up_to: int) -> list[dict]:
+    """One entry per start or resume of the run that trained steps up to `up_to`: {"from", "to",
+    "device", "seconds"}, seconds from the process's last logged images/s (the rate since it started)."""
+    history = [json.loads(line) for line in run.config_history.read_text().splitlines() if line.strip()]
+    records = [r for r in read_metrics(run.root) if "images_per_s" in r and r["step"] <= up_to]
+    segments = []
+    for k, start in enumerate(history):
+        end = history[k + 1]["step"] if k + 1 < len(history) else up_to
+        logged = [r for r in records if start["step"] < r["step"] <= end]
+        if not logged:
+            continue
+        last = logged[-1]
+        images = (last["step"] - start["step"]) * start["config"]["batch_size"]
+        segments.append({"from": start["step"], "to": last["step"], "device": start.get("device", "not recorded"), "seconds": images / last["images_per_s"]})
+    return segments
+
+
+def _real_dataset(config: dict, image_size: int) -> ImageStream:
+    """The run's data as its training drew it (crops, flips), from another seed."""
+    return make_dataset(config["data"], REAL_SEED, conditional=False, random_crop=config["crop"] == "random", image_size=image_size)
+
+
+def _real_images(dataset: ImageStream, start: int, n: int) -> torch.Tensor:
+    """Images start .. start + n of the stream."""
+    loader = DataLoader(Subset(dataset, range(start, start + n)), batch_size=FEATURE_BATCH)
+    return torch.cat([images for images, _, _ in loader])
+
+
+def kid_figures(G: Generator, dataset: ImageStream, n: int, fid_weights: str | None, device: torch.device) -> dict:
+    """KID of n generated images against n real ones, beside n other real images' against the same;
+    {"not_measured": why} without a feature network."""
+    try:
+        network = FeatureNetwork(find_feature_weights(fid_weights), device)
+    except EvalError as err:
+        return {"not_measured": str(err)}
+    if dataset.samples_repeat and len(dataset) < 2 * n:
+        n = len(dataset) // 2  # two disjoint real sets, so that real against real is no copy against itself
+    if n < 2:
+        return {"not_measured": f"{dataset.name} holds {len(dataset)} images; KID needs two sets of at least 2"}
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return extract_features(network, images.split(FEATURE_BATCH), math.ceil(len(images) / FEATURE_BATCH), "features", progress=False)[0]
+
+    classes = list(range(G.config.num_classes)) or None
+    real = features(_real_images(dataset, 0, n))
+    other_real = features(_real_images(dataset, n, n))
+    generated = features(generate(G, n, classes=classes, seed=GENERATE_SEED))
+    kid, kid_std = kernel_inception_distance(real, generated, KID_SUBSETS, n)
+    real_vs_real, real_vs_real_std = kernel_inception_distance(real, other_real, KID_SUBSETS, n)
+    return {"network": network.name, "network_sha256": network.sha256, "n": n, "kid": kid, "kid_std": kid_std,
+            "real_vs_real": real_vs_real, "real_vs_real_std": real_vs_real_std}  # fmt: skip
+
+
+def measure(G: Generator, config: dict, kid_n: int, fid_weights: str | None, device: torch.device) -> dict:
+    """The figures measured on the generator G (float32, eval mode) of a run with `config`."""
+    dataset = _real_dataset(config, G.config.image_size)
+    n = min(kid_n or KID_N, len(dataset)) if dataset.samples_repeat else kid_n or KID_N
+    classes = list(range(G.config.num_classes)) or None
+    figures: dict = {
+        "fixed_pattern": {
+            "generated": fixed_pattern(generate(G, n, classes=classes, seed=GENERATE_SEED)),
+            "real": fixed_pattern(_real_images(dataset, 0, n)),
+            "n": n,
+        },
+        "kid": kid_figures(G, dataset, kid_n, fid_weights, device) if kid_n else {"not_measured": "--kid-n 0"},
+        "photo_match": None,
+    }
+    if config["data"] == "builtin" and config["conditional"]:
+        figures["photo_match"] = generator_photo_match(G)
+    return figures
+
+
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    checkpoint: str | Path | None = None,
+    name: str | None = None,
+    kid_n: int = KID_N,
+    fid_weights: str | None = None,
+    device: str = "cpu",
+) -> dict:
+    """Write `out` from the run's newest checkpoint (or `checkpoint`): G_ema in float16, config.json,
+    the model card README.md and its figures card.json; return the figures."""
+    run, out = RunDirectory(run_dir), Path(out)
+    if not run.config_history.is_file():
+        raise ConfigError(f"{run.root}: not a training run (no {run.config_history.name})")
+    checkpoint = Path(checkpoint) if checkpoint else run.latest_checkpoint()
+    if checkpoint is None or not checkpoint.is_file():
+        raise ConfigError(f"{checkpoint or run.checkpoints}: no checkpoint to export" + ("" if checkpoint else " (train at least to the first --save-every)"))
+    step = read_sidecar(checkpoint)["step"]
+    config = json.loads(run.config.read_text())
+    G = generator_from_checkpoint(checkpoint)
+    G.half().save_pretrained(out)
+    G = Generator.from_pretrained(out, device).eval()  # measured as shipped: the float16 weights, computed in float32
+    segments = training_segments(run, step)
+    card = {
+        "name": name or out.name,
+        "step": step,
+        "batch_size": config["batch_size"],
+        "config": config,
+        "generator": json.loads((out / "config.json").read_text()),
+        "weights_bytes": (out / WEIGHTS_NAME).stat().st_size,
+        "segments": segments,
+        "training_seconds": sum(s["seconds"] for s in segments),
+        **measure(G, config, kid_n, fid_weights, G.conv_out.weight.device),
+    }
+    atomic_write_json(out / CARD_FIGURES_NAME, card)
+    atomic_write_bytes(out / MODEL_CARD_NAME, model_card(card).encode())
+    return card
+
+
+def _percent(share: float) -> str:
+    return f"{share:.0%}"
+
+
+def model_card(card: dict) -> str:
+    """README.md of an exported folder, from its figures (card.json)."""
+    config, generator, match, kid, pattern = card["config"], card["generator"], card["photo_match"], card["kid"], card["fixed_pattern"]
+    classes = generator["num_classes"]
+    devices = sorted({s["device"] for s in card["segments"]})
+    minutes = card["training_seconds"] / 60
+    side = generator["image_size"]
+    rows = [
+        ("model", f"Generator, {side}x{side}, ch {generator['ch']}, z_dim {generator['z_dim']}, attention at {generator['attn_res']}x{generator['attn_res']}, "
+                  f"{classes or 'no'} classes; stored in float16 ({card['weights_bytes'] / 2**20:.1f} MiB)"),
+        ("data", "the 17 photos bundled in scikit-image's wheel (`--data builtin`), random square crops, each photo a class" if config["data"] == "builtin"
+                 else f"{config['data']}"),
+        ("training", f"{card['step']:,} steps at batch {card['batch_size']} ({card['step'] * card['batch_size']:,} images), lr G {config['lr_g']:g}, "
+                     f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}; "
+                     + describe_device_settings(config["compile"], config["bf16"], config["diffaug"])),
+        ("device", "; ".join(devices)),
+        ("wall-clock", f"{minutes:.1f} minutes of training in {len(card['segments'])} process(es), sampling and checkpoints included"),
+    ]  # fmt: skip
+    if match:
+        rows.append(("photo match", f"{_percent(match['accuracy'])} of {match['images']} generated images are nearest in colour to crops of their own "
+                                    f"class's photo (fresh real crops: {_percent(match['fresh_crops'])}; chance: 1 in {classes}); tritonsagan.photo_match"))  # fmt: skip
+    if "not_measured" in kid:
+        rows.append(("KID", f"not measured: {kid['not_measured']}"))
+    else:
+        rows.append(("KID", f"{kid['kid']:.4f} +- {kid['kid_std']:.4f}: {kid['n']} generated images against {kid['n']} real ones; "
+                            f"{kid['n']} other real images against the same score {kid['real_vs_real']:.4f} +- {kid['real_vs_real_std']:.4f}; "
+                            f"feature network {kid['network']} (sha256 {kid['network_sha256'][:12]})"))  # fmt: skip
+    rows.append(("fixed pattern", f"{pattern['generated']:.2f} for {pattern['n']} generated images, {pattern['real']:.2f} for as many real ones "
+                                  "(frames and grids every image repeats; about 0 for real crops); tritonsagan.fixed_pattern"))  # fmt: skip
+    table = "\n".join(f"| {key} | {text} |" for key, text in rows)
+    call = f"classes=list(range({classes}))" if classes else "classes=None"
+    return f"""# {card['name']}
+
+A SAGAN generator (G_ema, the moving average of G's weights) trained with tritonsagan, exported from
+step {card['step']:,} of its run by `tritonsagan-export`. Every figure below is read from that run or
+measured on these weights.
+
+```python
+import tritonsagan
+
+G = tritonsagan.load_generator("path/to/{card['name']}")
+images = tritonsagan.generate(G, {classes or 8}, {call})  # uint8 (n, 3, {side}, {side})
+```
+
+| | |
+|---|---|
+{table}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tritonsagan-export", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    parser.add_argument("run", help="the training run directory (tritonsagan-train --out)")
+    parser.add_argument("--out", required=True, help="the folder to write (created; its files are replaced)")
+    parser.add_argument("--checkpoint", help="the run's checkpoint to export (default: its newest)")
+    parser.add_argument("--name", help="the model's name in its card (default: the --out folder's name)")
+    parser.add_argument("--kid-n", type=int, default=KID_N, help=f"generated and real images for KID and the fixed pattern (0: no KID, the fixed pattern on {KID_N}; default: {KID_N})")
+    parser.add_argument("--fid-weights", help="TorchScript feature network for KID (default: as tritonsagan-eval finds it)")
+    add_device_argument(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> str:
+    if args.kid_n < 0 or args.kid_n == 1:
+        raise ConfigError(f"--kid-n {args.kid_n}: give 0 (no KID) or at least 2")
+    card = export(args.run, args.out, args.checkpoint, args.name, args.kid_n, args.fid_weights, resolve_device(args.device))
+    kid = card["kid"]
+    said = f"KID {kid['kid']:.4f} (real vs real {kid['real_vs_real']:.4f})" if "kid" in kid else f"no KID ({kid['not_measured']})"
+    match = f", photo match {card['photo_match']['accuracy']:.0%}" if card["photo_match"] else ""
+    return f"exported step {card['step']} of {args.run} to {args.out}: {said}{match}; model card {Path(args.out) / MODEL_CARD_NAME}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), _run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
