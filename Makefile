@@ -1,8 +1,8 @@
 # Two entry points for a fresh machine (see README.md); both create .venv and install torch
 # (the CPU build 2.13.0 when none is present) and the package first:
 #   make demo   - a short class-conditional training on the built-in photos (each photo a class),
-#                 then a grid of each class (beside the shipped weights' grid, when they ship) and the
-#                 attention-map figure from it, all in runs/demo
+#                 then a grid of each class beside the shipped weights' grid, the attention-map figure
+#                 of each, and the demo's own model card (its photo match), all in runs/demo
 #   make test   - the test suite, then the kernel tests and the Hopper compile check again under
 #                 the GPU machine's triton (3.6) in a second environment, .venv-triton36
 PYTHON ?= python3
@@ -41,16 +41,20 @@ test: setup setup-gpu-triton
 	$(PY) -m pytest -q
 	$(PY_GPU_TRITON) -m pytest -q $(KERNEL_TESTS)
 
-# The demo: on a CPU a short small run (2m48s on 2 cores); on a CUDA machine the defaults (ch 64,
-# batch 256, compile, bf16) for 4 minutes. HAS_CUDA is read once the environment exists.
-DEMO_CPU := --ch 16 --batch-size 16 --steps 150 --log-every 10 --sample-every 50 --save-every 50 --ema-start 50 --ema-decay 0.99
+# The demo: on a CPU the learning benchmark's recipe (64x64, ch 16, batch 16, no DiffAugment) for 600
+# steps; on a CUDA machine the defaults (128x128, ch 64, batch 256, compile, bf16) for 4 minutes.
+# HAS_CUDA is read once the environment exists.
+DEMO_CPU := --image-size 64 --ch 16 --batch-size 16 --diffaug '' --steps 600 --log-every 20 --sample-every 100 --save-every 200 --ema-start 200 --ema-decay 0.99
 DEMO_CUDA := --steps 20000 --max-minutes 4 --log-every 50 --sample-every 500 --save-every 500 --ema-start 500 --ema-decay 0.999
 HAS_CUDA = $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" 2>/dev/null)
-# The weights shipped in the package, when there, draw their class grid beside the demo's.
-SHIPPED_DEMO := $(if $(wildcard tritonsagan/pretrained/builtin-photos/model.safetensors),builtin-photos)
+# The weights shipped in the package, when there: their class grid beside the demo's, their attention figure.
+SHIPPED := builtin-photos-64
+SHIPPED_DEMO := $(if $(wildcard tritonsagan/pretrained/$(SHIPPED)/model.safetensors),$(SHIPPED))
 
 # tests/test_readme_examples.py runs these commands (at tiny sizes) from `make -n demo`.
 demo: setup
 	$(VENV)/bin/tritonsagan-train --out runs/demo --conditional $(if $(filter 1,$(HAS_CUDA)),$(DEMO_CUDA),$(DEMO_CPU))
 	$(VENV)/bin/tritonsagan-generate --weights runs/demo $(SHIPPED_DEMO) --class-per-row --n 136 --out runs/demo/classes.png
 	$(VENV)/bin/tritonsagan-generate --weights runs/demo --n 3 --attention-maps --out runs/demo/attention.png
+	$(if $(SHIPPED_DEMO),$(VENV)/bin/tritonsagan-generate --weights $(SHIPPED_DEMO) --n 3 --attention-maps --out runs/demo/attention_$(SHIPPED_DEMO).png)
+	$(VENV)/bin/tritonsagan-export runs/demo --out runs/demo/export --kid-n 0

@@ -233,8 +233,13 @@ def test_several_weights_side_by_side_from_the_same_latents(conditional_weights,
     assert np.array_equal(pair[TITLE_HEIGHT:, : grid.shape[1]], grid)  # the first weights' grid, unchanged
     assert pair[:TITLE_HEIGHT].max() > 200  # titled, white on black
     assert not np.array_equal(pair[TITLE_HEIGHT:, grid.shape[1] + PANEL_GAP :], grid)
+    Generator(ch=8, num_classes=5, image_size=64).save_pretrained(tmp_path / "small")  # another size: its grid beside, tops aligned
+    assert main(["--weights", str(conditional_weights), str(tmp_path / "small"), "--n", "10", "--class-per-row", "--out", str(both)]) == 0
+    small = np.asarray(Image.open(both))
+    assert small.shape == (TITLE_HEIGHT + grid.shape[0], grid.shape[1] + PANEL_GAP + 8 * 66 + 2, 3)
+    assert np.array_equal(small[TITLE_HEIGHT:, : grid.shape[1]], grid) and small[TITLE_HEIGHT + 2 * 66 + 2 :, grid.shape[1] + PANEL_GAP :].max() == 0
     Generator(ch=8, num_classes=3).save_pretrained(tmp_path / "three")
     assert main(["--weights", str(conditional_weights), str(tmp_path / "three"), "--n", "2", "--out", str(both)]) == 1
-    assert "must share z_dim, classes and image size" in capsys.readouterr().err
+    assert "must share z_dim and classes" in capsys.readouterr().err
     assert main(["--weights", str(conditional_weights), str(other), "--n", "2", "--out-dir", str(tmp_path / "d")]) == 1
     assert "--out-dir and --attention-maps take one" in capsys.readouterr().err

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tritonsagan.bench import learning
 from tritonsagan.checkpoint import list_checkpoints
 from tritonsagan.config_flags import build_config
 from tritonsagan.train import TrainConfig, build_parser
@@ -37,6 +38,7 @@ TINY_FLAGS = {
     "tritonsagan-eval": ["--n", "40", "--kid-subset-size", "20", "--batch-size", "20", "--workers", "0"],
     "tritonsagan-prepare": ["--workers", "1"],
     "tritonsagan-curves": [],
+    "tritonsagan-export": ["--kid-n", "0"],
 }
 TORCHRUN_TINY = [*TRAIN_TINY, "--no-sync-bn"]  # on two CPU ranks, where SyncBatchNorm (CUDA only) cannot run
 FID_EVERY_TINY = ["--fid-every", "1", "--fid-n", "24"]
@@ -154,9 +156,20 @@ def test_the_demo_trains_the_defaults_for_minutes_on_cuda():
     assert cfg.conditional and 0 < cfg.max_minutes <= 5 and cfg.steps > cfg.ema_start
 
 
-def test_the_demo_draws_the_shipped_grid_beside_its_own(tmp_path):
+def test_the_demo_draws_the_shipped_grid_and_attention_beside_its_own(tmp_path):
     (tmp_path / "pyproject.toml").touch()  # what `make -n` needs of a checkout to print the recipe
-    assert demo_commands(cwd=tmp_path)[1][:3] == [".venv/bin/tritonsagan-generate", "--weights", "runs/demo"]
-    (tmp_path / "tritonsagan" / "pretrained" / "builtin-photos").mkdir(parents=True)
-    (tmp_path / "tritonsagan" / "pretrained" / "builtin-photos" / "model.safetensors").touch()
-    assert demo_commands(cwd=tmp_path)[1][:4] == [".venv/bin/tritonsagan-generate", "--weights", "runs/demo", "builtin-photos"]
+    alone = demo_commands(cwd=tmp_path)
+    assert alone[1][:4] == [".venv/bin/tritonsagan-generate", "--weights", "runs/demo", "--class-per-row"] and len(alone) == 4
+    (tmp_path / "tritonsagan" / "pretrained" / "builtin-photos-64").mkdir(parents=True)
+    (tmp_path / "tritonsagan" / "pretrained" / "builtin-photos-64" / "model.safetensors").touch()
+    shipped = demo_commands(cwd=tmp_path)
+    assert shipped[1][:4] == [".venv/bin/tritonsagan-generate", "--weights", "runs/demo", "builtin-photos-64"]
+    assert shipped[3][:3] == [".venv/bin/tritonsagan-generate", "--weights", "builtin-photos-64"] and "--attention-maps" in shipped[3]
+    assert shipped[4][:2] == [".venv/bin/tritonsagan-export", "runs/demo"]
+
+
+def test_the_demo_on_a_cpu_trains_the_learning_benchmarks_recipe():
+    train, *_ = demo_commands("HAS_CUDA=0")
+    cfg = build_config(TrainConfig, build_parser().parse_args(train[1:]))
+    recipe = {key: getattr(cfg, key) for key in learning.RECIPE}
+    assert recipe == learning.RECIPE and cfg.ema_start < cfg.steps

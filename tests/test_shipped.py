@@ -1,6 +1,9 @@
 """Weights shipped in the package: loaded by name, offline; and, for each that ships, a generator
 that draws its photos."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,9 +14,11 @@ from tritonsagan.gpu_run import MAX_WEIGHTS_BYTES
 from tritonsagan.models import Generator
 from tritonsagan.models.pretrained import WEIGHTS_NAME
 from tritonsagan.photo_match import generator_photo_match
-from tritonsagan.shipped import SHIPPED_FILES, shipped_names
+from tritonsagan.export import card_table, model_card
+from tritonsagan.shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME, SHIPPED_FILES, shipped_names
 
-PHOTO_MATCH_AT_LEAST = 0.5  # chance is 1 in 17, fresh real crops about 0.94
+ROOT = Path(__file__).resolve().parent.parent
+PHOTO_MATCH_AT_LEAST = 0.5  # chance is 1 in 17, fresh real crops about 0.92
 
 
 @pytest.fixture
@@ -48,12 +53,15 @@ def test_none_shipped_says_so(tmp_path, monkeypatch):
         load_generator("builtin-photos")
 
 
-# The real shipped weights (none until a GPU run makes them: an empty set is reported as skipped).
+# The real shipped weights (an empty set is reported as skipped).
 @pytest.mark.parametrize("name", shipped_names())
-def test_shipped_weights_draw_their_photos(name):
+def test_shipped_weights_draw_their_photos_as_their_card_says(name):
     folder = shipped.SHIPPED_ROOT / name
     assert all((folder / file).is_file() for file in SHIPPED_FILES) and (folder / WEIGHTS_NAME).stat().st_size <= MAX_WEIGHTS_BYTES
     G = load_generator(name)
     assert torch.equal(generate(G, 4, classes=[0, 5], seed=3), generate(G, 4, classes=[0, 5], seed=3))
     match = generator_photo_match(G)
-    assert match["accuracy"] >= PHOTO_MATCH_AT_LEAST, match
+    card = json.loads((folder / CARD_FIGURES_NAME).read_text())
+    assert match["accuracy"] >= PHOTO_MATCH_AT_LEAST and match["accuracy"] == pytest.approx(card["photo_match"]["accuracy"], abs=2 / 136), match
+    assert (folder / MODEL_CARD_NAME).read_text() == model_card(card)
+    assert card_table(card) in (ROOT / "README.md").read_text()  # the README shows the card's figures

@@ -172,13 +172,10 @@ def _percent(share: float) -> str:
     return f"{share:.0%}"
 
 
-def model_card(card: dict) -> str:
-    """README.md of an exported folder, from its figures (card.json)."""
+def card_table(card: dict) -> str:
+    """The model card's table of figures (markdown), from card.json; the README shows the shipped ones'."""
     config, generator, match, kid, pattern = card["config"], card["generator"], card["photo_match"], card["kid"], card["fixed_pattern"]
-    classes = generator["num_classes"]
-    devices = sorted({s["device"] for s in card["segments"]})
-    minutes = card["training_seconds"] / 60
-    side = generator["image_size"]
+    classes, side = generator["num_classes"], generator["image_size"]
     rows = [
         ("model", f"Generator, {side}x{side}, ch {generator['ch']}, z_dim {generator['z_dim']}, attention at {generator['attn_res']}x{generator['attn_res']}, "
                   f"{classes or 'no'} classes; stored in float16 ({card['weights_bytes'] / 2**20:.1f} MiB)"),
@@ -187,8 +184,8 @@ def model_card(card: dict) -> str:
         ("training", f"{card['step']:,} steps at batch {card['batch_size']} ({card['step'] * card['batch_size']:,} images), lr G {config['lr_g']:g}, "
                      f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}; "
                      + describe_device_settings(config["compile"], config["bf16"], config["diffaug"])),
-        ("device", "; ".join(devices)),
-        ("wall-clock", f"{minutes:.1f} minutes of training in {len(card['segments'])} process(es), sampling and checkpoints included"),
+        ("device", "; ".join(sorted({s["device"] for s in card["segments"]}))),
+        ("wall-clock", f"{card['training_seconds'] / 60:.1f} minutes of training in {len(card['segments'])} process(es), sampling and checkpoints included"),
     ]  # fmt: skip
     if match:
         rows.append(("photo match", f"{_percent(match['accuracy'])} of {match['images']} generated images are nearest in colour to crops of their own "
@@ -201,7 +198,12 @@ def model_card(card: dict) -> str:
                             f"feature network {kid['network']} (sha256 {kid['network_sha256'][:12]})"))  # fmt: skip
     rows.append(("fixed pattern", f"{pattern['generated']:.2f} for {pattern['n']} generated images, {pattern['real']:.2f} for as many real ones "
                                   "(frames and grids every image repeats; about 0 for real crops); tritonsagan.fixed_pattern"))  # fmt: skip
-    table = "\n".join(f"| {key} | {text} |" for key, text in rows)
+    return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {text} |" for key, text in rows)
+
+
+def model_card(card: dict) -> str:
+    """README.md of an exported folder, from its figures (card.json)."""
+    classes, side = card["generator"]["num_classes"], card["generator"]["image_size"]
     call = f"classes=list(range({classes}))" if classes else "classes=None"
     return f"""# {card['name']}
 
@@ -216,9 +218,7 @@ G = tritonsagan.load_generator("path/to/{card['name']}")
 images = tritonsagan.generate(G, {classes or 8}, {call})  # uint8 (n, 3, {side}, {side})
 ```
 
-| | |
-|---|---|
-{table}
+{card_table(card)}
 """
 
 

@@ -173,14 +173,15 @@ def _write_attention_maps(args: argparse.Namespace, G: Generator, z: torch.Tenso
 
 
 def _load_generators(args: argparse.Namespace) -> list[Generator]:
-    """Each --weights' generator; several must take the same latents and classes, for one grid each."""
+    """Each --weights' generator; several must take the same latents and classes, for one grid each
+    (of any image size: the grids stand side by side, tops aligned)."""
     if len(args.weights) > 1 and (args.out_dir or args.attention_maps):
         raise ValueError("several --weights make their grids side by side in one --out; --out-dir and --attention-maps take one")
     generators = [load_generator(weights, device=resolve_device(args.device)) for weights in args.weights]
-    shapes = {weights: (G.config.z_dim, G.config.num_classes, G.config.image_size) for weights, G in zip(args.weights, generators)}
+    shapes = {weights: (G.config.z_dim, G.config.num_classes) for weights, G in zip(args.weights, generators)}
     if len(set(shapes.values())) > 1:
-        described = "; ".join(f"{weights}: z_dim {z_dim}, {classes} classes, {size}x{size}" for weights, (z_dim, classes, size) in shapes.items())
-        raise ValueError(f"--weights side by side must share z_dim, classes and image size, to draw from the same latents in one grid: {described}")
+        described = "; ".join(f"{weights}: z_dim {z_dim}, {classes} classes" for weights, (z_dim, classes) in shapes.items())
+        raise ValueError(f"--weights side by side must share z_dim and classes, to draw from the same latents in one grid: {described}")
     return generators
 
 
