@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from tritonsagan.checkpoint import list_checkpoints
 from tritonsagan.cli import device_name
@@ -35,8 +36,8 @@ def builtin_run(tmp_path_factory):
 
 def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(builtin_run, tmp_path):
     network = stand_in_network(tmp_path / "standin.pt")
-    out = tmp_path / "tiny-photos"
-    assert main([str(builtin_run), "--out", str(out), "--kid-n", "40", "--fid-weights", str(network), "--device", "cpu"]) == 0
+    out, curve = tmp_path / "tiny-photos", tmp_path / "curve.png"
+    assert main([str(builtin_run), "--out", str(out), "--kid-n", "40", "--fid-weights", str(network), "--device", "cpu", "--curve", str(curve)]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(SHIPPED_FILES)
     tensors, _ = load_safetensors(out / "model.safetensors")
     assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16}
@@ -47,6 +48,10 @@ def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(b
     assert card["fixed_pattern"]["n"] == 40 and card["fixed_pattern"]["generated"] == fixed_pattern(generate(G, 40, classes=list(range(17)), seed=0))
     kid = card["kid"]
     assert kid["n"] == 40 and kid["network"] == "unknown TorchScript network standin.pt" and kid["kid"] > kid["real_vs_real"]
+    # the learning curve: G_ema of every checkpoint kept (steps 2, 4, 6), the last the exported weights
+    assert [point["step"] for point in card["curve"]] == [2, 4, 6] and Image.open(curve).format == "PNG"
+    assert {key: card["curve"][-1][key] for key in ("photo_match", "kid", "fixed_pattern")} == {key: card[key] for key in ("photo_match", "kid", "fixed_pattern")}
+    assert card["curve"][0]["kid"]["kid"] != kid["kid"] and card["curve"][0]["kid"]["real_vs_real"] == kid["real_vs_real"]
     # the run's record: one segment per process, their seconds from the last logged images/s
     records = [json.loads(line) for line in RunDirectory(builtin_run).metrics.read_text().splitlines()]
     by_step = {r["step"]: r for r in records}
@@ -68,6 +73,7 @@ def test_export_of_an_earlier_checkpoint_counts_the_training_up_to_it(builtin_ru
     card = json.loads((out / "card.json").read_text())
     assert step == 2 and card["step"] == 2 and card["name"] == "photos-early" and [(s["from"], s["to"]) for s in card["segments"]] == [(0, 2)]
     assert card["kid"] == {"not_measured": "--kid-n 0"} and "| KID | not measured: --kid-n 0 |" in (out / "README.md").read_text()
+    assert card["curve"] is None
 
 
 def test_a_small_folder_gives_two_disjoint_real_sets(tmp_path):
@@ -97,7 +103,8 @@ def test_a_run_of_segments_with_steps_lost_to_a_kill(tmp_path):
 @pytest.mark.parametrize(
     ("args", "said"),
     [(["--kid-n", "1"], "--kid-n 1: give 0 (no KID) or at least 2"),
-     (["--checkpoint", "nowhere.safetensors"], "nowhere.safetensors: no checkpoint to export")],
+     (["--checkpoint", "nowhere.safetensors"], "nowhere.safetensors: no checkpoint to export"),
+    (["--curve", "curve.jpg"], "--curve curve.jpg: the learning curve is drawn as a PNG")],
 )  # fmt: skip
 def test_bad_requests_are_named(builtin_run, tmp_path, capsys, args, said):
     assert main([str(builtin_run), "--out", str(tmp_path / "out"), *args]) == 1

@@ -1,6 +1,6 @@
 """tritonsagan-export: a training run's G_ema as a folder to share or ship, with its model card.
 
-    tritonsagan-export RUN --out FOLDER [--checkpoint PATH] [--name NAME] [--kid-n N]
+    tritonsagan-export RUN --out FOLDER [--checkpoint PATH] [--name NAME] [--kid-n N] [--curve PNG]
 
 The folder holds what save_pretrained writes (model.safetensors, G_ema in float16, and config.json),
 which load_generator and `tritonsagan-generate --weights FOLDER` read; README.md, its model card; and
@@ -18,11 +18,15 @@ float16 weights:
   none is found, the card says so;
 - fixed_pattern (tritonsagan.fixed_pattern) of the generated images beside the real ones: frames and
   grids that every image repeats.
+
+With --curve PNG, the same figures of G_ema at every checkpoint the run kept: its learning curve,
+kept in card.json and drawn in that picture.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import sys
@@ -35,9 +39,9 @@ from tritonsagan.models import Generator
 from tritonsagan.models.pretrained import WEIGHTS_NAME
 
 from .atomic_write import atomic_write_bytes, atomic_write_json
-from .checkpoint import read_sidecar
+from .checkpoint import list_checkpoints, read_sidecar
 from .cli import add_device_argument, resolve_device, run_command
-from .curves import read_metrics
+from .curves import HAS_MATPLOTLIB, read_metrics
 from .errors import ConfigError
 from .evaluate import EvalError, FeatureNetwork, extract_features, find_feature_weights
 from .fixed_pattern import fixed_pattern
@@ -74,59 +78,107 @@ def training_segments(run: RunDirectory, up_to: int) -> list[dict]:
     return segments
 
 
-def _real_dataset(config: dict, image_size: int) -> ImageStream:
-    """The run's data as its training drew it (crops, flips), from another seed."""
-    return make_dataset(config["data"], REAL_SEED, conditional=False, random_crop=config["crop"] == "random", image_size=image_size)
-
-
 def _real_images(dataset: ImageStream, start: int, n: int) -> torch.Tensor:
     """Images start .. start + n of the stream."""
     loader = DataLoader(Subset(dataset, range(start, start + n)), batch_size=FEATURE_BATCH)
     return torch.cat([images for images, _, _ in loader])
 
 
-def kid_figures(G: Generator, dataset: ImageStream, n: int, fid_weights: str | None, device: torch.device) -> dict:
-    """KID of n generated images against n real ones, beside n other real images' against the same;
-    {"not_measured": why} without a feature network."""
-    try:
-        network = FeatureNetwork(find_feature_weights(fid_weights), device)
-    except EvalError as err:
-        return {"not_measured": str(err)}
-    if dataset.samples_repeat and len(dataset) < 2 * n:
-        n = len(dataset) // 2  # two disjoint real sets, so that real against real is no copy against itself
-    if n < 2:
-        return {"not_measured": f"{dataset.name} holds {len(dataset)} images; KID needs two sets of at least 2"}
+class Measurer:
+    """The figures of generators trained on one run's data, its real images read (and their
+    features computed) once: photo_match on the built-in photos, KID on kid_n images (0: none), the
+    fixed pattern."""
 
-    def features(images: torch.Tensor) -> torch.Tensor:
-        return extract_features(network, images.split(FEATURE_BATCH), math.ceil(len(images) / FEATURE_BATCH), "features", progress=False)[0]
+    def __init__(self, config: dict, image_size: int, kid_n: int, fid_weights: str | None, device: torch.device) -> None:
+        # The run's data as its training drew it (crops, flips), from another seed.
+        dataset = make_dataset(config["data"], REAL_SEED, conditional=False, random_crop=config["crop"] == "random", image_size=image_size)
+        self.photos = config["data"] == "builtin" and config["conditional"]
+        self.n = min(kid_n or KID_N, len(dataset)) if dataset.samples_repeat else kid_n or KID_N
+        real = _real_images(dataset, 0, self.n)
+        self.real_pattern = fixed_pattern(real)
+        self.kid: dict = {"not_measured": "--kid-n 0"}
+        self.network: FeatureNetwork | None = None
+        if kid_n:
+            self._prepare_kid(dataset, real, kid_n, fid_weights, device)
 
-    classes = list(range(G.config.num_classes)) or None
-    real = features(_real_images(dataset, 0, n))
-    other_real = features(_real_images(dataset, n, n))
-    generated = features(generate(G, n, classes=classes, seed=GENERATE_SEED))
-    kid, kid_std = kernel_inception_distance(real, generated, KID_SUBSETS, n)
-    real_vs_real, real_vs_real_std = kernel_inception_distance(real, other_real, KID_SUBSETS, n)
-    return {"network": network.name, "network_sha256": network.sha256, "n": n, "kid": kid, "kid_std": kid_std,
-            "real_vs_real": real_vs_real, "real_vs_real_std": real_vs_real_std}  # fmt: skip
+    def _prepare_kid(self, dataset: ImageStream, real: torch.Tensor, n: int, fid_weights: str | None, device: torch.device) -> None:
+        try:
+            network = FeatureNetwork(find_feature_weights(fid_weights), device)
+        except EvalError as err:
+            self.kid = {"not_measured": str(err)}
+            return
+        if dataset.samples_repeat and len(dataset) < 2 * n:
+            n = len(dataset) // 2  # two disjoint real sets, so that real against real is no copy against itself
+        if n < 2:
+            self.kid = {"not_measured": f"{dataset.name} holds {len(dataset)} images; KID needs two sets of at least 2"}
+            return
+        self.network, self.kid_n = network, n
+        self.real_features = self._features(real[:n])
+        real_vs_real, real_vs_real_std = kernel_inception_distance(self.real_features, self._features(_real_images(dataset, n, n)), KID_SUBSETS, n)
+        self.kid = {"network": network.name, "network_sha256": network.sha256, "n": n, "real_vs_real": real_vs_real, "real_vs_real_std": real_vs_real_std}
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        assert self.network is not None
+        return extract_features(self.network, images.split(FEATURE_BATCH), math.ceil(len(images) / FEATURE_BATCH), "features", progress=False)[0]
+
+    def __call__(self, G: Generator) -> dict:
+        """The figures of G (eval mode): {"photo_match", "kid", "fixed_pattern"}."""
+        classes = list(range(G.config.num_classes)) or None
+        generated = generate(G, self.n, classes=classes, seed=GENERATE_SEED)
+        kid = dict(self.kid)
+        if self.network is not None:  # its own draw when fewer: a slice of `generated` would hold only the first classes
+            for_kid = generated if self.kid_n == self.n else generate(G, self.kid_n, classes=classes, seed=GENERATE_SEED)
+            kid["kid"], kid["kid_std"] = kernel_inception_distance(self.real_features, self._features(for_kid), KID_SUBSETS, self.kid_n)
+        return {
+            "photo_match": generator_photo_match(G) if self.photos else None,
+            "kid": kid,
+            "fixed_pattern": {"generated": fixed_pattern(generated), "real": self.real_pattern, "n": self.n},
+        }
 
 
-def measure(G: Generator, config: dict, kid_n: int, fid_weights: str | None, device: torch.device) -> dict:
-    """The figures measured on the generator G (float32, eval mode) of a run with `config`."""
-    dataset = _real_dataset(config, G.config.image_size)
-    n = min(kid_n or KID_N, len(dataset)) if dataset.samples_repeat else kid_n or KID_N
-    classes = list(range(G.config.num_classes)) or None
-    figures: dict = {
-        "fixed_pattern": {
-            "generated": fixed_pattern(generate(G, n, classes=classes, seed=GENERATE_SEED)),
-            "real": fixed_pattern(_real_images(dataset, 0, n)),
-            "n": n,
-        },
-        "kid": kid_figures(G, dataset, kid_n, fid_weights, device) if kid_n else {"not_measured": "--kid-n 0"},
-        "photo_match": None,
-    }
-    if config["data"] == "builtin" and config["conditional"]:
-        figures["photo_match"] = generator_photo_match(G)
-    return figures
+def _as_shipped(G: Generator) -> Generator:
+    """G with its weights rounded to float16 as an export stores them, computing in float32."""
+    return G.half().float().eval()
+
+
+def learning_curve(run: RunDirectory, measure: Measurer, up_to: int, device: torch.device) -> list[dict]:
+    """The figures of G_ema at each checkpoint the run kept, up to step `up_to`."""
+    return [
+        {"step": step, **measure(_as_shipped(generator_from_checkpoint(path)).to(device))}
+        for step, path in list_checkpoints(run.checkpoints)
+        if step <= up_to
+    ]
+
+
+def curve_figure(card: dict, path: str | Path) -> Path:
+    """The learning curve in card.json as a PNG: photo_match, KID and the fixed pattern of G_ema by
+    step, each beside what real images score."""
+    if not HAS_MATPLOTLIB:
+        raise ConfigError("drawing the learning curve needs matplotlib: pip install matplotlib (the package's plot extra)")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curve = card["curve"]
+    steps = [point["step"] for point in curve]
+    panels = []
+    if card["photo_match"]:
+        panels.append(("photo match", [p["photo_match"]["accuracy"] for p in curve], card["photo_match"]["fresh_crops"], "fresh real crops", (0, 1)))
+    if "kid" in card["kid"]:
+        panels.append((f"KID (n={card['kid']['n']})", [p["kid"]["kid"] for p in curve], card["kid"]["real_vs_real"], "real vs real", (None, None)))
+    panels.append(("fixed pattern", [p["fixed_pattern"]["generated"] for p in curve], card["fixed_pattern"]["real"], "real crops", (0, None)))
+    figure = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    for ax, (title, values, real, real_label, ylim) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        ax.plot(steps, values, "o-", label="G_ema")
+        ax.axhline(real, color="green", lw=0.8, label=real_label)
+        ax.set(xlabel="step", title=title, ylim=ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    figure.suptitle(card["name"])
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
 
 
 def export(
@@ -137,9 +189,11 @@ def export(
     kid_n: int = KID_N,
     fid_weights: str | None = None,
     device: str = "cpu",
+    curve: str | Path | None = None,
 ) -> dict:
     """Write `out` from the run's newest checkpoint (or `checkpoint`): G_ema in float16, config.json,
-    the model card README.md and its figures card.json; return the figures."""
+    the model card README.md and its figures card.json; return the figures. With `curve` (a .png
+    path), also the figures of every checkpoint the run kept up to it, drawn there."""
     run, out = RunDirectory(run_dir), Path(out)
     if not run.config_history.is_file():
         raise ConfigError(f"{run.root}: not a training run (no {run.config_history.name})")
@@ -151,6 +205,7 @@ def export(
     G = generator_from_checkpoint(checkpoint)
     G.half().save_pretrained(out)
     G = Generator.from_pretrained(out, device).eval()  # measured as shipped: the float16 weights, computed in float32
+    measure = Measurer(config, G.config.image_size, kid_n, fid_weights, G.conv_out.weight.device)
     segments = training_segments(run, step)
     card = {
         "name": name or out.name,
@@ -161,9 +216,12 @@ def export(
         "weights_bytes": (out / WEIGHTS_NAME).stat().st_size,
         "segments": segments,
         "training_seconds": sum(s["seconds"] for s in segments),
-        **measure(G, config, kid_n, fid_weights, G.conv_out.weight.device),
+        **measure(G),
+        "curve": learning_curve(run, measure, step, G.conv_out.weight.device) if curve else None,
     }
     atomic_write_json(out / CARD_FIGURES_NAME, card)
+    if curve:
+        curve_figure(card, curve)
     atomic_write_bytes(out / MODEL_CARD_NAME, model_card(card).encode())
     return card
 
@@ -230,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="the model's name in its card (default: the --out folder's name)")
     parser.add_argument("--kid-n", type=int, default=KID_N, help=f"generated and real images for KID and the fixed pattern (0: no KID, the fixed pattern on {KID_N}; default: {KID_N})")
     parser.add_argument("--fid-weights", help="TorchScript feature network for KID (default: as tritonsagan-eval finds it)")
+    parser.add_argument("--curve", help="also measure G_ema at every checkpoint the run kept (card.json keeps the figures) and draw them in this PNG")
     add_device_argument(parser)
     return parser
 
@@ -237,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> str:
     if args.kid_n < 0 or args.kid_n == 1:
         raise ConfigError(f"--kid-n {args.kid_n}: give 0 (no KID) or at least 2")
-    card = export(args.run, args.out, args.checkpoint, args.name, args.kid_n, args.fid_weights, resolve_device(args.device))
+    if args.curve and not args.curve.lower().endswith(".png"):
+        raise ConfigError(f"--curve {args.curve}: the learning curve is drawn as a PNG; give a path ending in .png")
+    card = export(args.run, args.out, args.checkpoint, args.name, args.kid_n, args.fid_weights, resolve_device(args.device), args.curve)
     kid = card["kid"]
     said = f"KID {kid['kid']:.4f} (real vs real {kid['real_vs_real']:.4f})" if "kid" in kid else f"no KID ({kid['not_measured']})"
     match = f", photo match {card['photo_match']['accuracy']:.0%}" if card["photo_match"] else ""
