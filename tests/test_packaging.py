@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tritonsagan.models import Generator
-from tritonsagan.shipped import MODEL_CARD_NAME, SHIPPED_FILES
+from tritonsagan.shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME, SHIPPED_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_AT_MOST_BYTES = 16 * 2**20  # code, and each shipped generator's float16 weights (at most 12 MiB)
@@ -30,6 +30,7 @@ def test_wheel_layout_and_shipped_weights(tmp_path):
     stand_in = source / "tritonsagan" / "pretrained" / "stand-in"
     Generator(ch=8, num_classes=3).half().save_pretrained(stand_in)
     (stand_in / MODEL_CARD_NAME).write_text("# stand-in\n")
+    (stand_in / CARD_FIGURES_NAME).write_text("{}\n")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,

@@ -143,7 +143,7 @@ def test_every_readme_example_runs(tmp_path, monkeypatch):
             exec(compile(body, "README.md", "exec"), {})
         else:
             pytest.fail(f"README code block in {language or 'no language'}: mark it bash or python so it is run")
-    for program in ("make demo", "tritonsagan-train", "tritonsagan-generate", "tritonsagan-eval", "tritonsagan-prepare", "torchrun"):
+    for program in ("make demo", "tritonsagan-train", "tritonsagan-generate", "tritonsagan-eval", "tritonsagan-prepare", "tritonsagan-export", "torchrun"):
         assert program in examples.ran, program
     assert (tmp_path / "runs" / "demo" / "classes.png").is_file() and (tmp_path / "runs" / "demo" / "attention.png").is_file()
 
