@@ -55,7 +55,7 @@ from .shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME
 from .train import describe_device_settings
 
 KID_N = 340  # 20 images of each of the 17 built-in photos
-REAL_SEED = 1  # the real images' stream: other crops than the training stream's (seed 0) draws
+REAL_SEED = 1  # the real images' stream: other crops than a training stream of the default seed (0) draws
 GENERATE_SEED = 0
 FEATURE_BATCH = 50
 
@@ -154,11 +154,15 @@ def learning_curve(run: RunDirectory, measure: Measurer, up_to: int, device: tor
     ]
 
 
+def _require_matplotlib() -> None:
+    if not HAS_MATPLOTLIB:
+        raise ConfigError("drawing the learning curve needs matplotlib: pip install matplotlib (the package's plot extra)")
+
+
 def curve_figure(card: dict, path: str | Path) -> Path:
     """The learning curve in card.json as a PNG: photo_match, KID and the fixed pattern of G_ema by
     step, each beside what real images score."""
-    if not HAS_MATPLOTLIB:
-        raise ConfigError("drawing the learning curve needs matplotlib: pip install matplotlib (the package's plot extra)")
+    _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -199,6 +203,8 @@ def export(
     the model card README.md and its figures card.json; return the figures. With `curve` (a .png
     path), also the figures of every checkpoint the run kept up to it, drawn there."""
     run, out = RunDirectory(run_dir), Path(out)
+    if curve:
+        _require_matplotlib()  # before any file is written
     if not run.config_history.is_file():
         raise ConfigError(f"{run.root}: not a training run (no {run.config_history.name})")
     checkpoint = Path(checkpoint) if checkpoint else run.latest_checkpoint()

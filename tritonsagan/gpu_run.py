@@ -50,7 +50,7 @@ from .cli import resolve_device, run_command
 from .curves import read_metrics
 from .errors import ConfigError, TritonsaganError
 from .evaluate import EvalError, find_feature_weights, float16_copy
-from .export import export
+from .export import KID_N, export
 from .run_directory import RunDirectory
 
 REPO = Path(__file__).resolve().parents[1]  # a checkout: tests/ and the kernels beside the package
@@ -70,8 +70,7 @@ PRETRAINED_TRAINING = {"ch": 24, "batch-size": 128, "steps": 1_000_000, "log-eve
 PRETRAINED_NAME = "builtin-photos"
 PRETRAINED_FID_EVERY = 1000
 PRETRAINED_FID_N = 2100  # FID needs more images than Inception's 2048 features; KID is unbiased at any n
-PRETRAINED_KID_N = 340  # 20 generated images of each photo, as many real crops
-REHEARSAL_KID_N = 34
+REHEARSAL_KID_N = 34  # --rehearse: 2 generated images of each photo for KID (the export's default: 20)
 # The FID Inception that `carry` writes here and the GPU machine gets (ignored by git; name it in carry).
 CARRIED_FID_IN_REPO = Path(".carry") / "fid_inception_float16.pt"
 CARRIED_FID = REPO / CARRIED_FID_IN_REPO
@@ -214,7 +213,7 @@ def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool, fid_wei
     if run.latest_checkpoint() is not None:
         weights = out / PRETRAINED_NAME
         device = resolve_device("cpu" if rehearse else "auto")
-        kid_n = REHEARSAL_KID_N if rehearse else PRETRAINED_KID_N
+        kid_n = REHEARSAL_KID_N if rehearse else KID_N
         card = export(run.root, weights, name=PRETRAINED_NAME, kid_n=kid_n, fid_weights=fid.get("fid-weights"), device=device)
         summary["card"] = {key: card[key] for key in ("step", "weights_bytes", "training_seconds", "photo_match", "kid", "fixed_pattern")}
         shutil.copy(run.metrics, out / run.metrics.name)
