@@ -12,6 +12,7 @@ from tritonsagan import load_generator
 from tritonsagan.data import BuiltinPhotoStream, ImageFolderStream
 from tritonsagan.evaluate import main as eval_main
 from tritonsagan.generate import main as generate_main
+from tritonsagan.images import PANEL_GAP, TITLE_HEIGHT
 from tritonsagan.loader import make_dataset
 from tritonsagan.packed import main as prepare_main
 from tritonsagan.photo_match import fresh_crops_photo_match, generator_photo_match, reference_crops
@@ -74,8 +75,9 @@ def test_generation_and_attention_figure_follow_the_weights(run64, tmp_path, cap
 
     G128 = tmp_path / "g128"
     type(G)(ch=8, num_classes=17).save_pretrained(G128)
-    assert generate_main(["--weights", str(run64), str(G128), "--n", "2", "--out", str(tmp_path / "side.png")]) == 1
-    assert "64x64" in capsys.readouterr().err
+    assert generate_main(["--weights", str(run64), str(G128), "--n", "2", "--out", str(tmp_path / "side.png")]) == 0
+    width, height = Image.open(tmp_path / "side.png").size  # the 64x64 grid beside the 128x128 one, tops aligned
+    assert width == (2 * 66 + 2) + PANEL_GAP + (2 * 130 + 2) and height == TITLE_HEIGHT + 132
 
 
 def test_evaluation_reads_real_images_at_the_generators_size(run64, tmp_path, capsys):
