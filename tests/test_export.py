@@ -9,6 +9,7 @@ from PIL import Image
 
 from tritonsagan.checkpoint import list_checkpoints
 from tritonsagan.cli import device_name
+from tritonsagan.curves import read_metrics
 from tritonsagan.export import main, model_card, training_segments
 from tritonsagan.fixed_pattern import fixed_pattern
 from tritonsagan.generate import generate
@@ -53,8 +54,7 @@ def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(b
     assert {key: card["curve"][-1][key] for key in ("photo_match", "kid", "fixed_pattern")} == {key: card[key] for key in ("photo_match", "kid", "fixed_pattern")}
     assert card["curve"][0]["kid"]["kid"] != kid["kid"] and card["curve"][0]["kid"]["real_vs_real"] == kid["real_vs_real"]
     # the run's record: one segment per process, their seconds from the last logged images/s
-    records = [json.loads(line) for line in RunDirectory(builtin_run).metrics.read_text().splitlines()]
-    by_step = {r["step"]: r for r in records}
+    by_step = {r["step"]: r for r in read_metrics(builtin_run)}
     assert [(s["from"], s["to"]) for s in card["segments"]] == [(0, 4), (4, 6)]
     assert card["segments"][1]["seconds"] == pytest.approx(2 * 4 / by_step[6]["images_per_s"])
     assert card["training_seconds"] == pytest.approx(4 * 4 / by_step[4]["images_per_s"] + 2 * 4 / by_step[6]["images_per_s"])

@@ -20,7 +20,7 @@ import tritonsagan.train as train_module
 from tritonsagan.checkpoint import list_checkpoints, read_checkpoint
 from tritonsagan.cli import INTERRUPTED_EXIT_CODE, device_name
 from tritonsagan.curves import main as curves_main, read_metrics
-from tritonsagan.run_directory import RunInUse, load_generator
+from tritonsagan.run_directory import RunDirectory, RunInUse, load_generator
 from tritonsagan.stop_signals import StopRequests
 from tritonsagan.train import main as train_main, train
 from tritonsagan.weights_io import WeightsError
@@ -79,7 +79,7 @@ def test_resume_applies_and_records_the_settings_that_may_change(tmp_path):
     assert [(r["step"], r["lr_g"]) for r in records] == [(1, 1e-4), (2, 1e-4), (3, 1e-3), (4, 1e-3)]
     config = json.loads((run / "config.json").read_text())
     assert config["lr_g"] == 1e-3 and config["steps"] == 4
-    history = [json.loads(line) for line in (run / "config_history.jsonl").read_text().splitlines()]
+    history = RunDirectory(run).read_config_history()
     assert [h["step"] for h in history] == [0, 2] and history[0]["changed"] == {}
     assert all(h["device"] == device_name(torch.device("cpu")) for h in history)
     assert history[1]["changed"] == {"steps": [2, 4], "lr_g": [1e-4, 1e-3], "beta2": [0.9, 0.99]}

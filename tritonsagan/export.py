@@ -63,7 +63,7 @@ FEATURE_BATCH = 50
 def training_segments(run: RunDirectory, up_to: int) -> list[dict]:
     """One entry per start or resume of the run that trained steps up to `up_to`: {"from", "to",
     "device", "seconds"}, seconds from the process's last logged images/s (the rate since it started)."""
-    history = [json.loads(line) for line in run.config_history.read_text().splitlines() if line.strip()]
+    history = run.read_config_history()
     records = [r for r in read_metrics(run.root) if "images_per_s" in r and r["step"] <= up_to]
     segments = []
     for k, start in enumerate(history):

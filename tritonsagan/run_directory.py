@@ -78,6 +78,10 @@ class RunDirectory:
         history = self.config_history.read_text() if self.config_history.is_file() else ""
         atomic_write_bytes(self.config_history, (history + json.dumps(record) + "\n").encode())
 
+    def read_config_history(self) -> list[dict]:
+        """The records write_config appended, oldest first (one per start or resume)."""
+        return [json.loads(line) for line in self.config_history.read_text().splitlines() if line.strip()]
+
 
 class RunInUse(TritonsaganError, RuntimeError):
     """Another process is training in this run directory."""
