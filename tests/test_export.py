@@ -14,6 +14,7 @@ from tritonsagan.export import main, model_card, training_segments
 from tritonsagan.fixed_pattern import fixed_pattern
 from tritonsagan.generate import generate
 from tritonsagan.photo_match import generator_photo_match
+from tritonsagan.photo_variety import generator_photo_variety
 from tritonsagan.run_directory import RunDirectory, load_generator
 from tritonsagan.shipped import SHIPPED_FILES
 from tritonsagan.train import train
@@ -45,13 +46,14 @@ def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(b
     card = json.loads((out / "card.json").read_text())
     assert card["name"] == "tiny-photos" and card["step"] == 6 and card["batch_size"] == 4 and card["generator"]["image_size"] == 32
     G = load_generator(out)  # measured as shipped: the same images as the card's figures
-    assert card["photo_match"] == generator_photo_match(G)
+    assert card["photo_match"] == generator_photo_match(G) and card["photo_variety"] == generator_photo_variety(G)
     assert card["fixed_pattern"]["n"] == 40 and card["fixed_pattern"]["generated"] == fixed_pattern(generate(G, 40, classes=list(range(17)), seed=0))
     kid = card["kid"]
     assert kid["n"] == 40 and kid["network"] == "unknown TorchScript network standin.pt" and kid["kid"] > kid["real_vs_real"]
     # the learning curve: G_ema of every checkpoint kept (steps 2, 4, 6), the last the exported weights
     assert [point["step"] for point in card["curve"]] == [2, 4, 6] and Image.open(curve).format == "PNG"
-    assert {key: card["curve"][-1][key] for key in ("photo_match", "kid", "fixed_pattern")} == {key: card[key] for key in ("photo_match", "kid", "fixed_pattern")}
+    figures = ("photo_match", "photo_variety", "kid", "fixed_pattern")
+    assert {key: card["curve"][-1][key] for key in figures} == {key: card[key] for key in figures}
     assert card["curve"][0]["kid"]["kid"] != kid["kid"] and card["curve"][0]["kid"]["real_vs_real"] == kid["real_vs_real"]
     # the run's record: one segment per process, their seconds from the last logged images/s
     by_step = {r["step"]: r for r in read_metrics(builtin_run)}
@@ -62,6 +64,7 @@ def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(b
     assert readme == model_card(card) and readme.startswith("# tiny-photos\n")
     for said in (f"| device | {device_name(torch.device('cpu'))} |", "6 steps at batch 4 (24 images)", "in 2 process(es)",
                  f"{card['photo_match']['accuracy']:.0%} of 136 generated images", f"KID | {kid['kid']:.4f}: 40 generated",
+                 f"photo variety | {card['photo_variety']['variety']:.2f}: how far each class's 32 generated images",
                  f"score {kid['real_vs_real']:.4f}", f"fixed pattern | {card['fixed_pattern']['generated']:.2f} for 40 generated"):  # fmt: skip
         assert said in readme, said
 
@@ -82,7 +85,7 @@ def test_a_small_folder_gives_two_disjoint_real_sets(tmp_path):
     out = tmp_path / "folder-model"
     assert main([str(run), "--out", str(out), "--fid-weights", str(stand_in_network(tmp_path / "standin.pt"))]) == 0
     card = json.loads((out / "card.json").read_text())
-    assert card["photo_match"] is None and card["kid"]["n"] == 7 and card["fixed_pattern"]["n"] == 15  # 15 images: two sets of 7
+    assert card["photo_match"] is None and card["photo_variety"] is None and card["kid"]["n"] == 7 and card["fixed_pattern"]["n"] == 15  # 15 images: two sets of 7
     assert "| data | " + str(tmp_path / "images") + " |" in (out / "README.md").read_text()
 
 

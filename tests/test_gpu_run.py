@@ -58,7 +58,7 @@ def test_pretrained_rehearsal_makes_the_folder_to_ship(tmp_path, monkeypatch):
     card = summary["card"]
     assert summary["run"]["steps"] == 6 and summary["run"]["losses_finite"] and card["step"] == 6 and 0 < card["weights_bytes"] <= MAX_WEIGHTS_BYTES
     assert summary["run"]["last_fid"]["step"] == 6 and card["kid"]["n"] == gpu_run.REHEARSAL_KID_N
-    assert card["photo_match"]["images"] == 8 * 17 and len(card["photo_match"]["per_photo"]) == 17
+    assert card["photo_match"]["images"] == 8 * 17 and len(card["photo_match"]["per_photo"]) == 17 and len(card["photo_variety"]["per_photo"]) == 17
     G = load_generator(out / PRETRAINED_NAME)
     assert G.config.num_classes == 17 and G.config.ch == 8
     tensors, _ = load_safetensors(out / PRETRAINED_NAME / "model.safetensors")

@@ -17,7 +17,9 @@ float16 weights:
   what a perfect generator scores at that n. On the FID feature network, which the card names; where
   none is found, the card says so;
 - fixed_pattern (tritonsagan.fixed_pattern) of the generated images beside the real ones: frames and
-  grids that every image repeats.
+  grids that every image repeats;
+- photo_variety (tritonsagan.photo_variety), with photo_match: whether each class draws its photo the
+  many ways training showed it or one way whatever the latent.
 
 With --curve PNG, the same figures of G_ema at every checkpoint the run kept: its learning curve,
 kept in card.json and drawn in that picture.
@@ -49,7 +51,8 @@ from .generate import generate
 from .data import ImageStream
 from .loader import make_dataset
 from .metrics import kernel_inception_distance
-from .photo_match import generator_photo_match
+from .photo_match import generator_photo_match, reference_crops
+from .photo_variety import generator_photo_variety
 from .run_directory import RunDirectory, generator_from_checkpoint
 from .shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME
 from .train import describe_device_settings
@@ -85,13 +88,13 @@ def _real_images(dataset: ImageStream, start: int, n: int) -> torch.Tensor:
 
 class Measurer:
     """The figures of generators trained on one run's data, its real images read (and their
-    features computed) once: photo_match on the built-in photos, KID on kid_n images (0: none), the
-    fixed pattern."""
+    features computed) once: photo_match and photo_variety on the built-in photos, KID on kid_n
+    images (0: none), the fixed pattern."""
 
     def __init__(self, config: dict, image_size: int, kid_n: int, fid_weights: str | None, device: torch.device) -> None:
         # The run's data as its training drew it (crops, flips), from another seed.
         dataset = make_dataset(config["data"], REAL_SEED, conditional=False, random_crop=config["crop"] == "random", image_size=image_size)
-        self.photos = config["data"] == "builtin" and config["conditional"]
+        self.photo_crops = reference_crops(image_size=image_size) if config["data"] == "builtin" and config["conditional"] else None
         self.n = min(kid_n or KID_N, len(dataset)) if dataset.samples_repeat else kid_n or KID_N
         real = _real_images(dataset, 0, self.n)
         self.real_pattern = fixed_pattern(real)
@@ -126,7 +129,7 @@ class Measurer:
         return kernel_inception_distance(self.real_features, features, 1, self.kid_n)[0]
 
     def __call__(self, G: Generator) -> dict:
-        """The figures of G (eval mode): {"photo_match", "kid", "fixed_pattern"}."""
+        """The figures of G (eval mode): {"photo_match", "photo_variety", "kid", "fixed_pattern"}."""
         classes = list(range(G.config.num_classes)) or None
         generated = generate(G, self.n, classes=classes, seed=GENERATE_SEED)
         kid = dict(self.kid)
@@ -134,7 +137,8 @@ class Measurer:
             for_kid = generated if self.kid_n == self.n else generate(G, self.kid_n, classes=classes, seed=GENERATE_SEED)
             kid["kid"] = self._kid(self._features(for_kid))
         return {
-            "photo_match": generator_photo_match(G) if self.photos else None,
+            "photo_match": generator_photo_match(G) if self.photo_crops is not None else None,
+            "photo_variety": generator_photo_variety(G, reference=self.photo_crops) if self.photo_crops is not None else None,
             "kid": kid,
             "fixed_pattern": {"generated": fixed_pattern(generated), "real": self.real_pattern, "n": self.n},
         }
@@ -160,8 +164,8 @@ def _require_matplotlib() -> None:
 
 
 def curve_figure(card: dict, path: str | Path) -> Path:
-    """The learning curve in card.json as a PNG: photo_match, KID and the fixed pattern of G_ema by
-    step, each beside what real images score."""
+    """The learning curve in card.json as a PNG: photo_match, photo_variety, KID and the fixed pattern
+    of G_ema by step, each beside what real images score."""
     _require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -171,6 +175,8 @@ def curve_figure(card: dict, path: str | Path) -> Path:
     panels = []
     if card["photo_match"]:
         panels.append(("photo match", [p["photo_match"]["accuracy"] for p in curve], card["photo_match"]["fresh_crops"], "fresh real crops", (0, 1)))
+    if card.get("photo_variety"):  # cards exported before it was measured lack it
+        panels.append(("photo variety", [p["photo_variety"]["variety"] for p in curve], 1.0, "real crops", (0, None)))
     if "kid" in card["kid"]:
         panels.append((f"KID (n={card['kid']['n']})", [p["kid"]["kid"] for p in curve], card["kid"]["real_vs_real"], "real vs real", (None, None)))
     panels.append(("fixed pattern", [p["fixed_pattern"]["generated"] for p in curve], card["fixed_pattern"]["real"], "real crops", (0, None)))
@@ -258,6 +264,11 @@ def card_table(card: dict) -> str:
     if match:
         rows.append(("photo match", f"{_percent(match['accuracy'])} of {match['images']} generated images are nearest in colour to crops of their own "
                                     f"class's photo (fresh real crops: {_percent(match['fresh_crops'])}; chance: 1 in {classes}); tritonsagan.photo_match"))  # fmt: skip
+    variety = card.get("photo_variety")
+    if variety:
+        rows.append(("photo variety", f"{variety['variety']:.2f}: how far each class's {variety['images'] // classes} generated images differ from each other, "
+                                      "over how far real crops of its photo do, the mean over classes (real crops: about 1; one image per class "
+                                      "whatever the latent: 0); tritonsagan.photo_variety"))  # fmt: skip
     if "not_measured" in kid:
         rows.append(("KID", f"not measured: {kid['not_measured']}"))
     else:
@@ -311,7 +322,7 @@ def _run(args: argparse.Namespace) -> str:
     card = export(args.run, args.out, args.checkpoint, args.name, args.kid_n, args.fid_weights, resolve_device(args.device), args.curve)
     kid = card["kid"]
     said = f"KID {kid['kid']:.4f} (real vs real {kid['real_vs_real']:.4f})" if "kid" in kid else f"no KID ({kid['not_measured']})"
-    match = f", photo match {card['photo_match']['accuracy']:.0%}" if card["photo_match"] else ""
+    match = f", photo match {card['photo_match']['accuracy']:.0%}, photo variety {card['photo_variety']['variety']:.2f}" if card["photo_match"] else ""
     return f"exported step {card['step']} of {args.run} to {args.out}: {said}{match}; model card {Path(args.out) / MODEL_CARD_NAME}"
 
 

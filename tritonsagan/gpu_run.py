@@ -215,7 +215,7 @@ def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool, fid_wei
         device = resolve_device("cpu" if rehearse else "auto")
         kid_n = REHEARSAL_KID_N if rehearse else KID_N
         card = export(run.root, weights, name=PRETRAINED_NAME, kid_n=kid_n, fid_weights=fid.get("fid-weights"), device=device)
-        summary["card"] = {key: card[key] for key in ("step", "weights_bytes", "training_seconds", "photo_match", "kid", "fixed_pattern")}
+        summary["card"] = {key: card[key] for key in ("step", "weights_bytes", "training_seconds", "photo_match", "photo_variety", "kid", "fixed_pattern")}
         shutil.copy(run.metrics, out / run.metrics.name)
     atomic_write_json(out / "pretrained.json", summary)
     return code == 0 and summary["run"]["losses_finite"] and summary.get("card", {}).get("weights_bytes", math.inf) <= MAX_WEIGHTS_BYTES

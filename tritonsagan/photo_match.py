@@ -71,12 +71,16 @@ def fresh_crops_photo_match(reference: tuple[torch.Tensor, torch.Tensor, list[st
 def generated_photo_match(generator: Generator, reference: tuple[torch.Tensor, torch.Tensor, list[str]], per_class: int = IMAGES_PER_CLASS, seed: int = 0) -> dict:
     """photo_match of `per_class` images of every class of a generator trained on `--data builtin
     --conditional`, against `reference` (crops of its size)."""
-    names = reference[2]
-    if generator.config.num_classes != len(names):
-        raise ValueError(f"the generator has {generator.config.num_classes} classes; trained on the built-in photos it has one per photo, {len(names)}")
-    classes = list(range(len(names)))
-    images = generate(generator, per_class * len(classes), classes=classes, seed=seed)
-    return photo_match(images, torch.arange(len(classes)).repeat_interleave(per_class), reference)
+    return photo_match(*images_per_photo(generator, len(reference[2]), per_class, seed), reference)
+
+
+def images_per_photo(generator: Generator, photos: int, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`per_class` uint8 images of every class of a generator trained on `--data builtin
+    --conditional` (one class per photo), and their class indices."""
+    if generator.config.num_classes != photos:
+        raise ValueError(f"the generator has {generator.config.num_classes} classes; trained on the built-in photos it has one per photo, {photos}")
+    classes = list(range(photos))
+    return generate(generator, per_class * photos, classes=classes, seed=seed), torch.arange(photos).repeat_interleave(per_class)
 
 
 def generator_photo_match(generator: Generator, per_class: int = IMAGES_PER_CLASS, seed: int = 0) -> dict:
