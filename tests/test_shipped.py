@@ -14,6 +14,7 @@ from tritonsagan.gpu_run import MAX_WEIGHTS_BYTES
 from tritonsagan.models import Generator
 from tritonsagan.models.pretrained import WEIGHTS_NAME
 from tritonsagan.photo_match import generator_photo_match
+from tritonsagan.photo_variety import generator_photo_variety
 from tritonsagan.export import card_table, model_card
 from tritonsagan.shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME, SHIPPED_FILES, shipped_names
 
@@ -63,5 +64,6 @@ def test_shipped_weights_draw_their_photos_as_their_card_says(name):
     match = generator_photo_match(G)
     card = json.loads((folder / CARD_FIGURES_NAME).read_text())
     assert match["accuracy"] >= PHOTO_MATCH_AT_LEAST and match["accuracy"] == pytest.approx(card["photo_match"]["accuracy"], abs=2 / 136), match
+    assert generator_photo_variety(G)["variety"] == pytest.approx(card["photo_variety"]["variety"], rel=0.02)
     assert (folder / MODEL_CARD_NAME).read_text() == model_card(card)
     assert card_table(card) in (ROOT / "README.md").read_text()  # the README shows the card's figures
