@@ -137,7 +137,7 @@ class Measurer:
             for_kid = generated if self.kid_n == self.n else generate(G, self.kid_n, classes=classes, seed=GENERATE_SEED)
             kid["kid"] = self._kid(self._features(for_kid))
         return {
-            "photo_match": generator_photo_match(G) if self.photo_crops is not None else None,
+            "photo_match": generator_photo_match(G, reference=self.photo_crops) if self.photo_crops is not None else None,
             "photo_variety": generator_photo_variety(G, reference=self.photo_crops) if self.photo_crops is not None else None,
             "kid": kid,
             "fixed_pattern": {"generated": fixed_pattern(generated), "real": self.real_pattern, "n": self.n},

@@ -83,8 +83,11 @@ def images_per_photo(generator: Generator, photos: int, per_class: int, seed: in
     return generate(generator, per_class * photos, classes=classes, seed=seed), torch.arange(photos).repeat_interleave(per_class)
 
 
-def generator_photo_match(generator: Generator, per_class: int = IMAGES_PER_CLASS, seed: int = 0) -> dict:
-    """`generated_photo_match` with that of fresh real crops of the generator's size beside it ("fresh_crops")."""
-    reference = reference_crops(image_size=generator.config.image_size)
+def generator_photo_match(
+    generator: Generator, per_class: int = IMAGES_PER_CLASS, seed: int = 0, reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+) -> dict:
+    """`generated_photo_match` against `reference` (default: crops of the generator's size) with that of
+    fresh real crops beside it ("fresh_crops")."""
+    reference = reference or reference_crops(image_size=generator.config.image_size)
     match = generated_photo_match(generator, reference, per_class, seed)
     return {**match, "fresh_crops": fresh_crops_photo_match(reference)["accuracy"]}
