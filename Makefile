@@ -3,7 +3,7 @@
 #   make demo   - a short class-conditional training on the built-in photos (each photo a class),
 #                 then a grid of each class beside the shipped weights' grid, the attention-map figure
 #                 of each, and the demo's own model card (its photo match), all in runs/demo
-#   make test   - the test suite, then the kernel tests and the Hopper compile check again under
+#   make test   - ruff's linter and format check, the test suite, then the kernel tests and the Hopper compile check again under
 #                 the GPU machine's triton (3.6) in a second environment, .venv-triton36
 PYTHON ?= python3
 VENV ?= .venv
@@ -38,6 +38,8 @@ $(VENV_GPU_TRITON)/.installed: pyproject.toml
 	touch $@
 
 test: setup setup-gpu-triton
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
 	$(PY_GPU_TRITON) -m pytest -q $(KERNEL_TESTS)
 

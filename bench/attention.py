@@ -8,7 +8,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from rich.table import Table
-
 from tritonsagan.kernels import attention_chunked, attention_naive, attention_triton
 from tritonsagan.kernels._triton_support import triton_can_run
 
@@ -17,8 +16,16 @@ from .timing import floor_ms, median_ms, peak_extra_bytes, rotating
 
 # (name, N_q, N_k, d_qk, d_v): G and D at 32x32 (queries H*W, keys pooled to H*W/4), and G's
 # attention were it at 64x64 or 128x128 (ch 64), where the N_q x N_k matrix outgrows the GPU.
-SHAPES = [("G 32x32", 1024, 256, 32, 128), ("D 32x32", 1024, 256, 16, 64), ("G 64x64", 4096, 1024, 16, 64), ("G 128x128", 16384, 4096, 8, 32)]
-SMALL_SHAPES = ("G 32x32", "D 32x32")  # at every batch (and where the targets apply); the large ones at the largest only
+SHAPES = [
+    ("G 32x32", 1024, 256, 32, 128),
+    ("D 32x32", 1024, 256, 16, 64),
+    ("G 64x64", 4096, 1024, 16, 64),
+    ("G 128x128", 16384, 4096, 8, 32),
+]
+SMALL_SHAPES = (
+    "G 32x32",
+    "D 32x32",
+)  # at every batch (and where the targets apply); the large ones at the largest only
 SUMMARY_SHAPE = "G 32x32"
 # Implementation names, as rows and reports spell them.
 TRITON = "triton"
@@ -55,7 +62,9 @@ def implementations(device: torch.device) -> dict[str, Callable | str]:
 
     on_cuda = device.type == "cuda"
     impls: dict[str, Callable | str] = {
-        TRITON: attention_triton if on_cuda and triton_can_run(torch.empty(0, device=device)) else "Triton kernels run on CUDA",
+        TRITON: attention_triton
+        if on_cuda and triton_can_run(torch.empty(0, device=device))
+        else "Triton kernels run on CUDA",
         NAIVE: attention_naive,
         CHUNKED: attention_chunked,
         FLEX: _flex() if on_cuda else "benchmarked on CUDA only",
@@ -88,13 +97,24 @@ def run(device: torch.device, floor: dict, quick: bool = False) -> list[dict]:
     rows = []
     for (name, nq, nk, dqk, dv), batch in cases:
         inputs = [
-            tuple(torch.randn(batch, n, d, device=device, dtype=dtype, requires_grad=True) for n, d in ((nq, dqk), (nk, dqk), (nk, dv)))
+            tuple(
+                torch.randn(batch, n, d, device=device, dtype=dtype, requires_grad=True)
+                for n, d in ((nq, dqk), (nk, dqk), (nk, dv))
+            )
             for _ in range(3)
         ]
         grads = [torch.randn(batch, nq, dv, device=device, dtype=dtype) for _ in inputs]
         for impl_name, impl in impls.items():
-            row = {"shape": name, "batch": batch, "n_q": nq, "n_k": nk, "d_qk": dqk, "d_v": dv,
-                   "dtype": str(dtype).removeprefix("torch."), "impl": impl_name}  # fmt: skip
+            row = {
+                "shape": name,
+                "batch": batch,
+                "n_q": nq,
+                "n_k": nk,
+                "d_qk": dqk,
+                "d_v": dv,
+                "dtype": str(dtype).removeprefix("torch."),
+                "impl": impl_name,
+            }
             if isinstance(impl, str):
                 rows.append({**row, "available": False, "reason": impl})
                 continue
@@ -105,8 +125,16 @@ def run(device: torch.device, floor: dict, quick: bool = False) -> list[dict]:
                 row["fwd_ms"] = median_ms(forward, device, quick)
                 row["fwd_bwd_ms"] = median_ms(both, device, quick)
                 row["peak_extra_bytes"] = peak_extra_bytes(both, device)
-            except Exception as err:  # out of memory, or a backend refusing the shape (SDPA, FlexAttention's head dims >= 16)
-                rows.append({**row, "available": False, "reason": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"})
+            except (
+                Exception
+            ) as err:  # out of memory, or a backend refusing the shape (SDPA, FlexAttention's head dims >= 16)
+                rows.append(
+                    {
+                        **row,
+                        "available": False,
+                        "reason": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}",
+                    }
+                )
                 if on_cuda:
                     torch.cuda.empty_cache()
                 continue
@@ -121,8 +149,10 @@ def run(device: torch.device, floor: dict, quick: bool = False) -> list[dict]:
 
 
 def results_table(rows: list[dict]) -> Table:
-    out = table(f"Attention (fwd+bwd speed-up vs {NAIVE})",
-                ("shape", "batch", "impl", "fwd ms", "fwd+bwd ms", "TFLOP/s", "GB/s", "% floor", "peak MiB", "vs naive"))  # fmt: skip
+    out = table(
+        f"Attention (fwd+bwd speed-up vs {NAIVE})",
+        ("shape", "batch", "impl", "fwd ms", "fwd+bwd ms", "TFLOP/s", "GB/s", "% floor", "peak MiB", "vs naive"),
+    )
     naive = {(r["shape"], r["batch"]): r.get("fwd_bwd_ms") for r in rows if r["impl"] == NAIVE}
     for r in rows:
         if not r["available"]:
@@ -130,9 +160,17 @@ def results_table(rows: list[dict]) -> Table:
             continue
         peak = r["peak_extra_bytes"] / 2**20 if r["peak_extra_bytes"] is not None else None
         out.add_row(
-            r["shape"], str(r["batch"]), r["impl"], number(r["fwd_ms"]), number(r["fwd_bwd_ms"]), number(r["fwd_bwd_tflops"]),
-            number(r["fwd_bwd_gbps"]), number(r["fwd_bwd_pct_of_floor"]), number(peak), ratio(naive.get((r["shape"], r["batch"])), r["fwd_bwd_ms"]),
-        )  # fmt: skip
+            r["shape"],
+            str(r["batch"]),
+            r["impl"],
+            number(r["fwd_ms"]),
+            number(r["fwd_bwd_ms"]),
+            number(r["fwd_bwd_tflops"]),
+            number(r["fwd_bwd_gbps"]),
+            number(r["fwd_bwd_pct_of_floor"]),
+            number(peak),
+            ratio(naive.get((r["shape"], r["batch"])), r["fwd_bwd_ms"]),
+        )
     return out
 
 
@@ -147,4 +185,6 @@ def summary_cell(rows: list[dict]) -> str:
     batch = max(r["batch"] for r in shape_rows)
     times = {r["impl"]: r.get("fwd_bwd_ms") for r in shape_rows if r["batch"] == batch and r["available"]}
     sdpa = min((t for name, t in times.items() if name.startswith(SDPA)), default=None)
-    return f"batch {batch}: {number(times.get(TRITON), 'n/a')} / {number(sdpa, 'n/a')} / {number(times.get(NAIVE), 'n/a')}"
+    return (
+        f"batch {batch}: {number(times.get(TRITON), 'n/a')} / {number(sdpa, 'n/a')} / {number(times.get(NAIVE), 'n/a')}"
+    )

@@ -38,7 +38,13 @@ def environment(device: torch.device) -> dict:
     except ImportError:
         triton_version = None
     try:
-        git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+        git = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
+        )
         commit = git.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
@@ -57,8 +63,10 @@ def environment_line(env: dict, quick: bool) -> str:
     """The report's first line: where and with what it measures."""
     triton = f"triton {env['triton']}" if env["triton"] else "no triton"
     mode = ", --quick" if quick else ""
-    return (f"tritonsagan-bench on {env['device']} ({env['device_type']}{mode}): torch {env['torch']}, {triton}, "
-            f"Python {env['python']}, git {env['git'] or 'unknown'}, {env['date']}")  # fmt: skip
+    return (
+        f"tritonsagan-bench on {env['device']} ({env['device_type']}{mode}): torch {env['torch']}, {triton}, "
+        f"Python {env['python']}, git {env['git'] or 'unknown'}, {env['date']}"
+    )
 
 
 def report_name(report: dict) -> str:
@@ -82,13 +90,17 @@ def run(
         report["hopper"] = hopper.compile_report()
         console.print(hopper.report_table(report["hopper"]))
     if "learning" in sections:
-        report["learning"] = learning.run(device, quick, **(learning_options or {}), log=lambda line: console.print(line, highlight=False))
+        report["learning"] = learning.run(
+            device, quick, **(learning_options or {}), log=lambda line: console.print(line, highlight=False)
+        )
         console.print(learning.results_table(report["learning"]))
     if not sections & set(TIMED_SECTIONS):
         return report
     report["floor"] = floor.measure_floor(device, quick)
-    console.print(f"device floor: {report['floor']['flops_per_s'] / 1e12:.1f} TFLOP/s ({report['floor']['matmul_dtype']} matmul), "
-                  f"{report['floor']['bytes_per_s'] / 1e9:.0f} GB/s (copy)")  # fmt: skip
+    console.print(
+        f"device floor: {report['floor']['flops_per_s'] / 1e12:.1f} TFLOP/s ({report['floor']['matmul_dtype']} matmul), "
+        f"{report['floor']['bytes_per_s'] / 1e9:.0f} GB/s (copy)"
+    )
     if "attention" in sections:
         report["attention"] = attention.run(device, report["floor"], quick)
         console.print(attention.results_table(report["attention"]))
@@ -120,7 +132,9 @@ def merge_reports(earlier: dict, later: dict) -> dict:
 
 def parse_sections(text: str | None, with_hopper: bool) -> set[str]:
     """--only's comma list (default: every timed section), plus hopper with --hopper."""
-    sections = {part.strip() for part in (text or ",".join(TIMED_SECTIONS)).split(",") if part.strip()}  # learning only when named
+    sections = {
+        part.strip() for part in (text or ",".join(TIMED_SECTIONS)).split(",") if part.strip()
+    }  # learning only when named
     unknown = sorted(sections - set(ALL_SECTIONS))
     if unknown:
         raise ConfigError(f"--only: unknown section {', '.join(unknown)}; sections: {', '.join(ALL_SECTIONS)}")
@@ -130,20 +144,43 @@ def parse_sections(text: str | None, with_hopper: bool) -> set[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (smaller models on CPU)")
-    parser.add_argument("--only", help=f"run these sections only (comma list of {', '.join(ALL_SECTIONS)}; default: {', '.join(TIMED_SECTIONS)}; "
-                        "learning trains for about 30 minutes on two CPU cores)")  # fmt: skip
-    parser.add_argument("--hopper", action="store_true", help="also compile every Triton kernel for Hopper (sm_90a, no GPU needed): "
-                        "registers, spills, shared memory, dot instructions per autotune config")  # fmt: skip
-    parser.add_argument("--variants", help=f"training-step variants: comma list of ids ({', '.join(train_step.VARIANT_IDS)}) "
-                        f"or groups ({', '.join(train_step.VARIANT_GROUPS)}); default: all")  # fmt: skip
+    parser.add_argument(
+        "--only",
+        help=f"run these sections only (comma list of {', '.join(ALL_SECTIONS)}; default: {', '.join(TIMED_SECTIONS)}; "
+        "learning trains for about 30 minutes on two CPU cores)",
+    )
+    parser.add_argument(
+        "--hopper",
+        action="store_true",
+        help="also compile every Triton kernel for Hopper (sm_90a, no GPU needed): "
+        "registers, spills, shared memory, dot instructions per autotune config",
+    )
+    parser.add_argument(
+        "--variants",
+        help=f"training-step variants: comma list of ids ({', '.join(train_step.VARIANT_IDS)}) "
+        f"or groups ({', '.join(train_step.VARIANT_GROUPS)}); default: all",
+    )
     add_device_argument(parser)
-    parser.add_argument("--samples", help="learning: write G_ema's grid (a row per class) at each measured step into this folder")
-    parser.add_argument("--learning-set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="learning: a TrainConfig field to change from the recipe, e.g. class_bn_init=identity (repeatable)")
+    parser.add_argument(
+        "--samples", help="learning: write G_ema's grid (a row per class) at each measured step into this folder"
+    )
+    parser.add_argument(
+        "--learning-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="learning: a TrainConfig field to change from the recipe, e.g. class_bn_init=identity (repeatable)",
+    )
     parser.add_argument("--learning-steps", type=int, help=f"learning: steps to train (default: {learning.STEPS})")
-    parser.add_argument("--learning-every", type=int, help=f"learning: steps between measurements (default: {learning.EVERY})")
-    parser.add_argument("--json", help="write every number to this JSON file, or into this folder as <device>_<date>.json")
-    parser.add_argument("--merge", action="store_true", help="with --json: add this run's sections to the report already there")
+    parser.add_argument(
+        "--learning-every", type=int, help=f"learning: steps between measurements (default: {learning.EVERY})"
+    )
+    parser.add_argument(
+        "--json", help="write every number to this JSON file, or into this folder as <device>_<date>.json"
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="with --json: add this run's sections to the report already there"
+    )
     return parser
 
 
@@ -153,9 +190,11 @@ def _run(args: argparse.Namespace) -> str | None:
     # Off a terminal (a log file, CI) rich would wrap the tables at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     learning_options = {
-        "overrides": learning.parse_overrides(args.learning_set), "steps": args.learning_steps, "every": args.learning_every,
+        "overrides": learning.parse_overrides(args.learning_set),
+        "steps": args.learning_steps,
+        "every": args.learning_every,
         "samples": Path(args.samples) if args.samples else None,
-    }  # fmt: skip
+    }
     report = run(device, sections, args.quick, variants, console, learning_options)
     if not args.json:
         return None

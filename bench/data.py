@@ -70,15 +70,24 @@ def run(quick: bool = False) -> dict:
         prepare(source, tmp / "packed", workers=min(4, os.cpu_count() or 1), progress=False)
         packed = PackedDataset(tmp / "packed", seed=0)
         loader_rows = [
-            {"source": PACKED, "workers": w, "batch": LOADER_BATCH, "images_per_s": _loader_images_per_s(packed, w, batches)}
+            {
+                "source": PACKED,
+                "workers": w,
+                "batch": LOADER_BATCH,
+                "images_per_s": _loader_images_per_s(packed, w, batches),
+            }
             for w in worker_counts
         ]
         largest = FOLDER_SIZES[-1]
         loader_rows += [
-            {"source": f"folder ({largest} files)", "workers": w, "batch": LOADER_BATCH,
-             "images_per_s": _loader_images_per_s(folders[largest], w, max(2, batches // 10))}
+            {
+                "source": f"folder ({largest} files)",
+                "workers": w,
+                "batch": LOADER_BATCH,
+                "images_per_s": _loader_images_per_s(folders[largest], w, max(2, batches // 10)),
+            }
             for w in worker_counts
-        ]  # fmt: skip
+        ]
         return {
             "folder": folder_rows,
             "packed": {"images": PACKED_IMAGES, "ms_per_sample": _per_sample_ms(packed, samples * 10)},
@@ -87,12 +96,20 @@ def run(quick: bool = False) -> dict:
 
 
 def results_tables(section: dict) -> list[Table]:
-    samples = table("Data: per-sample cost (uint8 128x128, as training reads it)", ("source", "ms per sample", "samples/s"))
+    samples = table(
+        "Data: per-sample cost (uint8 128x128, as training reads it)", ("source", "ms per sample", "samples/s")
+    )
     for r in section["folder"]:
-        samples.add_row(f"image folder, {r['files']} files", number(r["ms_per_sample"]), number(1e3 / r["ms_per_sample"]))
+        samples.add_row(
+            f"image folder, {r['files']} files", number(r["ms_per_sample"]), number(1e3 / r["ms_per_sample"])
+        )
     packed = section["packed"]
-    samples.add_row(f"packed, {packed['images']} images", number(packed["ms_per_sample"]), number(1e3 / packed["ms_per_sample"]))
-    loader = table("Data: whole DataLoader (batches of uint8 images, flips included)", ("source", "workers", "batch", "images/s"))
+    samples.add_row(
+        f"packed, {packed['images']} images", number(packed["ms_per_sample"]), number(1e3 / packed["ms_per_sample"])
+    )
+    loader = table(
+        "Data: whole DataLoader (batches of uint8 images, flips included)", ("source", "workers", "batch", "images/s")
+    )
     for r in section["loader"]:
         loader.add_row(r["source"], str(r["workers"]), str(r["batch"]), number(r["images_per_s"]))
     return [samples, loader]

@@ -144,10 +144,18 @@ def _cases_from(op: str, shape: str, dtype: torch.dtype, record: Callable[[], No
     for launch in launches:
         signature, constexprs, divisible = _specialise(launch.kernel, launch.args, launch.kwargs)
         configs = _offered_configs(launch.kernel, launch.args, launch.kwargs, pruned=not all_configs)
-        cases.append(Case(
-            op, shape, _dtype_name(dtype), _kernel_path(launch.kernel), tuple(signature.items()), tuple(constexprs.items()),
-            tuple(divisible), tuple((tuple(kw.items()), w, s) for kw, w, s in configs),
-        ))  # fmt: skip
+        cases.append(
+            Case(
+                op,
+                shape,
+                _dtype_name(dtype),
+                _kernel_path(launch.kernel),
+                tuple(signature.items()),
+                tuple(constexprs.items()),
+                tuple(divisible),
+                tuple((tuple(kw.items()), w, s) for kw, w, s in configs),
+            )
+        )
     return cases
 
 
@@ -166,7 +174,11 @@ def _allow_tf32(allowed: bool) -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
-def attention_cases(widths: Iterable[int] = ATTENTION_WIDTHS, dtypes: Iterable[torch.dtype] = ATTENTION_DTYPES, all_configs: bool = False) -> list[Case]:
+def attention_cases(
+    widths: Iterable[int] = ATTENTION_WIDTHS,
+    dtypes: Iterable[torch.dtype] = ATTENTION_DTYPES,
+    all_configs: bool = False,
+) -> list[Case]:
     """Forward and backward launches of G's and D's attention at 32x32 for each base width; float32
     both with exact dots and with TF32 allowed (torch.backends.cuda.matmul.allow_tf32)."""
     from tritonsagan.kernels.attention_kernels import attention_bwd_launch, attention_fwd_launch
@@ -185,21 +197,35 @@ def attention_cases(widths: Iterable[int] = ATTENTION_WIDTHS, dtypes: Iterable[t
                     continue
                 seen.add((d_qk, d_v, dtype, tf32))
                 q, k = _conv_layout(REPORT_BATCH, d_qk, n_q, dtype), _conv_layout(REPORT_BATCH, d_qk, n_q // 4, dtype)
-                v, grad_out = _conv_layout(REPORT_BATCH, d_v, n_q // 4, dtype), _conv_layout(REPORT_BATCH, d_v, n_q, dtype)
+                v, grad_out = (
+                    _conv_layout(REPORT_BATCH, d_v, n_q // 4, dtype),
+                    _conv_layout(REPORT_BATCH, d_v, n_q, dtype),
+                )
                 out = torch.empty(REPORT_BATCH, n_q, d_v, device="meta", dtype=dtype)
                 lse = torch.empty(REPORT_BATCH, n_q, device="meta")
                 grads = [torch.empty(t.shape, device="meta", dtype=dtype) for t in (q, k, v)]
                 shape = f"{model_name} ch {ch}: d_qk {d_qk}, d_v {d_v}"
                 with _allow_tf32(tf32):
-                    cases += _cases_from("attention forward", shape, dtype, lambda: attention_fwd_launch(q, k, v, 1.0, out, lse), all_configs)
                     cases += _cases_from(
-                        "attention backward", shape, dtype,
-                        lambda: attention_bwd_launch(grad_out, q, k, v, out, lse, 1.0, *grads), all_configs,
-                    )  # fmt: skip
+                        "attention forward",
+                        shape,
+                        dtype,
+                        lambda: attention_fwd_launch(q, k, v, 1.0, out, lse),
+                        all_configs,
+                    )
+                    cases += _cases_from(
+                        "attention backward",
+                        shape,
+                        dtype,
+                        lambda: attention_bwd_launch(grad_out, q, k, v, out, lse, 1.0, *grads),
+                        all_configs,
+                    )
     return cases
 
 
-def spectral_norm_cases(ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_DTYPES, all_configs: bool = False) -> list[Case]:
+def spectral_norm_cases(
+    ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_DTYPES, all_configs: bool = False
+) -> list[Case]:
     """Every launch of the fused spectral norm (training forward, eval sigma, backward; W / sigma
     also written in bfloat16 from float32, as under autocast) for each SN weight shape of G and D at
     width ch, and the grouped power iteration over all of them."""
@@ -231,14 +257,18 @@ def spectral_norm_cases(ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_D
                 scale_backward_launch(torch.empty_like(w), w, u, v, sigma, torch.empty_like(w))
 
             cases += _cases_from("spectral norm", f"{rows} x {cols}", dtype, record, all_configs)
-    matrices = [(shape[0], torch.Size(shape[1:]).numel()) for shape, count in sorted(shapes.items()) for _ in range(count)]
+    matrices = [
+        (shape[0], torch.Size(shape[1:]).numel()) for shape, count in sorted(shapes.items()) for _ in range(count)
+    ]
     for dtype in dtypes:
         weights = [torch.empty(r, c, device="meta", dtype=dtype) for r, c in matrices]
         us = [torch.empty(r, device="meta", dtype=dtype) for r, _ in matrices]
         vs = [torch.empty(c, device="meta", dtype=dtype) for _, c in matrices]
         sigmas = [torch.empty((), device="meta") for _ in matrices]
         record_group = lambda: power_iteration_grouped_launch(weights, us, vs, sigmas, 1, 1e-12)  # noqa: E731
-        cases += _cases_from("spectral norm, grouped", f"{GROUPED_SHAPE} ({len(matrices)})", dtype, record_group, all_configs)
+        cases += _cases_from(
+            "spectral norm, grouped", f"{GROUPED_SHAPE} ({len(matrices)})", dtype, record_group, all_configs
+        )
     return cases
 
 
@@ -270,7 +300,9 @@ def _resources(cubin: bytes) -> tuple[int, int, str]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        usage = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        usage = subprocess.run(
+            [_tool("cuobjdump"), "-res-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
         sass = subprocess.run([_tool("cuobjdump"), "-sass", f.name], capture_output=True, text=True, check=True).stdout
     registers = int(re.search(r"REG:(\d+)", usage).group(1))
     stack = int(re.search(r"STACK:(\d+)", usage).group(1)) + int(re.search(r"LOCAL:(\d+)", usage).group(1))
@@ -295,7 +327,12 @@ def compile_job(job: CompileJob) -> dict:
         return {"error": f"{type(err).__name__}: {first_line}"}
     registers, spill_bytes, instruction = _resources(compiled.asm["cubin"])
     has_dot = "tt.dot" in compiled.asm["ttir"]
-    return {"registers": registers, "spill_bytes": spill_bytes, "shared_bytes": compiled.metadata.shared, "dot": instruction if has_dot else None}
+    return {
+        "registers": registers,
+        "spill_bytes": spill_bytes,
+        "shared_bytes": compiled.metadata.shared,
+        "dot": instruction if has_dot else None,
+    }
 
 
 def _verdict(row: dict) -> list[str]:
@@ -330,8 +367,15 @@ def build_report(cases: list[Case], workers: int) -> list[dict]:
     for job, uses in jobs.items():
         for case, label in uses:
             precision = dict(case.constexprs).get("PRECISION")  # the dots' input precision, for kernels with dots
-            row = {"op": case.op, "kernel": case.kernel.split(":")[1], "shape": case.shape, "dtype": case.dtype, "precision": precision,
-                   "config": label, **results[job]}  # fmt: skip
+            row = {
+                "op": case.op,
+                "kernel": case.kernel.split(":")[1],
+                "shape": case.shape,
+                "dtype": case.dtype,
+                "precision": precision,
+                "config": label,
+                **results[job],
+            }
             row["problems"] = _verdict(row)
             rows.append(row)
     return rows
@@ -341,22 +385,31 @@ def run_in_this_process(all_configs: bool = False, workers: int | None = None, q
     """The report; only valid in a process where the kernels were not decorated for the interpreter.
     quick: G and D at ch 64 in bfloat16 and the SN layers in float32 only (a rehearsal's check)."""
     import triton
-
     from tritonsagan.kernels._triton_support import INTERPRET
 
     if INTERPRET:
         raise RuntimeError("the Hopper compile report cannot be built under TRITON_INTERPRET=1; use compile_report()")
     check_available()
     if quick:
-        cases = attention_cases((SN_WIDTH,), (torch.bfloat16,), all_configs) + spectral_norm_cases(SN_WIDTH, (torch.float32,), all_configs)
+        cases = attention_cases((SN_WIDTH,), (torch.bfloat16,), all_configs) + spectral_norm_cases(
+            SN_WIDTH, (torch.float32,), all_configs
+        )
     else:
         cases = attention_cases(all_configs=all_configs) + spectral_norm_cases(all_configs=all_configs)
     rows = build_report(cases, workers or os.cpu_count() or 1)
-    return {"triton": triton.__version__, "target": "cuda sm_90a", "shared_limit_bytes": SM90_SHARED_LIMIT, "all_configs": all_configs,
-            "quick": quick, "rows": rows}  # fmt: skip
+    return {
+        "triton": triton.__version__,
+        "target": "cuda sm_90a",
+        "shared_limit_bytes": SM90_SHARED_LIMIT,
+        "all_configs": all_configs,
+        "quick": quick,
+        "rows": rows,
+    }
 
 
-def compile_report(all_configs: bool = False, workers: int | None = None, timeout: float = 3600, quick: bool = False) -> dict:
+def compile_report(
+    all_configs: bool = False, workers: int | None = None, timeout: float = 3600, quick: bool = False
+) -> dict:
     """The report, built in a fresh process without TRITON_INTERPRET. Raises HopperCheckUnavailable
     where triton cannot compile for NVIDIA GPUs."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -364,7 +417,9 @@ def compile_report(all_configs: bool = False, workers: int | None = None, timeou
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
         command = [sys.executable, "-m", "tritonsagan.bench.hopper", "--json", str(out)]
-        command += ["--all-configs"] * all_configs + ["--quick"] * quick + (["--workers", str(workers)] if workers else [])
+        command += (
+            ["--all-configs"] * all_configs + ["--quick"] * quick + (["--workers", str(workers)] if workers else [])
+        )
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if result.returncode == UNAVAILABLE_EXIT:
             raise HopperCheckUnavailable(result.stderr.strip().splitlines()[-1])
@@ -379,11 +434,28 @@ UNAVAILABLE_EXIT = 3
 def report_table(report: dict):
     from rich.table import Table
 
-    table = Table(title=f"Hopper compile check (triton {report['triton']}, {report['target']}, shared limit {report['shared_limit_bytes']} B)")
-    for column in ("op", "kernel", "shape", "dtype", "dot precision", "config", "regs", "spill B", "shared B", "dot", "verdict"):
+    table = Table(
+        title=f"Hopper compile check (triton {report['triton']}, {report['target']}, shared limit {report['shared_limit_bytes']} B)"
+    )
+    for column in (
+        "op",
+        "kernel",
+        "shape",
+        "dtype",
+        "dot precision",
+        "config",
+        "regs",
+        "spill B",
+        "shared B",
+        "dot",
+        "verdict",
+    ):
         table.add_column(column)
     for r in report["rows"]:
-        cells = [str(r[key]) if r.get(key) is not None else "-" for key in ("precision", "config", "registers", "spill_bytes", "shared_bytes", "dot")]
+        cells = [
+            str(r[key]) if r.get(key) is not None else "-"
+            for key in ("precision", "config", "registers", "spill_bytes", "shared_bytes", "dot")
+        ]
         table.add_row(r["op"], r["kernel"], r["shape"], r["dtype"], *cells, "; ".join(r["problems"]) or "ok")
     return table
 

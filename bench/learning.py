@@ -30,20 +30,29 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
+from tritonsagan.data import BUILTIN_PHOTOS
 from tritonsagan.errors import ConfigError, TritonsaganError
 from tritonsagan.evaluate import EvalError, FeatureNetwork, extract_features, find_feature_weights
+from tritonsagan.fixed_pattern import fixed_pattern
 from tritonsagan.generate import generate
 from tritonsagan.images import make_grid, save_image
 from tritonsagan.metrics import kernel_inception_distance
-from tritonsagan.data import BUILTIN_PHOTOS
-from tritonsagan.fixed_pattern import fixed_pattern
 from tritonsagan.photo_match import FRESH_SEED, IMAGES_PER_CLASS, fresh_crops_photo_match, photo_match, reference_crops
 from tritonsagan.train import TrainConfig, Trainer
 
 from .cells import number, table
 
 # The training run measured: the package's defaults but for these (no DiffAugment, as the peer runs).
-RECIPE = {"data": "builtin", "conditional": True, "image_size": 64, "ch": 16, "batch_size": 16, "diffaug": "", "ema_start": 200, "ema_decay": 0.99}
+RECIPE = {
+    "data": "builtin",
+    "conditional": True,
+    "image_size": 64,
+    "ch": 16,
+    "batch_size": 16,
+    "diffaug": "",
+    "ema_start": 200,
+    "ema_decay": 0.99,
+}
 STEPS, EVERY = 2000, 250
 QUICK = {"ch": 8, "batch_size": 4}
 QUICK_STEPS, QUICK_EVERY = 4, 2
@@ -79,7 +88,12 @@ class KidProbe:
     def describe(self) -> dict:
         if self.network is None:
             return {"network": None, "why_no_kid": self.missing}
-        return {"network": self.network.name, "network_sha256": self.network.sha256, "kid_n": self.n, "kid_real_vs_real": self.real_vs_real}
+        return {
+            "network": self.network.name,
+            "network_sha256": self.network.sha256,
+            "kid_n": self.n,
+            "kid_real_vs_real": self.real_vs_real,
+        }
 
 
 BOOLEANS = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}
@@ -92,7 +106,9 @@ def parse_overrides(items: list[str]) -> dict:
     for item in items:
         name, equals, value = item.partition("=")
         if name not in types or not equals:
-            raise ConfigError(f"--learning-set {item}: expected FIELD=VALUE with a TrainConfig field (e.g. class_bn_init=identity)")
+            raise ConfigError(
+                f"--learning-set {item}: expected FIELD=VALUE with a TrainConfig field (e.g. class_bn_init=identity)"
+            )
         kind = types[name]
         if kind in (bool, bool | None):
             if value.lower() not in BOOLEANS:
@@ -121,7 +137,9 @@ def run(
     steps, every = steps or (QUICK_STEPS if quick else STEPS), every or (QUICK_EVERY if quick else EVERY)
     recipe = {**RECIPE, **(QUICK if quick else {}), **(overrides or {})}
     with tempfile.TemporaryDirectory(prefix="tritonsagan-learning-") as out:
-        cfg = TrainConfig(out=out, device=str(device), steps=steps, workers=1, sample_every=steps, save_every=steps, **recipe)
+        cfg = TrainConfig(
+            out=out, device=str(device), steps=steps, workers=1, sample_every=steps, save_every=steps, **recipe
+        )
         trainer = Trainer(cfg)
         try:
             return _measure(trainer, every, kid, samples, log, recipe)
@@ -129,14 +147,22 @@ def run(
             trainer.release()
 
 
-def _measure(trainer: Trainer, every: int, kid: bool, samples: Path | None, log: Callable[[str], None], recipe: dict) -> dict:
+def _measure(
+    trainer: Trainer, every: int, kid: bool, samples: Path | None, log: Callable[[str], None], recipe: dict
+) -> dict:
     cfg = trainer.cfg
     reference = reference_crops(image_size=cfg.image_size)
     probe = KidProbe(cfg.image_size, KID_PER_CLASS, trainer.world.device) if kid else None
     section = {
-        "recipe": {k: v for k, v in dataclasses.asdict(cfg).items() if k in {*recipe, "lr_g", "lr_d", "beta1", "beta2", "init", "bias_init", "class_bn_init", "d_sn_in_g_step"}},
+        "recipe": {
+            k: v
+            for k, v in dataclasses.asdict(cfg).items()
+            if k in {*recipe, "lr_g", "lr_d", "beta1", "beta2", "init", "bias_init", "class_bn_init", "d_sn_in_g_step"}
+        },
         "fresh_crops_photo_match": fresh_crops_photo_match(reference)["accuracy"],
-        "fixed_pattern_real": fixed_pattern(reference_crops(IMAGES_PER_CLASS * len(reference[2]), FRESH_SEED, cfg.image_size)[0]),
+        "fixed_pattern_real": fixed_pattern(
+            reference_crops(IMAGES_PER_CLASS * len(reference[2]), FRESH_SEED, cfg.image_size)[0]
+        ),
         **(probe.describe() if probe else {}),
         "rows": [],
     }
@@ -154,7 +180,10 @@ def _measure(trainer: Trainer, every: int, kid: bool, samples: Path | None, log:
         if not all(map(math.isfinite, sums.values())):
             raise TritonsaganError(f"learning benchmark: a loss became NaN or Inf by step {trainer.step}")
         G_ema = trainer.ema_generator()
-        generated = {name: generate(model, len(labels), classes=classes, seed=GENERATE_SEED) for name, model in (("g", trainer.G), ("g_ema", G_ema))}
+        generated = {
+            name: generate(model, len(labels), classes=classes, seed=GENERATE_SEED)
+            for name, model in (("g", trainer.G), ("g_ema", G_ema))
+        }
         trainer.G.train()  # generate left it in eval mode
         row: dict = {"step": trainer.step}
         for name, images in generated.items():
@@ -164,23 +193,51 @@ def _measure(trainer: Trainer, every: int, kid: bool, samples: Path | None, log:
         row.update({key: value / (trainer.step - first) for key, value in sums.items()}, seconds=seconds)
         section["rows"].append(row)
         if samples is not None:  # a row per class
-            save_image(make_grid(generated["g_ema"], columns=IMAGES_PER_CLASS), samples / f"step_{trainer.step:07d}_ema.png")
+            save_image(
+                make_grid(generated["g_ema"], columns=IMAGES_PER_CLASS), samples / f"step_{trainer.step:07d}_ema.png"
+            )
         kid_text = f", KID {row['kid']:.4f}" if row["kid"] is not None else ""
-        log(f"learning: step {row['step']}: photo_match G {row['photo_match_g']:.2f}, G_ema {row['photo_match_g_ema']:.2f}{kid_text}; "
-            f"fixed pattern G_ema {row['fixed_pattern_g_ema']:.2f}; D real {row['d_real']:+.2f}, fake {row['d_fake']:+.2f}; {seconds:.0f} s")  # fmt: skip
+        log(
+            f"learning: step {row['step']}: photo_match G {row['photo_match_g']:.2f}, G_ema {row['photo_match_g_ema']:.2f}{kid_text}; "
+            f"fixed pattern G_ema {row['fixed_pattern_g_ema']:.2f}; D real {row['d_real']:+.2f}, fake {row['d_fake']:+.2f}; {seconds:.0f} s"
+        )
     return section
 
 
 def results_table(section: dict) -> Table:
     network = section.get("network") or "no feature network: " + section.get("why_no_kid", "")
-    title = (f"learning (fresh real crops: photo_match {section['fresh_crops_photo_match']:.2f}, "
-             f"fixed pattern {section['fixed_pattern_real']:.2f}; KID: {network})")  # fmt: skip
-    result = table(title, ("step", "photo_match G", "photo_match G_ema", "fixed pattern G_ema", "KID G_ema", "D real", "D fake", "loss D", "loss G", "seconds"))
+    title = (
+        f"learning (fresh real crops: photo_match {section['fresh_crops_photo_match']:.2f}, "
+        f"fixed pattern {section['fixed_pattern_real']:.2f}; KID: {network})"
+    )
+    result = table(
+        title,
+        (
+            "step",
+            "photo_match G",
+            "photo_match G_ema",
+            "fixed pattern G_ema",
+            "KID G_ema",
+            "D real",
+            "D fake",
+            "loss D",
+            "loss G",
+            "seconds",
+        ),
+    )
     for r in section["rows"]:
         result.add_row(
-            str(r["step"]), f"{r['photo_match_g']:.2f}", f"{r['photo_match_g_ema']:.2f}", f"{r['fixed_pattern_g_ema']:.2f}", number(r["kid"]),
-            f"{r['d_real']:+.2f}", f"{r['d_fake']:+.2f}", f"{r['loss_d']:.2f}", f"{r['loss_g']:.2f}", f"{r['seconds']:.0f}",
-        )  # fmt: skip
+            str(r["step"]),
+            f"{r['photo_match_g']:.2f}",
+            f"{r['photo_match_g_ema']:.2f}",
+            f"{r['fixed_pattern_g_ema']:.2f}",
+            number(r["kid"]),
+            f"{r['d_real']:+.2f}",
+            f"{r['d_fake']:+.2f}",
+            f"{r['loss_d']:.2f}",
+            f"{r['loss_g']:.2f}",
+            f"{r['seconds']:.0f}",
+        )
     return result
 
 
@@ -200,7 +257,15 @@ def figure(section: dict, peers: list[dict], path: Path) -> Path:
         lines = [(rows, "g_ema", "o-", "C0", "tritonsagan G_ema"), (rows, "g", "s--", "C1", "tritonsagan G")]
         for peer, marker in zip(peers, "^v<>"):
             seed = peer.get("settings", {}).get("seed")
-            lines.append((peer["rows"], "g", f"{marker}:", "grey", f"{peer['name']} G" + (f", seed {seed}" if seed is not None else "")))
+            lines.append(
+                (
+                    peer["rows"],
+                    "g",
+                    f"{marker}:",
+                    "grey",
+                    f"{peer['name']} G" + (f", seed {seed}" if seed is not None else ""),
+                )
+            )
         for run_rows, model, style, colour, label in lines:
             measured = [(r["step"], r[f"{metric}_{model}"]) for r in run_rows if f"{metric}_{model}" in r]
             if measured:
@@ -214,13 +279,17 @@ def figure(section: dict, peers: list[dict], path: Path) -> Path:
     curves(middle, "fixed_pattern")
     if "fixed_pattern_real" in section:
         middle.axhline(section["fixed_pattern_real"], color="green", lw=0.8, label="fresh real crops")
-    middle.set(xlabel="step", ylabel="fixed pattern", ylim=(0, None), title="frames and grids at the same place in every image")
+    middle.set(
+        xlabel="step", ylabel="fixed pattern", ylim=(0, None), title="frames and grids at the same place in every image"
+    )
     middle.legend(fontsize=7)
     kids = [(r["step"], r["kid"]) for r in rows if r["kid"] is not None]
     if kids:
         right.plot(*zip(*kids), "o-", label="tritonsagan G_ema")
         right.axhline(section["kid_real_vs_real"], color="green", lw=0.8, label="real vs real")
-        right.set(xlabel="step", ylabel="KID", title=f"KID to real crops (n={section['kid_n']})")  # linear: real vs real is near 0, either side
+        right.set(
+            xlabel="step", ylabel="KID", title=f"KID to real crops (n={section['kid_n']})"
+        )  # linear: real vs real is near 0, either side
         right.legend(fontsize=7)
     else:
         right.set_axis_off()
@@ -248,8 +317,17 @@ def comparison_markdown(runs: list[tuple[str, dict]]) -> str:
     at the last of TABLE_STEPS. A run is a report with a learning section, or a peer's figures ({name,
     rows}); other reports are left out."""
     sections = [(name, run.get("learning", run)) for name, run in runs]
-    sections = [(name, section) for name, section in sections if "rows" in section]  # others are reports of other sections
-    real = next((f" (real crops {section['fixed_pattern_real']:.2f})" for _, section in sections if "fixed_pattern_real" in section), "")
+    sections = [
+        (name, section) for name, section in sections if "rows" in section
+    ]  # others are reports of other sections
+    real = next(
+        (
+            f" (real crops {section['fixed_pattern_real']:.2f})"
+            for _, section in sections
+            if "fixed_pattern_real" in section
+        ),
+        "",
+    )
     steps = " / ".join(map(str, TABLE_STEPS))
     lines = [
         f"| run | changed from the recipe | photo_match G at {steps} | G_ema at {steps} | fixed pattern G / G_ema at {PATTERN_STEP}{real} | D real / fake at {TABLE_STEPS[-1]} |",
@@ -259,7 +337,9 @@ def comparison_markdown(runs: list[tuple[str, dict]]) -> str:
         by_step = {row["step"]: row for row in section["rows"]}
 
         def cells(key: str, at: tuple[int, ...] = TABLE_STEPS) -> str:
-            return " / ".join(f"{by_step[step][key]:.2f}" if step in by_step and key in by_step[step] else "-" for step in at)
+            return " / ".join(
+                f"{by_step[step][key]:.2f}" if step in by_step and key in by_step[step] else "-" for step in at
+            )
 
         last = by_step.get(TABLE_STEPS[-1], {})
         logits = f"{last['d_real']:+.2f} / {last['d_fake']:+.2f}" if "d_real" in last else "-"
@@ -267,15 +347,27 @@ def comparison_markdown(runs: list[tuple[str, dict]]) -> str:
         changed = changes_from_recipe(section) if "recipe" in section else "(peer)"
         if "initial_weights" in section:  # a run started from weights made elsewhere (e.g. a peer's initialisation)
             changed += f"; started from {section['initial_weights']}"
-        lines.append(f"| `{name}` | {changed} | {cells('photo_match_g')} | {cells('photo_match_g_ema')} | {pattern} | {logits} |")
+        lines.append(
+            f"| `{name}` | {changed} | {cells('photo_match_g')} | {cells('photo_match_g_ema')} | {pattern} | {logits} |"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tritonsagan.bench.learning", description="Learning reports: their curves, or a table of several.")
-    parser.add_argument("reports", nargs="+", help="tritonsagan-bench JSON reports with a learning section (or, with --table, a peer's figures)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tritonsagan.bench.learning",
+        description="Learning reports: their curves, or a table of several.",
+    )
     parser.add_argument(
-        "--peer", action="append", default=[], help="a JSON of a peer's figures, drawn beside the report's: {name, rows: [{step, photo_match_g, fixed_pattern_g (optional)}]} (repeatable, up to 4)"
+        "reports",
+        nargs="+",
+        help="tritonsagan-bench JSON reports with a learning section (or, with --table, a peer's figures)",
+    )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        help="a JSON of a peer's figures, drawn beside the report's: {name, rows: [{step, photo_match_g, fixed_pattern_g (optional)}]} (repeatable, up to 4)",
     )
     parser.add_argument("--out", help="the PNG of the first report's curves")
     parser.add_argument("--table", action="store_true", help="print a markdown table of every report instead")

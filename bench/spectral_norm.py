@@ -8,7 +8,6 @@ import torch
 import torch.nn as nn
 from rich.table import Table
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
-
 from tritonsagan.kernels import init_spectral_norm_vectors, spectral_norm_torch, spectral_norm_triton
 from tritonsagan.kernels._triton_support import triton_can_run
 from tritonsagan.models import Discriminator, Generator
@@ -86,18 +85,33 @@ def totals(rows: list[dict]) -> dict[str, dict[str, float]]:
 
 
 def results_table(rows: list[dict], totals: dict) -> Table:
-    out = table(f"Spectral norm, training forward + backward (speed-up vs {PARAMETRIZATION})",
-                ("weight shape", "layers", "impl", "fwd ms", "fwd+bwd ms", "vs torch"))  # fmt: skip
+    out = table(
+        f"Spectral norm, training forward + backward (speed-up vs {PARAMETRIZATION})",
+        ("weight shape", "layers", "impl", "fwd ms", "fwd+bwd ms", "vs torch"),
+    )
     torch_times = {tuple(r["shape"]): r.get("fwd_bwd_ms") for r in rows if r["impl"] == PARAMETRIZATION}
     for r in rows:
         if not r["available"]:
             out.add_row(str(tuple(r["shape"])), str(r["layers"]), r["impl"], "n/a", "-", "-")
             continue
-        out.add_row(str(tuple(r["shape"])), str(r["layers"]), r["impl"], number(r["fwd_ms"]), number(r["fwd_bwd_ms"]),
-                    ratio(torch_times.get(tuple(r["shape"])), r["fwd_bwd_ms"]))  # fmt: skip
+        out.add_row(
+            str(tuple(r["shape"])),
+            str(r["layers"]),
+            r["impl"],
+            number(r["fwd_ms"]),
+            number(r["fwd_bwd_ms"]),
+            ratio(torch_times.get(tuple(r["shape"])), r["fwd_bwd_ms"]),
+        )
     base = totals.get(PARAMETRIZATION, {}).get("fwd_bwd_ms")
     for impl, total in totals.items():
-        out.add_row("all layers of G and D", "", impl, number(total["fwd_ms"]), number(total["fwd_bwd_ms"]), ratio(base, total["fwd_bwd_ms"]))
+        out.add_row(
+            "all layers of G and D",
+            "",
+            impl,
+            number(total["fwd_ms"]),
+            number(total["fwd_bwd_ms"]),
+            ratio(base, total["fwd_bwd_ms"]),
+        )
     return out
 
 

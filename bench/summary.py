@@ -15,17 +15,30 @@ from . import attention, data, spectral_norm, train_step
 # (column header, the cell of a report)
 COLUMNS = [
     (attention.SUMMARY_HEADER, lambda report: attention.summary_cell(report.get("attention", []))),
-    (spectral_norm.SUMMARY_HEADER, lambda report: spectral_norm.summary_cell(report["spectral_norm"]["totals"]) if "spectral_norm" in report else "-"),
+    (
+        spectral_norm.SUMMARY_HEADER,
+        lambda report: (
+            spectral_norm.summary_cell(report["spectral_norm"]["totals"]) if "spectral_norm" in report else "-"
+        ),
+    ),
     (train_step.SUMMARY_HEADER, lambda report: train_step.summary_cell(report.get("train_step", []))),
     (data.SUMMARY_HEADER, lambda report: data.summary_cell(report.get("data"))),
 ]
 
 
-TABLE_SECTIONS = ("attention", "spectral_norm", "train_step", "data")  # a report with none of them (learning alone) has no row
+TABLE_SECTIONS = (
+    "attention",
+    "spectral_norm",
+    "train_step",
+    "data",
+)  # a report with none of them (learning alone) has no row
 
 
 def summary_markdown(reports: list[tuple[str, dict]]) -> str:
-    lines = ["| report | device | " + " | ".join(header for header, _ in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    lines = [
+        "| report | device | " + " | ".join(header for header, _ in COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
     for name, report in reports:
         if not any(section in report for section in TABLE_SECTIONS):
             continue

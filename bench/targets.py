@@ -31,7 +31,14 @@ def _target(name: str, required: float, measured: float | None, detail: str, at_
         shortfall = measured / required if at_most else required / measured
         status = "met" if met else f"missed by {shortfall:.2f}x"
     bound = "at most" if at_most else "at least"
-    return {"target": name, "required": f"{bound} {required:g}", "measured": measured, "met": met, "status": status, "detail": detail}
+    return {
+        "target": name,
+        "required": f"{bound} {required:g}",
+        "measured": measured,
+        "met": met,
+        "status": status,
+        "detail": detail,
+    }
 
 
 def _attention_targets(rows: list[dict]) -> list[dict]:
@@ -43,7 +50,7 @@ def _attention_targets(rows: list[dict]) -> list[dict]:
                 cases.setdefault(r["batch"], {})[r["impl"]] = r
         # The weakest batch decides: the target holds at batch 64 and up.
         vs_sdpa, vs_flex, vs_naive, of_floor = [], [], [], []
-        for batch, impls in sorted(cases.items()):
+        for _batch, impls in sorted(cases.items()):
             ours = impls.get(attention.TRITON)
             if ours is None:
                 continue
@@ -56,10 +63,18 @@ def _attention_targets(rows: list[dict]) -> list[dict]:
                 vs_naive.append(impls[attention.NAIVE]["fwd_bwd_ms"] / ours["fwd_bwd_ms"])
             of_floor.append(ours["fwd_bwd_pct_of_floor"] / 100)
         detail = f"{shape}, fwd+bwd, batch >= {MIN_TARGET_BATCH}, worst batch"
-        out.append(_target(f"attention {shape}: speed-up over the best SDPA backend", 2.0, min(vs_sdpa, default=None), detail))
-        out.append(_target(f"attention {shape}: speed-up over FlexAttention (compiled)", 1.3, min(vs_flex, default=None), detail))
+        out.append(
+            _target(f"attention {shape}: speed-up over the best SDPA backend", 2.0, min(vs_sdpa, default=None), detail)
+        )
+        out.append(
+            _target(
+                f"attention {shape}: speed-up over FlexAttention (compiled)", 1.3, min(vs_flex, default=None), detail
+            )
+        )
         out.append(_target(f"attention {shape}: speed-up over bmm + softmax", 4.0, min(vs_naive, default=None), detail))
-        out.append(_target(f"attention {shape}: fraction of the device floor", 0.5, min(of_floor, default=None), detail))
+        out.append(
+            _target(f"attention {shape}: fraction of the device floor", 0.5, min(of_floor, default=None), detail)
+        )
     return out + [_memory_target(rows)]
 
 
@@ -70,7 +85,11 @@ def _memory_target(rows: list[dict]) -> dict:
     for r in rows:
         if r["impl"] == attention.TRITON and r["available"] and r.get("peak_extra_bytes"):
             peaks[(r["shape"], r["batch"])] = r["peak_extra_bytes"]
-    ratios = [peaks[("G 64x64", b)] / peaks[("D 32x32", b)] for (shape, b) in peaks if shape == "G 64x64" and ("D 32x32", b) in peaks]
+    ratios = [
+        peaks[("G 64x64", b)] / peaks[("D 32x32", b)]
+        for (shape, b) in peaks
+        if shape == "G 64x64" and ("D 32x32", b) in peaks
+    ]
     return _target(
         "attention extra memory: growth for 4x N (linear ~4, quadratic ~16)",
         4.5,
@@ -85,15 +104,36 @@ def evaluate_targets(report: dict) -> list[dict]:
     totals = report.get("spectral_norm", {}).get("totals", {})
     fused, torch_sn = totals.get(spectral_norm.FUSED), totals.get(spectral_norm.PARAMETRIZATION)
     sn_speedup = torch_sn["fwd_bwd_ms"] / fused["fwd_bwd_ms"] if fused and torch_sn else None
-    targets.append(_target("spectral norm: fused speed-up over torch's parametrization", 2.0, sn_speedup, "fwd+bwd summed over all SN layers of G and D"))
+    targets.append(
+        _target(
+            "spectral norm: fused speed-up over torch's parametrization",
+            2.0,
+            sn_speedup,
+            "fwd+bwd summed over all SN layers of G and D",
+        )
+    )
     steps = {r["id"]: r for r in report.get("train_step", []) if r["available"]}
     compiled = steps.get("d")
     speedup = compiled["images_per_s"] / steps["a'"]["images_per_s"] if compiled and "a'" in steps else None
-    targets.append(_target("training step: compiled bf16 (d) over the port-style reference at equal precision (a')", 1.5, speedup,
-                           "images/s, same device and batch, both bf16 autocast + TF32"))  # fmt: skip
-    at_recipe = compiled if compiled and (compiled["ch"], compiled["batch"]) == (TARGET_STEP_WIDTH, TARGET_STEP_BATCH) else None
-    targets.append(_target(f"training step: compiled bf16 (d) images/s at ch {TARGET_STEP_WIDTH}, batch {TARGET_STEP_BATCH}", 2000.0,
-                           at_recipe and at_recipe["images_per_s"], "one GPU (the target is for an H100)"))  # fmt: skip
+    targets.append(
+        _target(
+            "training step: compiled bf16 (d) over the port-style reference at equal precision (a')",
+            1.5,
+            speedup,
+            "images/s, same device and batch, both bf16 autocast + TF32",
+        )
+    )
+    at_recipe = (
+        compiled if compiled and (compiled["ch"], compiled["batch"]) == (TARGET_STEP_WIDTH, TARGET_STEP_BATCH) else None
+    )
+    targets.append(
+        _target(
+            f"training step: compiled bf16 (d) images/s at ch {TARGET_STEP_WIDTH}, batch {TARGET_STEP_BATCH}",
+            2000.0,
+            at_recipe and at_recipe["images_per_s"],
+            "one GPU (the target is for an H100)",
+        )
+    )
     return targets + _data_targets(report.get("data"))
 
 
@@ -103,8 +143,19 @@ def _data_targets(section: dict | None) -> list[dict]:
     growth = folder[max(folder)] / folder[min(folder)] if len(folder) > 1 else None
     packed = data.best_packed_images_per_s(section) if section else None
     return [
-        _target("data: folder stream per-sample cost, 200,000 files over 100 files", 1.2, growth, "same JPEG, consecutive samples", at_most=True),
-        _target("data: packed dataset through the DataLoader, images/s", 10_000.0, packed, "batch 256, flips, best worker count"),
+        _target(
+            "data: folder stream per-sample cost, 200,000 files over 100 files",
+            1.2,
+            growth,
+            "same JPEG, consecutive samples",
+            at_most=True,
+        ),
+        _target(
+            "data: packed dataset through the DataLoader, images/s",
+            10_000.0,
+            packed,
+            "batch 256, flips, best worker count",
+        ),
     ]
 
 

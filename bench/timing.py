@@ -14,7 +14,9 @@ def median_ms(fn: Callable[[], Any], device: torch.device, quick: bool = False) 
     if device.type == "cuda":
         import triton.testing
 
-        return float(triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=50 if quick else 200, return_mode="median"))
+        return float(
+            triton.testing.do_bench(fn, warmup=10 if quick else 25, rep=50 if quick else 200, return_mode="median")
+        )
     import torch.utils.benchmark as benchmark
 
     fn()  # warm-up (and compilation)

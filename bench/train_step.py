@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 from rich.table import Table
-
-from tritonsagan.errors import ConfigError
 from tritonsagan.kernels import use_backend
 from tritonsagan.models import Discriminator, Generator
 from tritonsagan.models.config import IMAGE_CHANNELS, IMAGE_SIZE
+
+from tritonsagan.errors import ConfigError
 from tritonsagan.train import TrainConfig, Trainer
 
 from .cells import number, ratio, table
@@ -61,13 +61,17 @@ TUNINGS = {  # (d) plus each switch
     "max_autotune": {"compile_mode": "max-autotune"},
     "reduce_overhead": {"compile_mode": "reduce-overhead"},
 }
-ALL_SWITCHES = {key: value for tuning in TUNINGS.values() if "compile_mode" not in tuning for key, value in tuning.items()}
+ALL_SWITCHES = {
+    key: value for tuning in TUNINGS.values() if "compile_mode" not in tuning for key, value in tuning.items()
+}
 VARIANTS += [Variant(f"d+{name}", f"(d) + {name}", tuning=tuning) for name, tuning in TUNINGS.items()]
 VARIANTS.append(Variant("d+all", "(d) + every switch but the compile mode", tuning=ALL_SWITCHES))
 VARIANT_IDS = [v.id for v in VARIANTS]
 VARIANT_GROUPS = {  # --variants may name a group; each fits one GPU-run command (tritonsagan.gpu_run)
     "core": [v.id for v in VARIANTS if not v.tuning],
-    "switches": [f"d+{name}" for name in ("channels_last", "fused_adam", "grouped_sn", "sn_autocast_dtype", "fused_qkv")],
+    "switches": [
+        f"d+{name}" for name in ("channels_last", "fused_adam", "grouped_sn", "sn_autocast_dtype", "fused_qkv")
+    ],
     "compile": ["d+compile_scope_step", "d+max_autotune", "d+reduce_overhead", "d+all"],
 }
 
@@ -79,7 +83,9 @@ def select_variants(spec: str | None) -> list[Variant]:
     wanted = []
     for name in (part.strip() for part in spec.split(",") if part.strip()):
         if name not in VARIANT_GROUPS and name not in VARIANT_IDS:
-            raise ConfigError(f"--variants: unknown variant {name!r}; ids: {', '.join(VARIANT_IDS)}; groups: {', '.join(VARIANT_GROUPS)}")
+            raise ConfigError(
+                f"--variants: unknown variant {name!r}; ids: {', '.join(VARIANT_IDS)}; groups: {', '.join(VARIANT_GROUPS)}"
+            )
         wanted += VARIANT_GROUPS.get(name, [name])
     return [v for v in VARIANTS if v.id in wanted]
 
@@ -119,15 +125,33 @@ def run(device: torch.device, floor: dict, quick: bool = False, variants: list[V
     flops = flops_per_image(ch)
     rows = []
     for variant in variants or VARIANTS:
-        row = {"id": variant.id, "variant": f"({variant.id}) {variant.name}", "ch": ch, "batch": batch, "backend": variant.backend,
-               "compile": variant.compile, "bf16": variant.bf16, "tf32": variant.tf32, "diffaug": variant.diffaug,
-               "tuning": variant.tuning}  # fmt: skip
+        row = {
+            "id": variant.id,
+            "variant": f"({variant.id}) {variant.name}",
+            "ch": ch,
+            "batch": batch,
+            "backend": variant.backend,
+            "compile": variant.compile,
+            "bf16": variant.bf16,
+            "tf32": variant.tf32,
+            "diffaug": variant.diffaug,
+            "tuning": variant.tuning,
+        }
         if variant.bf16 and not on_cuda:
             rows.append({**row, "available": False, "reason": "bf16 autocast is a CUDA path"})
             continue
         with tempfile.TemporaryDirectory() as out, _tf32(variant.tf32 and on_cuda):
-            cfg = TrainConfig(out=out, ch=ch, batch_size=batch, compile=variant.compile, bf16=variant.bf16, diffaug=variant.diffaug,
-                              workers=0, device=str(device), **variant.tuning)  # fmt: skip
+            cfg = TrainConfig(
+                out=out,
+                ch=ch,
+                batch_size=batch,
+                compile=variant.compile,
+                bf16=variant.bf16,
+                diffaug=variant.diffaug,
+                workers=0,
+                device=str(device),
+                **variant.tuning,
+            )
             try:
                 trainer = Trainer(cfg)
                 real = torch.rand(batch, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
@@ -139,15 +163,30 @@ def run(device: torch.device, floor: dict, quick: bool = False, variants: list[V
                 ms = median_ms(step, device, quick)
                 peak = peak_extra_bytes(step, device)
             except Exception as err:  # out of memory, or a compile mode this torch refuses: reported, not fatal
-                rows.append({**row, "available": False, "reason": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"})
+                rows.append(
+                    {
+                        **row,
+                        "available": False,
+                        "reason": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}",
+                    }
+                )
                 continue
             finally:
                 if on_cuda:
                     torch._dynamo.reset()  # each variant compiles afresh; free the last one's graphs
                     torch.cuda.empty_cache()
         images_per_s = batch / (ms * 1e-3)
-        rows.append({**row, "available": True, "step_ms": ms, "images_per_s": images_per_s, "peak_extra_bytes": peak,
-                     "flops_per_image": flops, "pct_of_floor": 100 * images_per_s * flops / floor["flops_per_s"]})  # fmt: skip
+        rows.append(
+            {
+                **row,
+                "available": True,
+                "step_ms": ms,
+                "images_per_s": images_per_s,
+                "peak_extra_bytes": peak,
+                "flops_per_image": flops,
+                "pct_of_floor": 100 * images_per_s * flops / floor["flops_per_s"],
+            }
+        )
     return rows
 
 
@@ -158,8 +197,10 @@ def merge_rows(earlier: list[dict], later: list[dict]) -> list[dict]:
 
 
 def results_table(rows: list[dict]) -> Table:
-    out = table("Training step at 128x128 (speed-up vs the port-style reference, at float32 (a) and at equal precision (a'))",
-                ("variant", "ch", "batch", "step ms", "images/s", "% floor", "peak MiB", "vs (a)", "vs (a')"))  # fmt: skip
+    out = table(
+        "Training step at 128x128 (speed-up vs the port-style reference, at float32 (a) and at equal precision (a'))",
+        ("variant", "ch", "batch", "step ms", "images/s", "% floor", "peak MiB", "vs (a)", "vs (a')"),
+    )
     base = {r["id"]: r.get("step_ms") for r in rows if r["id"] in ("a", "a'") and r["available"]}
     for r in rows:
         if not r["available"]:
@@ -167,9 +208,16 @@ def results_table(rows: list[dict]) -> Table:
             continue
         peak = r["peak_extra_bytes"] / 2**20 if r["peak_extra_bytes"] is not None else None
         out.add_row(
-            r["variant"], str(r["ch"]), str(r["batch"]), number(r["step_ms"]), number(r["images_per_s"]), number(r["pct_of_floor"]), number(peak),
-            ratio(base.get("a"), r["step_ms"]), ratio(base.get("a'"), r["step_ms"]),
-        )  # fmt: skip
+            r["variant"],
+            str(r["ch"]),
+            str(r["batch"]),
+            number(r["step_ms"]),
+            number(r["images_per_s"]),
+            number(r["pct_of_floor"]),
+            number(peak),
+            ratio(base.get("a"), r["step_ms"]),
+            ratio(base.get("a'"), r["step_ms"]),
+        )
     return out
 
 
@@ -181,5 +229,8 @@ def summary_cell(rows: list[dict]) -> str:
     if not rows:
         return "-"
     by_id = {r["id"]: r for r in rows}
-    speeds = [number(by_id[i]["images_per_s"]) if i in by_id and by_id[i]["available"] else "n/a" for i in VARIANT_GROUPS["core"]]
+    speeds = [
+        number(by_id[i]["images_per_s"]) if i in by_id and by_id[i]["available"] else "n/a"
+        for i in VARIANT_GROUPS["core"]
+    ]
     return f"ch {rows[0]['ch']}, batch {rows[0]['batch']}: {' / '.join(speeds)}"

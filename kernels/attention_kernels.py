@@ -112,7 +112,11 @@ def _autotune(kernel: str):
         return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
 
     # The autotuner adds the tensors' dtypes to the key itself.
-    return triton.autotune(configs=configs, key=["N_Q", "N_K", "D_QK", "D_V", "PRECISION"], prune_configs_by={"early_config_prune": offered})
+    return triton.autotune(
+        configs=configs,
+        key=["N_Q", "N_K", "D_QK", "D_V", "PRECISION"],
+        prune_configs_by={"early_config_prune": offered},
+    )
 
 
 @triton.jit
@@ -132,14 +136,31 @@ def _store_tile(base, tile, rows, cols, stride_row, n_rows, n_cols):
 @_autotune("forward")
 @triton.jit
 def _attention_fwd_kernel(
-    Q, K, V, O, LSE,
-    stride_qb, stride_qn, stride_qd,
-    stride_kb, stride_kn, stride_kd,
-    stride_vb, stride_vn, stride_vd,
-    N_Q, N_K, D_QK, D_V, qk_scale_log2,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    stride_qb,
+    stride_qn,
+    stride_qd,
+    stride_kb,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vn,
+    stride_vd,
+    N_Q,
+    N_K,
+    D_QK,
+    D_V,
+    qk_scale_log2,
+    BLOCK_DQK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     # One program: BLOCK_M query rows of one batch entry, streamed over all keys. O and LSE are contiguous.
     pid_m, batch = tl.program_id(0), tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -169,15 +190,38 @@ def _attention_fwd_kernel(
 @_autotune("dkdv")
 @triton.jit
 def _attention_bwd_dkdv_kernel(
-    Q, K, V, DO, LSE, DELTA, DK, DV,
-    stride_qb, stride_qn, stride_qd,
-    stride_kb, stride_kn, stride_kd,
-    stride_vb, stride_vn, stride_vd,
-    stride_dob, stride_don, stride_dod,
-    N_Q, N_K, D_QK, D_V, scale, qk_scale_log2,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DK,
+    DV,
+    stride_qb,
+    stride_qn,
+    stride_qd,
+    stride_kb,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vn,
+    stride_vd,
+    stride_dob,
+    stride_don,
+    stride_dod,
+    N_Q,
+    N_K,
+    D_QK,
+    D_V,
+    scale,
+    qk_scale_log2,
+    BLOCK_DQK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     # One program: BLOCK_N keys of one batch entry, streamed over all queries. DK, DV are contiguous.
     #   dV = P^T dO,  dS = P * (dO V^T - delta),  dK = scale * dS^T Q,  delta = rowsum(O * dO)
     pid_n, batch = tl.program_id(0), tl.program_id(1)
@@ -210,15 +254,37 @@ def _attention_bwd_dkdv_kernel(
 @_autotune("dq")
 @triton.jit
 def _attention_bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,
-    stride_qb, stride_qn, stride_qd,
-    stride_kb, stride_kn, stride_kd,
-    stride_vb, stride_vn, stride_vd,
-    stride_dob, stride_don, stride_dod,
-    N_Q, N_K, D_QK, D_V, scale, qk_scale_log2,
-    BLOCK_DQK: tl.constexpr, BLOCK_DV: tl.constexpr, PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    DQ,
+    stride_qb,
+    stride_qn,
+    stride_qd,
+    stride_kb,
+    stride_kn,
+    stride_kd,
+    stride_vb,
+    stride_vn,
+    stride_vd,
+    stride_dob,
+    stride_don,
+    stride_dod,
+    N_Q,
+    N_K,
+    D_QK,
+    D_V,
+    scale,
+    qk_scale_log2,
+    BLOCK_DQK: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     # One program: BLOCK_M queries of one batch entry, streamed over all keys. DQ is contiguous.
     #   dQ = scale * dS K,  dS = P * (dO V^T - delta)
     pid_m, batch = tl.program_id(0), tl.program_id(1)
@@ -255,7 +321,11 @@ def _strides(*tensors: torch.Tensor) -> list[int]:
 
 
 def _head_constexprs(q: torch.Tensor, v: torch.Tensor) -> dict:
-    return {"BLOCK_DQK": _block_dim(q.shape[2]), "BLOCK_DV": _block_dim(v.shape[2]), "PRECISION": dot_precision(q.dtype)}
+    return {
+        "BLOCK_DQK": _block_dim(q.shape[2]),
+        "BLOCK_DV": _block_dim(v.shape[2]),
+        "PRECISION": dot_precision(q.dtype),
+    }
 
 
 def attention_fwd_launch(
@@ -266,15 +336,35 @@ def attention_fwd_launch(
     N_K, D_V = v.shape[1], v.shape[2]
     grid = lambda meta: (triton.cdiv(N_Q, meta["BLOCK_M"]), B)  # noqa: E731
     launch(
-        _attention_fwd_kernel, grid, q, k, v, out, lse, *_strides(q, k, v),
-        N_Q, N_K, D_QK, D_V, scale * LOG2E.value, **_head_constexprs(q, v),
-    )  # fmt: skip
+        _attention_fwd_kernel,
+        grid,
+        q,
+        k,
+        v,
+        out,
+        lse,
+        *_strides(q, k, v),
+        N_Q,
+        N_K,
+        D_QK,
+        D_V,
+        scale * LOG2E.value,
+        **_head_constexprs(q, v),
+    )
 
 
 def attention_bwd_launch(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-    scale: float, grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
-) -> None:  # fmt: skip
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    grad_q: torch.Tensor,
+    grad_k: torch.Tensor,
+    grad_v: torch.Tensor,
+) -> None:
     """Write dQ, dK, dV (contiguous, the inputs' shapes) from O, LSE and dO."""
     B, N_Q, D_QK = q.shape
     N_K, D_V = v.shape[1], v.shape[2]
@@ -282,20 +372,41 @@ def attention_bwd_launch(
     shared = (*_strides(q, k, v, grad_out), N_Q, N_K, D_QK, D_V, scale, scale * LOG2E.value)
     constexprs = _head_constexprs(q, v)
     launch(
-        _attention_bwd_dkdv_kernel, lambda meta: (triton.cdiv(N_K, meta["BLOCK_N"]), B),
-        q, k, v, grad_out, lse, delta, grad_k, grad_v, *shared, **constexprs,
-    )  # fmt: skip
+        _attention_bwd_dkdv_kernel,
+        lambda meta: (triton.cdiv(N_K, meta["BLOCK_N"]), B),
+        q,
+        k,
+        v,
+        grad_out,
+        lse,
+        delta,
+        grad_k,
+        grad_v,
+        *shared,
+        **constexprs,
+    )
     launch(
-        _attention_bwd_dq_kernel, lambda meta: (triton.cdiv(N_Q, meta["BLOCK_M"]), B),
-        q, k, v, grad_out, lse, delta, grad_q, *shared, **constexprs,
-    )  # fmt: skip
+        _attention_bwd_dq_kernel,
+        lambda meta: (triton.cdiv(N_Q, meta["BLOCK_M"]), B),
+        q,
+        k,
+        v,
+        grad_out,
+        lse,
+        delta,
+        grad_q,
+        *shared,
+        **constexprs,
+    )
 
 
 # ---- torch.library ops --------------------------------------------------------------------------
 
 
 @torch.library.triton_op("tritonsagan::attention_fwd", mutates_args=())
-def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, N_Q = q.shape[:2]
     out = torch.empty((B, N_Q, v.shape[2]), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, N_Q), device=q.device, dtype=torch.float32)
@@ -305,7 +416,13 @@ def _attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
 
 @torch.library.triton_op("tritonsagan::attention_bwd", mutates_args=())
 def _attention_bwd(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     grad_q = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     grad_k = torch.empty(k.shape, device=q.device, dtype=q.dtype)

@@ -51,7 +51,9 @@ def check_spectral_norm_inputs(weight: torch.Tensor, u: torch.Tensor, v: torch.T
     if u.dtype != weight.dtype or v.dtype != weight.dtype:
         raise ValueError(f"spectral_norm: u, v ({u.dtype}, {v.dtype}) must have the weight's dtype {weight.dtype}")
     if u.device != weight.device or v.device != weight.device:
-        raise ValueError(f"spectral_norm: weight, u, v must be on one device, got {weight.device}, {u.device}, {v.device}")
+        raise ValueError(
+            f"spectral_norm: weight, u, v must be on one device, got {weight.device}, {u.device}, {v.device}"
+        )
 
 
 def _triton_path(weight: torch.Tensor) -> bool:
@@ -64,7 +66,9 @@ def autocast_dtype(device_type: str) -> torch.dtype | None:
     return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
 
 
-def power_iteration_torch(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float) -> None:
+def power_iteration_torch(
+    w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float
+) -> None:
     for _ in range(n_power_iterations):
         u.copy_(F.normalize(torch.mv(w, v), dim=0, eps=eps))
         v.copy_(F.normalize(torch.mv(w.t(), u), dim=0, eps=eps))
@@ -82,15 +86,25 @@ def power_iteration(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_i
 
 @torch.library.custom_op("tritonsagan::power_iteration_grouped", mutates_args=("us", "vs", "sigmas"))
 def power_iteration_grouped(
-    weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor], sigmas: list[torch.Tensor],
-    n_power_iterations: int, eps: float,
-) -> None:  # fmt: skip
+    weights: list[torch.Tensor],
+    us: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    sigmas: list[torch.Tensor],
+    n_power_iterations: int,
+    eps: float,
+) -> None:
     """`power_iteration` of many contiguous matrices at once, also writing each sigma = u^T W v
     into a 0-d tensor: the grouped Triton kernels where the Triton path runs, else a loop.
     Opaque to torch.compile, like `power_iteration`, and chosen at run time."""
     for w, u, v, sigma in zip(weights, us, vs, sigmas, strict=True):
         check_spectral_norm_inputs(w, u, v, n_power_iterations)
-        if w.ndim != 2 or not w.is_contiguous() or w.dtype != weights[0].dtype or sigma.shape != () or sigma.dtype != sigmas[0].dtype:
+        if (
+            w.ndim != 2
+            or not w.is_contiguous()
+            or w.dtype != weights[0].dtype
+            or sigma.shape != ()
+            or sigma.dtype != sigmas[0].dtype
+        ):
             raise ValueError(
                 f"power_iteration_grouped: needs contiguous matrices of one dtype and 0-d sigmas of one dtype, got weight "
                 f"{tuple(w.shape)} {w.dtype} (contiguous: {w.is_contiguous()}), sigma {tuple(sigma.shape)} {sigma.dtype}"
@@ -162,7 +176,9 @@ def spectral_norm_triton(
         return F.normalize(weight, dim=0, eps=eps)
     w = weight.flatten(1).contiguous()
     if training:
-        sigma, u_used, v_used = torch.ops.tritonsagan.power_iteration_and_sigma(w.detach(), u, v, n_power_iterations, eps)
+        sigma, u_used, v_used = torch.ops.tritonsagan.power_iteration_and_sigma(
+            w.detach(), u, v, n_power_iterations, eps
+        )
     else:
         sigma = torch.ops.tritonsagan.sn_sigma(w.detach(), u, v)
         u_used, v_used = u.clone(), v.clone()  # the backward must not see later in-place updates
@@ -192,5 +208,7 @@ def spectral_norm_after_update(
     if _triton_path(weight):
         check_triton_device("spectral_norm_after_update", weight)
         # Clones: the backward must not see the next forward's in-place updates.
-        return torch.ops.tritonsagan.sn_scale(weight.flatten(1).contiguous(), u.clone(), v.clone(), sigma.clone(), out_dtype).view_as(weight)
+        return torch.ops.tritonsagan.sn_scale(
+            weight.flatten(1).contiguous(), u.clone(), v.clone(), sigma.clone(), out_dtype
+        ).view_as(weight)
     return spectral_norm_torch(weight, u, v, training=False, out_dtype=out_dtype)

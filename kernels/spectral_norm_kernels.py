@@ -58,7 +58,17 @@ def _columns_times_vector(W, T, cols, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.c
 # From the Hopper compile report: (64, 128) at 4 warps spills on weights with few columns (C = 3, 27).
 @triton.autotune(
     configs=_configs(
-        [(8, 512, 4), (8, 512, 8), (16, 256, 4), (16, 256, 8), (32, 128, 4), (32, 128, 8), (64, 128, 8), (4, 1024, 4), (4, 1024, 8)],
+        [
+            (8, 512, 4),
+            (8, 512, 8),
+            (16, 256, 4),
+            (16, 256, 8),
+            (32, 128, 4),
+            (32, 128, 8),
+            (64, 128, 8),
+            (4, 1024, 4),
+            (4, 1024, 8),
+        ],
         interpreted=(64, 256),
     ),
     key=["R", "C"],
@@ -71,7 +81,9 @@ def _sn_rows_kernel(W, V, T, R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr)
 
 
 @triton.autotune(
-    configs=_configs([(r, c, w) for r, c in [(256, 32), (128, 64), (64, 128), (512, 16)] for w in (4, 8)], interpreted=(256, 64)),
+    configs=_configs(
+        [(r, c, w) for r, c in [(256, 32), (128, 64), (64, 128), (512, 16)] for w in (4, 8)], interpreted=(256, 64)
+    ),
     key=["R", "C"],
 )
 @triton.jit
@@ -137,22 +149,43 @@ def _layer_pointer(TABLE, layer, TYPED):
 
 @triton.jit
 def _sn_group_rows_kernel(
-    W_PTRS, V_PTRS, ROWS, COLS, T_OFFSETS, PROGRAM_LAYER, PROGRAM_BLOCK, T, W_TYPED,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    W_PTRS,
+    V_PTRS,
+    ROWS,
+    COLS,
+    T_OFFSETS,
+    PROGRAM_LAYER,
+    PROGRAM_BLOCK,
+    T,
+    W_TYPED,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     # t = W v for one block of rows of one layer; every layer's t in the flat float32 T.
     layer, block = tl.load(PROGRAM_LAYER + tl.program_id(0)), tl.load(PROGRAM_BLOCK + tl.program_id(0))
     R, C = tl.load(ROWS + layer), tl.load(COLS + layer)
     W, V = _layer_pointer(W_PTRS, layer, W_TYPED), _layer_pointer(V_PTRS, layer, W_TYPED)
     rows = block * BLOCK_R + tl.arange(0, BLOCK_R)
-    tl.store(T + tl.load(T_OFFSETS + layer) + rows, _rows_times_vector(W, V, rows, R, C, BLOCK_R, BLOCK_C), mask=rows < R)
+    tl.store(
+        T + tl.load(T_OFFSETS + layer) + rows, _rows_times_vector(W, V, rows, R, C, BLOCK_R, BLOCK_C), mask=rows < R
+    )
 
 
 @triton.jit
 def _sn_group_cols_kernel(
-    W_PTRS, ROWS, COLS, T_OFFSETS, S_OFFSETS, PROGRAM_LAYER, PROGRAM_BLOCK, T, S, W_TYPED,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
-):  # fmt: skip
+    W_PTRS,
+    ROWS,
+    COLS,
+    T_OFFSETS,
+    S_OFFSETS,
+    PROGRAM_LAYER,
+    PROGRAM_BLOCK,
+    T,
+    S,
+    W_TYPED,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
     # s = W^T t for one block of columns of one layer; every layer's s in the flat float32 S.
     layer, block = tl.load(PROGRAM_LAYER + tl.program_id(0)), tl.load(PROGRAM_BLOCK + tl.program_id(0))
     R, C = tl.load(ROWS + layer), tl.load(COLS + layer)
@@ -171,7 +204,9 @@ def _sn_group_finish_kernel(
     U, V = _layer_pointer(U_PTRS, layer, W_TYPED), _layer_pointer(V_PTRS, layer, W_TYPED)
     SIGMA = _layer_pointer(SIGMA_PTRS, layer, SIGMA_TYPED)
     T_LAYER, S_LAYER = T + tl.load(T_OFFSETS + layer), S + tl.load(S_OFFSETS + layer)
-    _finish_power_iteration(T_LAYER, S_LAYER, U, V, U, V, SIGMA, tl.load(ROWS + layer), tl.load(COLS + layer), eps, BLOCK, False)
+    _finish_power_iteration(
+        T_LAYER, S_LAYER, U, V, U, V, SIGMA, tl.load(ROWS + layer), tl.load(COLS + layer), eps, BLOCK, False
+    )
 
 
 @triton.jit
@@ -215,9 +250,15 @@ def rows_launch(w: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> None:
 
 
 def power_iteration_launch(
-    w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_power_iterations: int, eps: float,
-    u_used: torch.Tensor, v_used: torch.Tensor, sigma: torch.Tensor,
-) -> None:  # fmt: skip
+    w: torch.Tensor,
+    u: torch.Tensor,
+    v: torch.Tensor,
+    n_power_iterations: int,
+    eps: float,
+    u_used: torch.Tensor,
+    v_used: torch.Tensor,
+    sigma: torch.Tensor,
+) -> None:
     """The power method on the contiguous matrix w, updating u and v in place; writes sigma and copies of u, v."""
     R, C = w.shape
     t = torch.empty(R, device=w.device, dtype=torch.float32)
@@ -248,7 +289,9 @@ def _program_map(lengths: list[int], block: int) -> list[list[int]]:
     return [[layer for layer, _ in pairs], [b for _, b in pairs]]
 
 
-def _group_tables(weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor], sigmas: list[torch.Tensor]) -> _GroupTables:
+def _group_tables(
+    weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor], sigmas: list[torch.Tensor]
+) -> _GroupTables:
     """Built once per set of tensors (parameters and buffers keep their storage), then reused: no
     host-to-device copy on later calls. Meta tensors (the compile check) get tables of the right shapes."""
     device = weights[0].device
@@ -265,17 +308,22 @@ def _group_tables(weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[
             torch.tensor([rows, cols, t_offsets, s_offsets], dtype=torch.int64, device=device),
             torch.tensor(_program_map(rows, GROUP_ROWS_BLOCK[0]), dtype=torch.int32, device=device),
             torch.tensor(_program_map(cols, GROUP_COLUMNS_BLOCK[1]), dtype=torch.int32, device=device),
-            sum(rows), sum(cols),
-        )  # fmt: skip
+            sum(rows),
+            sum(cols),
+        )
         if not meta:
             _group_tables_cache[key] = tables
     return tables
 
 
 def power_iteration_grouped_launch(
-    weights: list[torch.Tensor], us: list[torch.Tensor], vs: list[torch.Tensor], sigmas: list[torch.Tensor],
-    n_power_iterations: int, eps: float,
-) -> None:  # fmt: skip
+    weights: list[torch.Tensor],
+    us: list[torch.Tensor],
+    vs: list[torch.Tensor],
+    sigmas: list[torch.Tensor],
+    n_power_iterations: int,
+    eps: float,
+) -> None:
     """The power method on every contiguous matrix of `weights` (one dtype), updating each u and v
     in place and writing each 0-d sigma (one dtype): three launches per iteration for all layers."""
     tables = _group_tables(weights, us, vs, sigmas)
@@ -286,17 +334,53 @@ def power_iteration_grouped_launch(
     w_typed = weights[0]  # typed pointer for the addresses in the tables
     for _ in range(n_power_iterations):
         launch(
-            _sn_group_rows_kernel, (tables.row_programs.shape[1],), w_ptrs, v_ptrs, rows, cols, t_offsets, *tables.row_programs, t,
-            w_typed, BLOCK_R=GROUP_ROWS_BLOCK[0], BLOCK_C=GROUP_ROWS_BLOCK[1], num_warps=GROUP_WARPS,
-        )  # fmt: skip
+            _sn_group_rows_kernel,
+            (tables.row_programs.shape[1],),
+            w_ptrs,
+            v_ptrs,
+            rows,
+            cols,
+            t_offsets,
+            *tables.row_programs,
+            t,
+            w_typed,
+            BLOCK_R=GROUP_ROWS_BLOCK[0],
+            BLOCK_C=GROUP_ROWS_BLOCK[1],
+            num_warps=GROUP_WARPS,
+        )
         launch(
-            _sn_group_cols_kernel, (tables.column_programs.shape[1],), w_ptrs, rows, cols, t_offsets, s_offsets, *tables.column_programs,
-            t, s, w_typed, BLOCK_R=GROUP_COLUMNS_BLOCK[0], BLOCK_C=GROUP_COLUMNS_BLOCK[1], num_warps=GROUP_WARPS,
-        )  # fmt: skip
+            _sn_group_cols_kernel,
+            (tables.column_programs.shape[1],),
+            w_ptrs,
+            rows,
+            cols,
+            t_offsets,
+            s_offsets,
+            *tables.column_programs,
+            t,
+            s,
+            w_typed,
+            BLOCK_R=GROUP_COLUMNS_BLOCK[0],
+            BLOCK_C=GROUP_COLUMNS_BLOCK[1],
+            num_warps=GROUP_WARPS,
+        )
         launch(
-            _sn_group_finish_kernel, (len(weights),), u_ptrs, v_ptrs, sigma_ptrs, rows, cols, t_offsets, s_offsets, t, s,
-            w_typed, sigmas[0], eps, BLOCK=FINISH_BLOCK,
-        )  # fmt: skip
+            _sn_group_finish_kernel,
+            (len(weights),),
+            u_ptrs,
+            v_ptrs,
+            sigma_ptrs,
+            rows,
+            cols,
+            t_offsets,
+            s_offsets,
+            t,
+            s,
+            w_typed,
+            sigmas[0],
+            eps,
+            BLOCK=FINISH_BLOCK,
+        )
 
 
 def scale_launch(w: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> None:
@@ -313,7 +397,19 @@ def scale_backward_launch(
     partial = torch.empty(programs, device=w.device, dtype=torch.float32)
     launch(_sn_grad_dot_kernel, (programs,), grad, w, partial, n, BLOCK=ELEMENTWISE_BLOCK)
     grad_dot_wsn = partial.sum() / sigma
-    launch(_sn_grad_write_kernel, (programs,), grad, u, v, grad_dot_wsn, sigma, grad_w, n, w.shape[1], BLOCK=ELEMENTWISE_BLOCK)
+    launch(
+        _sn_grad_write_kernel,
+        (programs,),
+        grad,
+        u,
+        v,
+        grad_dot_wsn,
+        sigma,
+        grad_w,
+        n,
+        w.shape[1],
+        BLOCK=ELEMENTWISE_BLOCK,
+    )
 
 
 # ---- torch.library ops --------------------------------------------------------------------------
@@ -339,7 +435,9 @@ def _sn_sigma(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
 
 @torch.library.triton_op("tritonsagan::sn_scale", mutates_args=())
-def _sn_scale(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+def _sn_scale(
+    w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """W / sigma, written in out_dtype (default: w's); u, v are kept for the backward."""
     out = torch.empty(w.shape, device=w.device, dtype=out_dtype or w.dtype)
     scale_launch(w, sigma, out)
@@ -347,7 +445,9 @@ def _sn_scale(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Te
 
 
 @torch.library.triton_op("tritonsagan::sn_scale_backward", mutates_args=())
-def _sn_scale_backward(grad: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def _sn_scale_backward(
+    grad: torch.Tensor, w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
     grad_w = torch.empty_like(w)
     scale_backward_launch(grad.contiguous(), w, u, v, sigma, grad_w)
     return grad_w

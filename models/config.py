@@ -22,7 +22,12 @@ Z_DIM = 128
 G_WIDTHS = {32: (4, 4, 4, 4), 64: (16, 16, 8, 4, 2), 128: (16, 16, 8, 4, 2, 1), 256: (16, 16, 8, 8, 4, 2, 1)}
 # D: each block's output width in multiples of ch, and whether it halves the resolution.
 D_WIDTHS = {32: (4, 4, 4, 4), 64: (1, 2, 4, 8, 16), 128: (1, 2, 4, 8, 16, 16), 256: (1, 2, 4, 8, 8, 16, 16)}
-D_DOWNSAMPLES = {32: (True, True, False, False), 64: (True,) * 4 + (False,), 128: (True,) * 5 + (False,), 256: (True,) * 6 + (False,)}
+D_DOWNSAMPLES = {
+    32: (True, True, False, False),
+    64: (True,) * 4 + (False,),
+    128: (True,) * 5 + (False,),
+    256: (True,) * 6 + (False,),
+}
 
 
 def check_image_size(name: str, image_size: int) -> None:
@@ -72,7 +77,9 @@ def _attention_block(model: str, attn_res: int, image_size: int, resolutions: tu
         return -1
     if attn_res not in resolutions:
         choices = ", ".join(map(str, sorted(set(resolutions))))
-        raise ValueError(f"{model}: at image_size {image_size}, attn_res must be 0 (no attention) or one of {choices}, got {attn_res}")
+        raise ValueError(
+            f"{model}: at image_size {image_size}, attn_res must be 0 (no attention) or one of {choices}, got {attn_res}"
+        )
     return resolutions.index(attn_res)
 
 
@@ -111,7 +118,9 @@ class GeneratorConfig:
         _check_choice("Generator", "init", self.init, INITS)
         _check_choice("Generator", "bias_init", self.bias_init, BIAS_INITS)
         _check_choice("Generator", "class_bn_init", self.class_bn_init, CLASS_BN_INITS)
-        _check_widths("Generator", self.ch, self.num_classes, self.attn_res, G_WIDTHS[self.image_size][self.attention_block + 1])
+        _check_widths(
+            "Generator", self.ch, self.num_classes, self.attn_res, G_WIDTHS[self.image_size][self.attention_block + 1]
+        )
         if self.z_dim < 1:
             raise ValueError(f"Generator: z_dim must be positive, got {self.z_dim}")
 
@@ -139,7 +148,9 @@ class DiscriminatorConfig:
         check_image_size("Discriminator: image_size", self.image_size)
         _check_choice("Discriminator", "init", self.init, INITS)
         _check_choice("Discriminator", "bias_init", self.bias_init, BIAS_INITS)
-        _check_widths("Discriminator", self.ch, self.num_classes, self.attn_res, D_WIDTHS[self.image_size][self.attention_block])
+        _check_widths(
+            "Discriminator", self.ch, self.num_classes, self.attn_res, D_WIDTHS[self.image_size][self.attention_block]
+        )
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -161,4 +172,3 @@ class TuningConfig:
     fused_qkv: bool = False  # the attention block's theta, phi, g as one 1x1 convolution of their stacked weights
     grouped_sn: bool = False  # every SN layer's power iteration in one grouped update per training forward
     sn_autocast_dtype: bool = False  # W / sigma written in the autocast dtype (no separate cast)
-

@@ -28,7 +28,9 @@ class Generator(PretrainedMixin, nn.Module):
         self.config = cfg = dataclasses.replace(config or GeneratorConfig(), **fields)
         widths = cfg.widths
         self.linear = SNLinear(cfg.z_dim, widths[0] * 4 * 4)
-        self.blocks = nn.ModuleList(GBlock(c_in, c_out, cfg.num_classes, cfg.class_bn_init) for c_in, c_out in zip(widths, widths[1:]))
+        self.blocks = nn.ModuleList(
+            GBlock(c_in, c_out, cfg.num_classes, cfg.class_bn_init) for c_in, c_out in zip(widths, widths[1:])
+        )
         self.attention = SelfAttention(widths[cfg.attention_block + 1]) if cfg.attn_res else None
         self.bn = nn.BatchNorm2d(widths[-1])
         self.conv_out = SNConv2d(widths[-1], IMAGE_CHANNELS, 3, padding=1)

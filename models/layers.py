@@ -12,9 +12,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 from tritonsagan.kernels import attention, init_spectral_norm_vectors, spectral_norm
-from tritonsagan.kernels.spectral_norm import autocast_dtype, power_iteration, power_iteration_grouped, spectral_norm_after_update
+from tritonsagan.kernels.spectral_norm import (
+    autocast_dtype,
+    power_iteration,
+    power_iteration_grouped,
+    spectral_norm_after_update,
+)
 
 from .config import ATTENTION_QUERY_KEY_RATIO, ATTENTION_VALUE_RATIO, CLASS_BN_INIT, TuningConfig
 
@@ -46,9 +50,13 @@ class SpectralNormMixin:
 
     def normalized_weight(self) -> torch.Tensor:
         out_dtype = autocast_dtype(self.weight.device.type) if self.sn_autocast_dtype else None
-        if self.sn_grouped and self.training:  # the model's model_power_iteration_grouped ran at the start of its forward
+        if (
+            self.sn_grouped and self.training
+        ):  # the model's model_power_iteration_grouped ran at the start of its forward
             return spectral_norm_after_update(self.weight, self.weight_u, self.weight_v, self.weight_sigma, out_dtype)
-        return spectral_norm(self.weight, self.weight_u, self.weight_v, self.n_power_iterations, self.sn_eps, self.training, out_dtype)
+        return spectral_norm(
+            self.weight, self.weight_u, self.weight_v, self.n_power_iterations, self.sn_eps, self.training, out_dtype
+        )
 
     @torch.no_grad()
     def power_iteration(self, n_power_iterations: int = 1) -> None:
@@ -89,11 +97,15 @@ def model_power_iteration_grouped(model: nn.Module, n_power_iterations: int | No
         raise ValueError(f"grouped spectral norm: the layers' (n_power_iterations, eps) differ: {sorted(settings)}")
     if not layers:
         return
-    (own_iterations, eps), = settings
+    ((own_iterations, eps),) = settings
     power_iteration_grouped(
-        [layer.weight.flatten(1) for layer in layers], [layer.weight_u for layer in layers], [layer.weight_v for layer in layers],
-        [layer.weight_sigma for layer in layers], n_power_iterations or own_iterations, eps,
-    )  # fmt: skip
+        [layer.weight.flatten(1) for layer in layers],
+        [layer.weight_u for layer in layers],
+        [layer.weight_v for layer in layers],
+        [layer.weight_sigma for layer in layers],
+        n_power_iterations or own_iterations,
+        eps,
+    )
 
 
 def model_power_iteration(model: nn.Module, n_power_iterations: int = 1) -> None:
@@ -145,7 +157,9 @@ class SelfAttention(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         if channels % ATTENTION_QUERY_KEY_RATIO != 0:
-            raise ValueError(f"SelfAttention: channels must be a multiple of {ATTENTION_QUERY_KEY_RATIO}, got {channels}")
+            raise ValueError(
+                f"SelfAttention: channels must be a multiple of {ATTENTION_QUERY_KEY_RATIO}, got {channels}"
+            )
         self.channels = channels
         d_qk, d_v = channels // ATTENTION_QUERY_KEY_RATIO, channels // ATTENTION_VALUE_RATIO
         self.theta = SNConv2d(channels, d_qk, 1, bias=False)
@@ -184,7 +198,14 @@ class ClassBatchNorm2d(nn.Module):
     With num_classes = 0 it is a plain batch norm with one learned affine, and `y` is ignored.
     """
 
-    def __init__(self, num_features: int, num_classes: int = 0, eps: float = 1e-5, momentum: float = 0.1, init: str = CLASS_BN_INIT) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int = 0,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        init: str = CLASS_BN_INIT,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.bn = nn.BatchNorm2d(num_features, eps=eps, momentum=momentum, affine=num_classes == 0)
@@ -208,7 +229,9 @@ class ClassBatchNorm2d(nn.Module):
 class GBlock(nn.Module):
     """Generator up-block: cBN, ReLU, 2x nearest upsample, conv3x3, cBN, ReLU, conv3x3; shortcut up + conv1x1."""
 
-    def __init__(self, in_channels: int, out_channels: int, num_classes: int = 0, class_bn_init: str = CLASS_BN_INIT) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, num_classes: int = 0, class_bn_init: str = CLASS_BN_INIT
+    ) -> None:
         super().__init__()
         self.bn1 = ClassBatchNorm2d(in_channels, num_classes, init=class_bn_init)
         self.conv1 = SNConv2d(in_channels, out_channels, 3, padding=1)

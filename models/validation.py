@@ -16,4 +16,6 @@ def check_labels(model: str, y: torch.Tensor | None, batch: int, num_classes: in
         raise ValueError(f"{model}: y must be an integer tensor of shape ({batch},), got {y.dtype} {tuple(y.shape)}")
     # A value check needs the data; skip it while tracing for torch.compile.
     if not torch.compiler.is_compiling() and y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise ValueError(f"{model}: class labels must be in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]")
+        raise ValueError(
+            f"{model}: class labels must be in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]"
+        )

@@ -9,11 +9,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
-
 from safetensors.torch import load_file
+from tritonsagan.kernels import attention_naive
 
 from tritonsagan.checkpoint import latest_checkpoint
-from tritonsagan.kernels import attention_naive
 from tritonsagan.train import TrainConfig
 
 # (B, N_q, N_k, d_qk, d_v) every attention path is checked at; each test file adds its own extremes.
@@ -91,7 +90,9 @@ class StandIn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.input_size = 48  # TorchScript infers the attribute's type (this file's annotations are strings)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, STAND_IN_FEATURES, 3, stride=2), nn.ReLU())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, STAND_IN_FEATURES, 3, stride=2), nn.ReLU()
+        )
         self.head = nn.Linear(STAND_IN_FEATURES, 5)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

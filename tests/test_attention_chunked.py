@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-
-from tritonsagan.kernels import attention, attention_chunked, attention_naive, use_backend
 from helpers import ATTENTION_SHAPES, attention_float64, rel_err
+from tritonsagan.kernels import attention, attention_chunked, attention_naive, use_backend
 
 SHAPES = ATTENTION_SHAPES + [(1, 5, 300, 3, 7)]  # (B, N_q, N_k, d_qk, d_v)
 

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-
+from helpers import ATTENTION_SHAPES, attention_float64, rel_err
 from tritonsagan.kernels import attention, attention_naive, attention_triton, use_backend
 from tritonsagan.kernels.attention_kernels import attention_bwd_launch, attention_fwd_launch
 from tritonsagan.models import Discriminator, Generator, SelfAttention
-from helpers import ATTENTION_SHAPES, attention_float64, rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -36,7 +35,13 @@ def test_launches_match_float64_with_poisoned_outputs(shape):
     dq, dk, dvv = (torch.full_like(t, nan) for t in (q, k, v))
     attention_bwd_launch(grad_out, q, k, v, out, lse, scale, dq, dk, dvv)
 
-    for name, got, want in (("out", out, ref_out), ("lse", lse, ref_lse), ("dq", dq, ref_dq), ("dk", dk, ref_dk), ("dv", dvv, ref_dv)):
+    for name, got, want in (
+        ("out", out, ref_out),
+        ("lse", lse, ref_lse),
+        ("dq", dq, ref_dq),
+        ("dk", dk, ref_dk),
+        ("dv", dvv, ref_dv),
+    ):
         assert rel_err(got, want) < 1e-4, name
 
 
@@ -63,7 +68,10 @@ def test_autograd_on_strided_conv_layout():
         (lambda: (_random(2, 8, 4), _random(3, 8, 4), _random(3, 8, 4)), "batch sizes differ"),
         (lambda: (_random(2, 8), _random(2, 8, 4), _random(2, 8, 4)), "q must be 3-D"),
         (lambda: (_random(1, 8, 65), _random(1, 8, 65), _random(1, 8, 4)), r"d_qk <= 64 and d_v <= 256, got d_qk 65"),
-        (lambda: (_random(1, 8, 4), _random(1, 8, 4), _random(1, 8, 257)), r"d_qk <= 64 and d_v <= 256, got d_qk 4, d_v 257"),
+        (
+            lambda: (_random(1, 8, 4), _random(1, 8, 4), _random(1, 8, 257)),
+            r"d_qk <= 64 and d_v <= 256, got d_qk 4, d_v 257",
+        ),
         (lambda: tuple(torch.ones(1, 8, 4, dtype=torch.int32, device=DEVICE) for _ in range(3)), "floating-point"),
         (lambda: tuple(_random(1, 8, 4, dtype=torch.float64) for _ in range(3)), "float32, float16 or bfloat16"),
         (lambda: (_random(1, 8, 4), _random(1, 8, 4).half(), _random(1, 8, 4)), "share a dtype"),

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 import torch
-
 from tritonsagan.bench import hopper
-from tritonsagan.bench.cli import main as bench_main, report_name
 from tritonsagan.bench.cells import number as format_number
+from tritonsagan.bench.cli import main as bench_main
+from tritonsagan.bench.cli import report_name
 from tritonsagan.bench.summary import summary_markdown
 from tritonsagan.bench.targets import evaluate_targets
 from tritonsagan.bench.train_step import VARIANT_IDS
@@ -18,14 +18,24 @@ from tritonsagan.bench.train_step import VARIANT_IDS
 
 def _bench(tmp_path, *args: str) -> dict:
     """Run the bench with --json pointing at a folder; return the one report written there."""
-    result = subprocess.run([sys.executable, "-m", "tritonsagan.bench.cli", "--quick", "--device", "cpu", "--json", f"{tmp_path}/", *args],
-                            capture_output=True, text=True, timeout=900)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "tritonsagan.bench.cli", "--quick", "--device", "cpu", "--json", f"{tmp_path}/", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (written,) = tmp_path.glob("*.json")
     report = json.loads(written.read_text())
     header = result.stdout.splitlines()[0]  # a readable line, not the environment dict
-    assert header.startswith(f"tritonsagan-bench on {report['environment']['device']} (cpu, --quick): torch {torch.__version__}"), header
-    assert written.name == report_name(report) and written.name.startswith("cpu-") and report["environment"]["date"][:10] in written.name
+    assert header.startswith(
+        f"tritonsagan-bench on {report['environment']['device']} (cpu, --quick): torch {torch.__version__}"
+    ), header
+    assert (
+        written.name == report_name(report)
+        and written.name.startswith("cpu-")
+        and report["environment"]["date"][:10] in written.name
+    )
     return report
 
 
@@ -46,7 +56,9 @@ def test_quick_report_has_every_section(tmp_path):
             assert row["available"] is False and row["reason"]  # no CUDA: marked, not failed
         else:
             assert row["available"] is True
-            assert all(_positive(row[key]) for key in ("fwd_ms", "fwd_bwd_ms", "fwd_bwd_tflops", "fwd_bwd_pct_of_floor"))
+            assert all(
+                _positive(row[key]) for key in ("fwd_ms", "fwd_bwd_ms", "fwd_bwd_tflops", "fwd_bwd_pct_of_floor")
+            )
 
     sn = report["spectral_norm"]
     assert {r["impl"] for r in sn["layers"] if r["available"]} == {"torch parametrization", "torch path (ours)"}
@@ -56,30 +68,63 @@ def test_quick_report_has_every_section(tmp_path):
         assert math.isclose(total["fwd_bwd_ms"], expected, rel_tol=1e-9)
 
     train = {r["id"]: r for r in report["train_step"]}
-    assert list(train) == VARIANT_IDS and {"a", "a'", "b", "c", "d", "e", "f", "d+grouped_sn", "d+max_autotune", "d+all"} <= set(train)
-    assert train["a"]["backend"] == "naive" and train["a'"]["backend"] == "naive" and train["a'"]["bf16"] and train["a'"]["tf32"]
+    assert list(train) == VARIANT_IDS and {
+        "a",
+        "a'",
+        "b",
+        "c",
+        "d",
+        "e",
+        "f",
+        "d+grouped_sn",
+        "d+max_autotune",
+        "d+all",
+    } <= set(train)
+    assert (
+        train["a"]["backend"] == "naive"
+        and train["a'"]["backend"] == "naive"
+        and train["a'"]["bf16"]
+        and train["a'"]["tf32"]
+    )
     assert train["c"]["compile"] is True and train["d+channels_last"]["tuning"] == {"channels_last": True}
     assert train["e"]["diffaug"] == "color,translation,cutout" and all(train[k]["diffaug"] == "" for k in "abcd")
     for key in ("a", "b", "c", "e"):
-        assert train[key]["available"] and _positive(train[key]["images_per_s"]) and _positive(train[key]["pct_of_floor"])
-        assert train[key]["flops_per_image"] == pytest.approx(2.63e9, rel=0.01)  # ch 8: torch's FLOP counter, D step + G step
+        assert (
+            train[key]["available"] and _positive(train[key]["images_per_s"]) and _positive(train[key]["pct_of_floor"])
+        )
+        assert train[key]["flops_per_image"] == pytest.approx(
+            2.63e9, rel=0.01
+        )  # ch 8: torch's FLOP counter, D step + G step
     for key in VARIANT_IDS:
         if train[key]["bf16"]:
             assert train[key]["available"] is False and "CUDA" in train[key]["reason"]
 
     data = report["data"]
-    assert [r["files"] for r in data["folder"]] == [100, 200_000] and all(_positive(r["ms_per_sample"]) for r in data["folder"])
+    assert [r["files"] for r in data["folder"]] == [100, 200_000] and all(
+        _positive(r["ms_per_sample"]) for r in data["folder"]
+    )
     assert _positive(data["packed"]["ms_per_sample"])
-    assert {r["source"] for r in data["loader"]} == {"packed", "folder (200000 files)"} and all(_positive(r["images_per_s"]) for r in data["loader"])
+    assert {r["source"] for r in data["loader"]} == {"packed", "folder (200000 files)"} and all(
+        _positive(r["images_per_s"]) for r in data["loader"]
+    )
 
     targets = report["targets"]
     gpu_targets, data_targets = targets[:-2], targets[-2:]
-    assert len(gpu_targets) == 12 and all(t["status"] == "not measured" and t["met"] is None for t in gpu_targets)  # no Triton, no bf16
-    assert all(t["target"].startswith("data:") and t["measured"] is not None and t["met"] in (True, False) for t in data_targets)
+    assert len(gpu_targets) == 12 and all(
+        t["status"] == "not measured" and t["met"] is None for t in gpu_targets
+    )  # no Triton, no bf16
+    assert all(
+        t["target"].startswith("data:") and t["measured"] is not None and t["met"] in (True, False)
+        for t in data_targets
+    )
 
-    table = summary_markdown([("cpu.json", report), ("learning.json", {"environment": report["environment"], "learning": {}})]).splitlines()
+    table = summary_markdown(
+        [("cpu.json", report), ("learning.json", {"environment": report["environment"], "learning": {}})]
+    ).splitlines()
     assert len(table) == 3 and table[2].startswith("| `cpu.json` |")  # a report without timed sections has no row
-    assert f"{format_number(train['a']['images_per_s'])} / n/a / {format_number(train['b']['images_per_s'])}" in table[2]
+    assert (
+        f"{format_number(train['a']['images_per_s'])} / n/a / {format_number(train['b']['images_per_s'])}" in table[2]
+    )
 
 
 def test_sections_and_variants_merge_into_one_report(tmp_path):
@@ -87,7 +132,11 @@ def test_sections_and_variants_merge_into_one_report(tmp_path):
     first = _bench(tmp_path, "--only", "train", "--variants", "b,a")
     assert "train_step" in first and "spectral_norm" not in first
     merged = _bench(tmp_path, "--only", "sn,train", "--variants", "a'", "--merge")  # a section and a row added
-    assert merged["train_step"][::2] == first["train_step"] and [r["id"] for r in merged["train_step"]] == ["a", "a'", "b"]
+    assert merged["train_step"][::2] == first["train_step"] and [r["id"] for r in merged["train_step"]] == [
+        "a",
+        "a'",
+        "b",
+    ]
     assert "spectral_norm" in merged and len(merged["targets"]) == 14
 
 
@@ -105,27 +154,49 @@ def test_only_runs_one_section(tmp_path):
 
 
 def _attention_row(shape: str, batch: int, impl: str, ms: float, pct: float = 60.0, peak: int | None = None) -> dict:
-    return {"shape": shape, "batch": batch, "impl": impl, "available": True, "fwd_bwd_ms": ms,
-            "fwd_bwd_pct_of_floor": pct, "peak_extra_bytes": peak}  # fmt: skip
+    return {
+        "shape": shape,
+        "batch": batch,
+        "impl": impl,
+        "available": True,
+        "fwd_bwd_ms": ms,
+        "fwd_bwd_pct_of_floor": pct,
+        "peak_extra_bytes": peak,
+    }
 
 
 def test_targets_met_missed_and_by_how_much():
     rows = []
     for shape in ("G 32x32", "D 32x32"):
-        rows += [_attention_row(shape, 16, "triton", 10.0),  # below batch 64: ignored
-                 _attention_row(shape, 64, "triton", 1.0), _attention_row(shape, 64, "sdpa cudnn", 2.5),
-                 _attention_row(shape, 64, "sdpa mem-efficient", 3.0), _attention_row(shape, 64, "naive bmm+softmax", 3.0),
-                 _attention_row(shape, 128, "triton", 2.0, pct=40.0), _attention_row(shape, 128, "sdpa cudnn", 5.0),
-                 _attention_row(shape, 128, "naive bmm+softmax", 9.0)]  # fmt: skip
-    rows += [_attention_row("D 32x32", 256, "triton", 1.0, peak=100), _attention_row("G 64x64", 256, "triton", 1.0, peak=420)]
-    rows += [_attention_row("G 32x32", 64, "flex (compiled)", 1.2), _attention_row("G 32x32", 128, "flex (compiled)", 3.0)]
+        rows += [
+            _attention_row(shape, 16, "triton", 10.0),  # below batch 64: ignored
+            _attention_row(shape, 64, "triton", 1.0),
+            _attention_row(shape, 64, "sdpa cudnn", 2.5),
+            _attention_row(shape, 64, "sdpa mem-efficient", 3.0),
+            _attention_row(shape, 64, "naive bmm+softmax", 3.0),
+            _attention_row(shape, 128, "triton", 2.0, pct=40.0),
+            _attention_row(shape, 128, "sdpa cudnn", 5.0),
+            _attention_row(shape, 128, "naive bmm+softmax", 9.0),
+        ]
+    rows += [
+        _attention_row("D 32x32", 256, "triton", 1.0, peak=100),
+        _attention_row("G 64x64", 256, "triton", 1.0, peak=420),
+    ]
+    rows += [
+        _attention_row("G 32x32", 64, "flex (compiled)", 1.2),
+        _attention_row("G 32x32", 128, "flex (compiled)", 3.0),
+    ]
     report = {
         "attention": rows,
-        "spectral_norm": {"totals": {"triton fused": {"fwd_bwd_ms": 4.0}, "torch parametrization": {"fwd_bwd_ms": 6.0}}},
-        "train_step": [{"id": "a", "variant": "(a) ref", "available": True, "images_per_s": 100.0, "ch": 64, "batch": 256},
-                       {"id": "a'", "variant": "(a') ref bf16", "available": True, "images_per_s": 1000.0, "ch": 64, "batch": 256},
-                       {"id": "d", "variant": "(d) bf16", "available": True, "images_per_s": 1800.0, "ch": 64, "batch": 256}],
-    }  # fmt: skip
+        "spectral_norm": {
+            "totals": {"triton fused": {"fwd_bwd_ms": 4.0}, "torch parametrization": {"fwd_bwd_ms": 6.0}}
+        },
+        "train_step": [
+            {"id": "a", "variant": "(a) ref", "available": True, "images_per_s": 100.0, "ch": 64, "batch": 256},
+            {"id": "a'", "variant": "(a') ref bf16", "available": True, "images_per_s": 1000.0, "ch": 64, "batch": 256},
+            {"id": "d", "variant": "(d) bf16", "available": True, "images_per_s": 1800.0, "ch": 64, "batch": 256},
+        ],
+    }
     by_name = {t["target"]: t for t in evaluate_targets(report)}
     sdpa = by_name["attention G 32x32: speed-up over the best SDPA backend"]
     assert sdpa["measured"] == 2.5 and sdpa["met"] is True  # worst of batch 64 (2.5x) and 128 (2.5x)
@@ -147,7 +218,9 @@ def test_targets_met_missed_and_by_how_much():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
-@pytest.mark.parametrize("device, message", [("cuda", "CUDA is not available"), ("tpu:7", "not a device"), ("meta", "runs on cpu or cuda")])
+@pytest.mark.parametrize(
+    "device, message", [("cuda", "CUDA is not available"), ("tpu:7", "not a device"), ("meta", "runs on cpu or cuda")]
+)
 def test_bad_device_is_a_clear_error(device, message, capsys):
     assert bench_main(["--device", device]) == 1
     err = capsys.readouterr().err
@@ -156,9 +229,19 @@ def test_bad_device_is_a_clear_error(device, message, capsys):
 
 def test_hopper_section_is_printed_and_saved(tmp_path, monkeypatch, capsys):
     """--only hopper: the compile report (faked here; tests/test_hopper_compile.py builds the real one)."""
-    row = {"op": "attention forward", "kernel": "_attention_fwd_kernel", "shape": "G ch 64: d_qk 32, d_v 128", "dtype": "bfloat16",
-           "precision": "ieee", "config": "BLOCK_M 64, BLOCK_N 64, warps 4, stages 2", "registers": 168, "spill_bytes": 0,
-           "shared_bytes": 45056, "dot": "wgmma", "problems": []}  # fmt: skip
+    row = {
+        "op": "attention forward",
+        "kernel": "_attention_fwd_kernel",
+        "shape": "G ch 64: d_qk 32, d_v 128",
+        "dtype": "bfloat16",
+        "precision": "ieee",
+        "config": "BLOCK_M 64, BLOCK_N 64, warps 4, stages 2",
+        "registers": 168,
+        "spill_bytes": 0,
+        "shared_bytes": 45056,
+        "dot": "wgmma",
+        "problems": [],
+    }
     fake = {"triton": "3.x", "target": "cuda sm_90a", "shared_limit_bytes": 232448, "all_configs": False, "rows": [row]}
     monkeypatch.setattr(hopper, "compile_report", lambda: fake)
     out = tmp_path / "report.json"
@@ -173,41 +256,80 @@ def test_learning_section_measures_each_step_and_draws_its_curves(tmp_path, monk
     """--only learning --quick: a row per measured step with photo_match and the fixed pattern of G and
     G_ema, KID on the named network, D's logits, losses and seconds; the grids; the curves beside a
     peer's figures."""
-    from tritonsagan.bench.learning import main as learning_main
-    from tritonsagan.evaluate import FID_WEIGHTS_ENV
     from helpers import stand_in_network
+    from tritonsagan.bench.learning import main as learning_main
+
+    from tritonsagan.evaluate import FID_WEIGHTS_ENV
 
     monkeypatch.setenv(FID_WEIGHTS_ENV, str(stand_in_network(tmp_path / "net.pt")))
     report = _bench(tmp_path / "report", "--only", "learning", "--samples", str(tmp_path / "grids"))
     learning = report["learning"]
     assert set(report) == {"environment", "quick", "learning"}
-    assert learning["recipe"]["image_size"] == 64 and learning["recipe"]["conditional"] and learning["network"].startswith("unknown TorchScript")
+    assert (
+        learning["recipe"]["image_size"] == 64
+        and learning["recipe"]["conditional"]
+        and learning["network"].startswith("unknown TorchScript")
+    )
     assert 0.9 <= learning["fresh_crops_photo_match"] <= 1 and math.isfinite(learning["kid_real_vs_real"])
     assert 0 <= learning["fixed_pattern_real"] < 0.05
     assert [row["step"] for row in learning["rows"]] == [2, 4]
     for row in learning["rows"]:
         assert all(0 <= row[key] <= 1 for key in ("photo_match_g", "photo_match_g_ema"))
         assert all(math.isfinite(row[key]) and row[key] >= 0 for key in ("fixed_pattern_g", "fixed_pattern_g_ema"))
-        assert all(math.isfinite(row[key]) for key in ("kid", "d_real", "d_fake", "loss_d", "loss_g")) and _positive(row["seconds"])
+        assert all(math.isfinite(row[key]) for key in ("kid", "d_real", "d_fake", "loss_d", "loss_g")) and _positive(
+            row["seconds"]
+        )
     assert learning["rows"][1]["seconds"] > learning["rows"][0]["seconds"]
     assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["step_0000002_ema.png", "step_0000004_ema.png"]
 
     peer, other_seed = tmp_path / "peer.json", tmp_path / "peer_seed1.json"
-    peer.write_text(json.dumps({"name": "a peer", "rows": [{"step": 2, "photo_match_g": 0.5, "fixed_pattern_g": 0.4}, {"step": 4, "photo_match_g": 0.6}]}))
-    other_seed.write_text(json.dumps({"name": "a peer", "settings": {"seed": 1}, "rows": [{"step": 2, "photo_match_g": 0.4}]}))
+    peer.write_text(
+        json.dumps(
+            {
+                "name": "a peer",
+                "rows": [{"step": 2, "photo_match_g": 0.5, "fixed_pattern_g": 0.4}, {"step": 4, "photo_match_g": 0.6}],
+            }
+        )
+    )
+    other_seed.write_text(
+        json.dumps({"name": "a peer", "settings": {"seed": 1}, "rows": [{"step": 2, "photo_match_g": 0.4}]})
+    )
     (written,) = (tmp_path / "report").glob("*.json")
-    assert learning_main([str(written), "--peer", str(peer), "--peer", str(other_seed), "--out", str(tmp_path / "learning.png")]) == 0
+    assert (
+        learning_main(
+            [str(written), "--peer", str(peer), "--peer", str(other_seed), "--out", str(tmp_path / "learning.png")]
+        )
+        == 0
+    )
     assert (tmp_path / "learning.png").stat().st_size > 10_000
-    assert learning_main([str(written), *["--peer", str(peer)] * 5, "--out", str(tmp_path / "five.png")]) == 2  # at most 4
+    assert (
+        learning_main([str(written), *["--peer", str(peer)] * 5, "--out", str(tmp_path / "five.png")]) == 2
+    )  # at most 4
 
 
 def test_the_learning_table_has_a_row_per_run_with_dashes_where_a_figure_is_missing():
     from tritonsagan.bench.learning import comparison_markdown
 
-    ours = {"learning": {"recipe": {}, "fixed_pattern_real": 0.012, "rows": [{"step": 500, "photo_match_g": 0.5, "photo_match_g_ema": 0.25},
-            {"step": 1000, "photo_match_g": 0.75, "photo_match_g_ema": 0.5, "fixed_pattern_g": 0.5, "fixed_pattern_g_ema": 0.25}]}}  # fmt: skip
+    ours = {
+        "learning": {
+            "recipe": {},
+            "fixed_pattern_real": 0.012,
+            "rows": [
+                {"step": 500, "photo_match_g": 0.5, "photo_match_g_ema": 0.25},
+                {
+                    "step": 1000,
+                    "photo_match_g": 0.75,
+                    "photo_match_g_ema": 0.5,
+                    "fixed_pattern_g": 0.5,
+                    "fixed_pattern_g_ema": 0.25,
+                },
+            ],
+        }
+    }
     peer = {"name": "a peer", "rows": [{"step": 1000, "photo_match_g": 0.875, "fixed_pattern_g": 0.375}]}
-    header, rule, *rows = comparison_markdown([("ours.json", ours), ("timings.json", {"attention": []}), ("peer.json", peer)]).splitlines()
+    header, rule, *rows = comparison_markdown(
+        [("ours.json", ours), ("timings.json", {"attention": []}), ("peer.json", peer)]
+    ).splitlines()
     assert "fixed pattern G / G_ema at 1000 (real crops 0.01)" in header and rule.count("|") == header.count("|")
     assert rows == [
         "| `ours.json` | none | 0.50 / 0.75 / - | 0.25 / 0.50 / - | 0.50 / 0.25 | - |",
@@ -224,6 +346,10 @@ def test_the_readmes_learning_table_is_generated_from_the_committed_reports():
 
     root = Path(__file__).parent.parent
     results = root / "bench" / "results"
-    paths = sorted(results.glob("*.json")) + sorted((results / "learning").glob("*.json")) + sorted((results / "peers").glob("*.json"))
+    paths = (
+        sorted(results.glob("*.json"))
+        + sorted((results / "learning").glob("*.json"))
+        + sorted((results / "peers").glob("*.json"))
+    )
     table = comparison_markdown([(p.name, json.loads(p.read_text())) for p in paths])
     assert table in (root / "README.md").read_text()

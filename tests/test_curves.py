@@ -8,7 +8,8 @@ import numpy as np
 from PIL import Image
 
 import tritonsagan.curves as curves
-from tritonsagan.curves import PANELS, MetricsLog, main as curves_main, read_metrics
+from tritonsagan.curves import PANELS, MetricsLog, read_metrics
+from tritonsagan.curves import main as curves_main
 from tritonsagan.run_directory import RunDirectory
 from tritonsagan.train import TrainConfig, train
 
@@ -38,17 +39,39 @@ def test_curves_command_draws_several_runs(tmp_path, capsys):
     for name, scale in (("a", 1.0), ("b", 2.0)):
         run = tmp_path / name
         run.mkdir()
-        records = [{"step": s, "loss_d": scale / s, "loss_g": scale, "d_real": 1.0, "d_fake": -1.0, "gamma_g": [0.1 * s],
-                    "gamma_d": [0.2 * s], "images_per_s": 10.0} for s in range(1, 6)]  # fmt: skip
+        records = [
+            {
+                "step": s,
+                "loss_d": scale / s,
+                "loss_g": scale,
+                "d_real": 1.0,
+                "d_fake": -1.0,
+                "gamma_g": [0.1 * s],
+                "gamma_d": [0.2 * s],
+                "images_per_s": 10.0,
+            }
+            for s in range(1, 6)
+        ]
         records.append({"step": 5, "fid": 100.0 * scale, "kid": 0.1, "kid_std": 0.01})
-        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + '{"step": 6, "loss')  # cut short
+        (run / "metrics.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in records) + '{"step": 6, "loss'
+        )  # cut short
         runs.append(str(run))
     out = tmp_path / "compare.png"
     assert curves_main([*runs, "--out", str(out)]) == 0
     assert "wrote" in capsys.readouterr().err
     assert _colour_pixels(out) > 500
     assert len(read_metrics(runs[0])) == 6  # the cut-short last line of a killed run is ignored
-    assert {key for _, _, lines in PANELS for key, _, _ in lines} >= {"loss_d", "loss_g", "d_real", "d_fake", "gamma_g", "fid", "kid", "images_per_s"}
+    assert {key for _, _, lines in PANELS for key, _, _ in lines} >= {
+        "loss_d",
+        "loss_g",
+        "d_real",
+        "d_fake",
+        "gamma_g",
+        "fid",
+        "kid",
+        "images_per_s",
+    }
 
 
 def _tensorboard_events(folder) -> list:
@@ -75,7 +98,14 @@ def test_tensorboard_gets_the_curves_panels_and_the_sample_grids(tmp_path):
                 images[(value.tag, event.step)] = Image.open(io.BytesIO(value.image.encoded_image_string))
             else:
                 scalars.setdefault(value.tag, []).append(event.step)
-    for tag in ("losses/loss_d", "losses/loss_g", "d_logits/d_real", "attention_gamma/gamma_g", "attention_gamma/gamma_d", "throughput/images_per_s"):
+    for tag in (
+        "losses/loss_d",
+        "losses/loss_g",
+        "d_logits/d_real",
+        "attention_gamma/gamma_g",
+        "attention_gamma/gamma_d",
+        "throughput/images_per_s",
+    ):
         assert scalars[tag] == [1, 2], tag
     grid = Image.open(run / "samples" / "step_0000002_ema.png")
     assert set(images) == {("samples/G", 2), ("samples/G_ema", 2)}
@@ -97,4 +127,7 @@ def test_curves_are_redrawn_at_most_every_redraw_interval_and_at_the_end(tmp_pat
     log.write({"step": 7, "loss_d": 1.0})
     log.close()
     assert drawn[2:] == [6, 7]  # every log when allowed, and no extra drawing at the end
-    assert not MetricsLog(RunDirectory(tmp_path / "x"), resume_step=0, enabled=False).records and not (tmp_path / "x").exists()  # other ranks write nothing
+    assert (
+        not MetricsLog(RunDirectory(tmp_path / "x"), resume_step=0, enabled=False).records
+        and not (tmp_path / "x").exists()
+    )  # other ranks write nothing

@@ -7,12 +7,21 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import image_folder, write_image
 from PIL import Image
 
-from tritonsagan.data import BuiltinPhotoStream, DataError, ImageFolderStream, ImageLimits, ImageStream, load_rgb, resize_and_crop, short_side_crop
+from tritonsagan.data import (
+    BuiltinPhotoStream,
+    DataError,
+    ImageFolderStream,
+    ImageLimits,
+    ImageStream,
+    load_rgb,
+    resize_and_crop,
+    short_side_crop,
+)
 from tritonsagan.loader import StreamBatchSampler, make_dataset, make_loader
 from tritonsagan.packed import PackedDataset, prepare
-from helpers import image_folder, write_image
 
 
 def test_image_folder_with_corrupt_non_image_grayscale_and_rgba_files(tmp_path):
@@ -75,7 +84,8 @@ def test_short_side_crop_centres_or_draws_inside_the_resized_image(tmp_path):
     flipped = [resize_and_crop(image, 128, np.random.default_rng(seed), random_crop=False) for seed in range(20)]
     kinds = {"same" if np.array_equal(np.asarray(f), np.asarray(centre)) else "flipped" for f in flipped}
     assert kinds == {"same", "flipped"} and all(
-        np.array_equal(np.asarray(f), np.asarray(centre)) or np.array_equal(np.asarray(f), np.asarray(centre)[:, ::-1]) for f in flipped
+        np.array_equal(np.asarray(f), np.asarray(centre)) or np.array_equal(np.asarray(f), np.asarray(centre)[:, ::-1])
+        for f in flipped
     )
 
 
@@ -84,9 +94,18 @@ def test_every_source_keeps_the_stream_contract(tmp_path):
     prepare(tmp_path / "src", tmp_path / "packed", conditional=True, progress=False)
     for data in (str(tmp_path / "src"), str(tmp_path / "packed"), "builtin"):
         dataset = make_dataset(data, seed=0, conditional=True)
-        assert isinstance(dataset, ImageStream) and dataset.num_classes == len(dataset.classes) > 0 and data in dataset.name
+        assert (
+            isinstance(dataset, ImageStream)
+            and dataset.num_classes == len(dataset.classes) > 0
+            and data in dataset.name
+        )
         image, label, skipped = dataset[len(dataset) + 3]  # past the first epoch
-        assert image.shape == (3, 128, 128) and image.dtype == torch.uint8 and 0 <= label < dataset.num_classes and skipped == 0
+        assert (
+            image.shape == (3, 128, 128)
+            and image.dtype == torch.uint8
+            and 0 <= label < dataset.num_classes
+            and skipped == 0
+        )
     # A batch of repeating samples needs that many images; fresh random crops need none.
     with pytest.raises(DataError, match=r"src: 12 images, fewer than one batch of 13"):
         make_loader(make_dataset(str(tmp_path / "src"), 0, conditional=True), 13, 0, workers=0)
@@ -151,16 +170,19 @@ def test_tiny_and_elongated_images_are_skipped_and_counted(tmp_path):
     manifest = prepare(tmp_path, tmp_path.parent / "packed", progress=False)
     skipped = manifest["shards"][0]["skipped"]
     assert manifest["count"] == 3 and skipped == {
-        "dot.png": "1x1 px, shorter side below 32", "strip.png": "5000x10 px, shorter side below 32",
+        "dot.png": "1x1 px, shorter side below 32",
+        "strip.png": "5000x10 px, shorter side below 32",
         "wide.png": "600x128 px, aspect ratio above 4",
-    }  # fmt: skip
+    }
     loose = ImageLimits(min_side=1, max_aspect_ratio=5000)
     assert prepare(tmp_path, tmp_path.parent / "loose", progress=False, limits=loose)["count"] == 6
     with pytest.raises(DataError, match="--min-image-side must be >= 1"):
         ImageLimits(min_side=0)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a file name that is not UTF-8 needs a byte-named file system")
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="a file name that is not UTF-8 needs a byte-named file system"
+)
 def test_a_file_name_that_is_not_utf8_is_left_out_and_listed(tmp_path, capsys):
     image_folder(tmp_path / "src", classes=("cats",), per_class=3)
     write_image(tmp_path / "good.png", 5)

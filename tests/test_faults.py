@@ -14,17 +14,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli_flags, final_weights, tiny_config
 from safetensors.torch import load_file
 
 import tritonsagan.train as train_module
 from tritonsagan.checkpoint import list_checkpoints, read_checkpoint
 from tritonsagan.cli import INTERRUPTED_EXIT_CODE, device_name
-from tritonsagan.curves import main as curves_main, read_metrics
+from tritonsagan.curves import main as curves_main
+from tritonsagan.curves import read_metrics
 from tritonsagan.run_directory import RunDirectory, RunInUse, load_generator
 from tritonsagan.stop_signals import StopRequests
-from tritonsagan.train import main as train_main, train
+from tritonsagan.train import main as train_main
+from tritonsagan.train import train
 from tritonsagan.weights_io import WeightsError
-from helpers import cli_flags, final_weights, tiny_config
 
 SRC = str(Path(__file__).resolve().parents[1])  # where `python -m tritonsagan...` finds the package from a subprocess
 
@@ -56,10 +58,16 @@ def _steps_logged(run: Path) -> list[int]:
 
 @pytest.mark.parametrize(
     "change, named",
-    [(dict(ch=16), ["--ch 8 (this command: 16)"]), (dict(seed=3), ["--seed 0 (this command: 3)"]),
-     (dict(batch_size=2, conditional=True), ["--batch-size 4 (this command: 2)", "--conditional False (this command: True)"]),
-     (dict(image_size=64), ["--image-size 128 (this command: 64)"])],
-)  # fmt: skip
+    [
+        (dict(ch=16), ["--ch 8 (this command: 16)"]),
+        (dict(seed=3), ["--seed 0 (this command: 3)"]),
+        (
+            dict(batch_size=2, conditional=True),
+            ["--batch-size 4 (this command: 2)", "--conditional False (this command: True)"],
+        ),
+        (dict(image_size=64), ["--image-size 128 (this command: 64)"]),
+    ],
+)
 def test_resume_refuses_settings_that_shape_the_models_or_the_data(tmp_path, capsys, change, named):
     run = tmp_path / "run"
     train(tiny_config(run, steps=2))
@@ -67,14 +75,19 @@ def test_resume_refuses_settings_that_shape_the_models_or_the_data(tmp_path, cap
     assert train_main(["--out", str(run), "--steps", "4", *cli_flags(**change)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and all(n in err for n in named) and "train into a new --out" in err
-    assert (run / "config.json").read_text() == config_before and [s for s, _ in list_checkpoints(run / "checkpoints")] == [2]
+    assert (run / "config.json").read_text() == config_before and [
+        s for s, _ in list_checkpoints(run / "checkpoints")
+    ] == [2]
 
 
 def test_resume_applies_and_records_the_settings_that_may_change(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(run, steps=2, log_every=1))
     trainer = train(tiny_config(run, steps=4, log_every=1, lr_g=1e-3, beta2=0.99))
-    assert [g["lr"] for g in trainer.opt_g.param_groups] == [1e-3] and trainer.opt_g.param_groups[0]["betas"] == (0.0, 0.99)
+    assert [g["lr"] for g in trainer.opt_g.param_groups] == [1e-3] and trainer.opt_g.param_groups[0]["betas"] == (
+        0.0,
+        0.99,
+    )
     records = read_metrics(run)
     assert [(r["step"], r["lr_g"]) for r in records] == [(1, 1e-4), (2, 1e-4), (3, 1e-3), (4, 1e-3)]
     config = json.loads((run / "config.json").read_text())
@@ -101,10 +114,17 @@ def test_resume_with_fewer_steps_than_done_is_refused(tmp_path, capsys):
 def test_a_second_training_on_a_run_directory_stops_at_once_with_the_pid(tmp_path, capsys):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from tritonsagan.run_directory import RunDirectory, RunLock; "
-         "lock = RunLock(RunDirectory(sys.argv[1])); print('locked', flush=True); time.sleep(600)", str(run)],
-        stdout=subprocess.PIPE, text=True, cwd=SRC,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tritonsagan.run_directory import RunDirectory, RunLock; "
+            "lock = RunLock(RunDirectory(sys.argv[1])); print('locked', flush=True); time.sleep(600)",
+            str(run),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=SRC,
+    )
     try:
         assert holder.stdout.readline() == "locked\n"
         with pytest.raises(RunInUse, match=f"in use by another training process \\(pid {holder.pid}\\)"):
@@ -153,9 +173,14 @@ def _flip_bytes(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [_flip_bytes, lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), lambda p: p.write_bytes(b"")],
-                         ids=["bytes overwritten", "truncated", "empty"])  # fmt: skip
-def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(tmp_path, capsys, damage, straight):
+@pytest.mark.parametrize(
+    "damage",
+    [_flip_bytes, lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), lambda p: p.write_bytes(b"")],
+    ids=["bytes overwritten", "truncated", "empty"],
+)
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+    tmp_path, capsys, damage, straight
+):
     run = tmp_path / "run"
     train(tiny_config(run, steps=4))
     newest = run / "checkpoints" / "step_0000004.safetensors"
@@ -194,7 +219,10 @@ def test_the_last_good_checkpoint_of_a_diverged_run_is_one_that_passed(tmp_path,
 def test_temporary_files_of_a_killed_write_are_removed(tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny_config(run, steps=2))
-    stray = [run / "checkpoints" / ".step_0000004.safetensors.k2j4.tmp", run / "generator" / ".model.safetensors.x1.tmp"]
+    stray = [
+        run / "checkpoints" / ".step_0000004.safetensors.k2j4.tmp",
+        run / "generator" / ".model.safetensors.x1.tmp",
+    ]
     for path in stray:
         path.write_bytes(b"half a file")
     train(tiny_config(run, steps=4))
@@ -218,10 +246,23 @@ def test_sigterm_mid_run_stops_with_a_checkpoint_and_the_resumed_run_is_bitwise_
     run = tmp_path / "run"
     # With DataLoader workers, and the signal sent to the whole process group as a scheduler may: the
     # workers outlive it until the checkpoint is written, and the process still exits.
-    cmd = [sys.executable, "-m", "tritonsagan.train", "--out", str(run), "--steps", "8", *cli_flags(log_every=1, save_every=4, workers=2)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SRC, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "tritonsagan.train",
+        "--out",
+        str(run),
+        "--steps",
+        "8",
+        *cli_flags(log_every=1, save_every=4, workers=2),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=SRC, start_new_session=True
+    )
     deadline = time.time() + 120
-    while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").stat().st_size:  # step 1 logged: the handlers are set
+    while (
+        not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").stat().st_size
+    ):  # step 1 logged: the handlers are set
         assert time.time() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGTERM)
@@ -233,7 +274,10 @@ def test_sigterm_mid_run_stops_with_a_checkpoint_and_the_resumed_run_is_bitwise_
     assert proc.returncode == 128 + signal.SIGTERM, err
     stopped_at = [s for s, _ in list_checkpoints(run / "checkpoints")][-1]
     assert 1 <= stopped_at < 8, f"not stopped mid-run: {stopped_at}"
-    assert f"error: stopped by SIGTERM after step {stopped_at} of 8; checkpoint {run / 'checkpoints'}" in err and "Traceback" not in err
+    assert (
+        f"error: stopped by SIGTERM after step {stopped_at} of 8; checkpoint {run / 'checkpoints'}" in err
+        and "Traceback" not in err
+    )
     train(tiny_config(run, steps=8, log_every=1, save_every=4))
     assert _differing(_weights_at(straight, 8), final_weights(run)) == []
     assert _steps_logged(run) == list(range(1, 9))
@@ -254,10 +298,22 @@ def _signal_at_step(monkeypatch, step: int, count: int) -> None:
 
 @pytest.mark.parametrize(
     "presses, message, checkpoints",
-    [(1, "stopped by SIGINT after step 3 of 6; checkpoint {checkpoints}/step_0000003.safetensors", [2, 3]),  # after the step
-     (2, "stopped at once by Ctrl-C at step 2; nothing after the last checkpoint ({checkpoints}/step_0000002.safetensors)", [2])],
-)  # fmt: skip
-def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_twice_at_once(tmp_path, capsys, monkeypatch, presses, message, checkpoints):
+    [
+        (
+            1,
+            "stopped by SIGINT after step 3 of 6; checkpoint {checkpoints}/step_0000003.safetensors",
+            [2, 3],
+        ),  # after the step
+        (
+            2,
+            "stopped at once by Ctrl-C at step 2; nothing after the last checkpoint ({checkpoints}/step_0000002.safetensors)",
+            [2],
+        ),
+    ],
+)
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_twice_at_once(
+    tmp_path, capsys, monkeypatch, presses, message, checkpoints
+):
     run = tmp_path / "run"
     _signal_at_step(monkeypatch, 3, count=presses)
     assert train_main(["--out", str(run), "--steps", "6", *cli_flags()]) == INTERRUPTED_EXIT_CODE
@@ -282,10 +338,27 @@ def test_stop_requests_record_the_first_signal():
 
 def _torchrun(out: Path, max_restarts: int, log: Path) -> subprocess.Popen:
     """A 2-rank CPU training of 6 steps under torchrun, its output in `log`."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--max-restarts", str(max_restarts),
-           "-m", "tritonsagan.train", "--out", str(out), "--steps", "6", *cli_flags(log_every=1, save_every=2)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "--max-restarts",
+        str(max_restarts),
+        "-m",
+        "tritonsagan.train",
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        *cli_flags(log_every=1, save_every=2),
+    ]
     with log.open("w") as output:
-        return subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, cwd=SRC, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        return subprocess.Popen(
+            cmd, stdout=output, stderr=subprocess.STDOUT, cwd=SRC, env={**os.environ, "OMP_NUM_THREADS": "1"}
+        )
 
 
 def _worker_of_rank(launcher: int, rank: int) -> int | None:
@@ -324,10 +397,15 @@ def test_torchrun_restarts_a_killed_rank_and_resumes_to_the_same_weights(tmp_pat
 
 @pytest.mark.parametrize(
     "flags, named",
-    [(["--seed", "-1"], "--seed must be >= 0, got -1"), (["--lr-g", "nan"], "--lr-g must be a positive number, got nan"),
-     (["--beta2", "1.5"], "--beta2 must be in [0, 1), got 1.5"), (["--fid-every", "2", "--fid-weights", "/nonexistent/inception.pt"], "/nonexistent/inception.pt"),
-     (["--min-image-side", "0"], "--min-image-side must be >= 1"), (["--image-size", "100"], "--image-size must be one of 32, 64, 128, 256, got 100")],
-)  # fmt: skip
+    [
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--lr-g", "nan"], "--lr-g must be a positive number, got nan"),
+        (["--beta2", "1.5"], "--beta2 must be in [0, 1), got 1.5"),
+        (["--fid-every", "2", "--fid-weights", "/nonexistent/inception.pt"], "/nonexistent/inception.pt"),
+        (["--min-image-side", "0"], "--min-image-side must be >= 1"),
+        (["--image-size", "100"], "--image-size must be one of 32, 64, 128, 256, got 100"),
+    ],
+)
 def test_bad_flags_are_named_before_the_run_directory_is_made(tmp_path, capsys, flags, named):
     run = tmp_path / "run"
     assert train_main(["--out", str(run), "--steps", "2", *cli_flags(), *flags]) == 1
@@ -345,7 +423,10 @@ def test_out_that_cannot_be_a_run_directory(tmp_path, capsys):
     assert f"--out {file / 'run'}: cannot write there" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content, message", [("[1, 2]", "holds a JSON list, not an object of config fields"), ('"steps"', "holds a JSON str")])
+@pytest.mark.parametrize(
+    "content, message",
+    [("[1, 2]", "holds a JSON list, not an object of config fields"), ('"steps"', "holds a JSON str")],
+)
 def test_config_file_that_is_not_an_object(tmp_path, capsys, content, message):
     config = tmp_path / "c.json"
     config.write_text(content)

@@ -17,7 +17,12 @@ def with_frames(images: torch.Tensor, contrast: int) -> torch.Tensor:
     framed = images.to(torch.int32)
     for inset in (8, 16, 24):
         far = images.shape[-1] - 1 - inset
-        for rows, cols in ((inset, slice(inset, far + 1)), (far, slice(inset, far + 1)), (slice(inset, far + 1), inset), (slice(inset, far + 1), far)):
+        for rows, cols in (
+            (inset, slice(inset, far + 1)),
+            (far, slice(inset, far + 1)),
+            (slice(inset, far + 1), inset),
+            (slice(inset, far + 1), far),
+        ):
             framed[:, :, rows, cols] -= contrast
     return framed.clamp(0, 255).to(torch.uint8)
 
@@ -65,7 +70,10 @@ def test_flat_images_score_zero():
 @pytest.mark.parametrize(
     "images, message",
     [
-        (torch.zeros(2, 3, 8, 8), "images must be uint8 (n, 3, height >= 2, width >= 2), got torch.float32 (2, 3, 8, 8)"),
+        (
+            torch.zeros(2, 3, 8, 8),
+            "images must be uint8 (n, 3, height >= 2, width >= 2), got torch.float32 (2, 3, 8, 8)",
+        ),
         (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "got torch.uint8 (2, 1, 8, 8)"),
         (torch.zeros(2, 3, 1, 8, dtype=torch.uint8), "got torch.uint8 (2, 3, 1, 8)"),
         (torch.zeros(1, 3, 8, 8, dtype=torch.uint8), "fixed_pattern needs at least 2 images, got 1"),

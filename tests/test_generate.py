@@ -8,22 +8,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import rel_err
 from PIL import Image
+from tritonsagan.models import Generator
 
 from tritonsagan import generate, load_generator
-from tritonsagan.attention_figure import HEAT_OPACITY, MIN_SCALE_TOP, UNIFORM, attention_figure, attention_maps, overlay, upsample_heat
+from tritonsagan.attention_figure import (
+    HEAT_OPACITY,
+    MIN_SCALE_TOP,
+    UNIFORM,
+    attention_figure,
+    attention_maps,
+    overlay,
+    upsample_heat,
+)
 from tritonsagan.generate import main, sample_latents
 from tritonsagan.images import PANEL_GAP, TITLE_HEIGHT
-from tritonsagan.models import Generator
 from tritonsagan.train import TrainConfig, train
-from helpers import rel_err
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A tiny conditional model trained for a few steps on the built-in photos."""
     out = tmp_path_factory.mktemp("gen") / "run"
-    cfg = TrainConfig(out=str(out), ch=8, batch_size=4, steps=2, conditional=True, workers=0, num_samples=4, compile=False)
+    cfg = TrainConfig(
+        out=str(out), ch=8, batch_size=4, steps=2, conditional=True, workers=0, num_samples=4, compile=False
+    )
     train(cfg)
     return out
 
@@ -60,9 +70,23 @@ def test_round_trip_from_every_kind_of_path(run_dir):
 
 def test_generate_with_the_run_seed_redraws_the_last_ema_grid(tmp_path):
     run = tmp_path / "run"
-    train(TrainConfig(out=str(run), ch=8, batch_size=4, steps=2, workers=0, num_samples=4, sample_every=2, save_every=2, compile=False))
+    train(
+        TrainConfig(
+            out=str(run),
+            ch=8,
+            batch_size=4,
+            steps=2,
+            workers=0,
+            num_samples=4,
+            sample_every=2,
+            save_every=2,
+            compile=False,
+        )
+    )
     out = tmp_path / "again.png"
-    assert main(["--weights", str(run), "--n", "4", "--seed", "0", "--out", str(out)]) == 0  # 4 columns; the run's grid is 2 x 2
+    assert (
+        main(["--weights", str(run), "--n", "4", "--seed", "0", "--out", str(out)]) == 0
+    )  # 4 columns; the run's grid is 2 x 2
 
     def tiles(path, columns):
         grid = np.asarray(Image.open(path))
@@ -94,7 +118,9 @@ def test_truncation_of_any_size_draws_the_truncated_normal(truncation):
     z = sample_latents(2000, 64, seed=1, truncation=truncation).double()
     s = torch.linspace(-1, 1, 100_001, dtype=torch.float64)  # x = t s: no cancellation for a tiny t
     density = torch.exp(-((truncation * s) ** 2) / 2)
-    variance = truncation**2 * torch.trapezoid(s**2 * density, s) / torch.trapezoid(density, s)  # of the truncated normal
+    variance = (
+        truncation**2 * torch.trapezoid(s**2 * density, s) / torch.trapezoid(density, s)
+    )  # of the truncated normal
     assert z.abs().max() <= truncation and abs(z.mean()) < 0.01 * math.sqrt(variance)
     assert abs(z.var() / variance - 1) < 0.02
 
@@ -115,7 +141,9 @@ def test_the_output_format_follows_the_extension(conditional_weights, tmp_path, 
         assert (tmp_path / name).read_bytes().startswith(signature), name
     assert main(["--weights", str(tmp_path / "not-read"), "--n", "2", "--out", str(tmp_path / "g.gif")]) == 1
     err = capsys.readouterr().err
-    assert "g.gif: cannot tell the image format from .gif; name it .png, .jpg, .jpeg, .webp" in err  # before the weights are looked for
+    assert (
+        "g.gif: cannot tell the image format from .gif; name it .png, .jpg, .jpeg, .webp" in err
+    )  # before the weights are looked for
 
 
 def test_command_writes_grids_and_files(conditional_weights, tmp_path):
@@ -126,17 +154,36 @@ def test_command_writes_grids_and_files(conditional_weights, tmp_path):
     main(["--weights", str(conditional_weights), "--n", "6", "--classes", "1,4", "--out", str(again)])
     assert np.array_equal(np.asarray(Image.open(grid)), np.asarray(Image.open(again)))
 
-    assert main(["--weights", str(conditional_weights), "--n", "16", "--class-per-row", "--out", str(tmp_path / "rows.png")]) == 0
-    assert main(["--weights", str(conditional_weights), "--n", "5", "--interpolate", "--out", str(tmp_path / "walk.png")]) == 0
+    assert (
+        main(
+            ["--weights", str(conditional_weights), "--n", "16", "--class-per-row", "--out", str(tmp_path / "rows.png")]
+        )
+        == 0
+    )
+    assert (
+        main(["--weights", str(conditional_weights), "--n", "5", "--interpolate", "--out", str(tmp_path / "walk.png")])
+        == 0
+    )
     out_dir = tmp_path / "many"
-    assert main(["--weights", str(conditional_weights), "--n", "5", "--batch-size", "2", "--out-dir", str(out_dir)]) == 0
+    assert (
+        main(["--weights", str(conditional_weights), "--n", "5", "--batch-size", "2", "--out-dir", str(out_dir)]) == 0
+    )
     files = sorted(out_dir.glob("*.png"))
     assert [f.name for f in files] == [f"{i:06d}.png" for i in range(5)]
     assert Image.open(files[0]).size == (128, 128)
 
     result = subprocess.run(  # the installed console script
-        [str(Path(sys.executable).parent / "tritonsagan-generate"), "--weights", str(conditional_weights), "--n", "2", "--out", str(tmp_path / "cli.png")],
-        capture_output=True, text=True,
+        [
+            str(Path(sys.executable).parent / "tritonsagan-generate"),
+            "--weights",
+            str(conditional_weights),
+            "--n",
+            "2",
+            "--out",
+            str(tmp_path / "cli.png"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
 
@@ -145,12 +192,32 @@ def test_command_writes_grids_and_files(conditional_weights, tmp_path):
     "setup, args, message",
     [
         (lambda p: None, ["--weights", "{missing}"], "weights not found"),
-        (lambda p: (p / "model.safetensors").write_bytes(b"\x80\x04 a pickle"), ["--weights", "{dir}"], "not a safetensors file"),
-        (lambda p: Generator(ch=8).save_pretrained(p) and (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:5000]),
-         ["--weights", "{dir}"], "truncated"),
-        (lambda p: Generator(ch=8).save_pretrained(p) and (p / "config.json").write_text('{"model_type": "Generator", "ch": 16}'),
-         ["--weights", "{dir}"], "shape mismatch"),
-        (lambda p: Generator(ch=8, num_classes=3).save_pretrained(p), ["--weights", "{dir}", "--classes", "1,3"], "class index out of range: [3]"),
+        (
+            lambda p: (p / "model.safetensors").write_bytes(b"\x80\x04 a pickle"),
+            ["--weights", "{dir}"],
+            "not a safetensors file",
+        ),
+        (
+            lambda p: (
+                Generator(ch=8).save_pretrained(p)
+                and (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:5000])
+            ),
+            ["--weights", "{dir}"],
+            "truncated",
+        ),
+        (
+            lambda p: (
+                Generator(ch=8).save_pretrained(p)
+                and (p / "config.json").write_text('{"model_type": "Generator", "ch": 16}')
+            ),
+            ["--weights", "{dir}"],
+            "shape mismatch",
+        ),
+        (
+            lambda p: Generator(ch=8, num_classes=3).save_pretrained(p),
+            ["--weights", "{dir}", "--classes", "1,3"],
+            "class index out of range: [3]",
+        ),
         (lambda p: Generator(ch=8).save_pretrained(p), ["--weights", "{dir}", "--classes", "1"], "unconditional"),
     ],
 )
@@ -158,7 +225,12 @@ def test_user_errors_exit_cleanly(tmp_path, capsys, setup, args, message):
     weights = tmp_path / "w"
     weights.mkdir()
     setup(weights)
-    argv = [a.format(dir=weights, missing=tmp_path / "nope") for a in args] + ["--n", "2", "--out", str(tmp_path / "x.png")]
+    argv = [a.format(dir=weights, missing=tmp_path / "nope") for a in args] + [
+        "--n",
+        "2",
+        "--out",
+        str(tmp_path / "x.png"),
+    ]
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
@@ -184,7 +256,23 @@ def test_attention_rows_equal_float64_softmax(conditional_weights):
 
 def test_attention_map_figure_as_the_paper_draws_it(conditional_weights, tmp_path):
     out = tmp_path / "maps.png"
-    assert main(["--weights", str(conditional_weights), "--n", "2", "--attention-maps", "--queries", "10,10", "100,60", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--weights",
+                str(conditional_weights),
+                "--n",
+                "2",
+                "--attention-maps",
+                "--queries",
+                "10,10",
+                "100,60",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     width, height = Image.open(out).size
     assert width > 3 * 128 and height > 2 * 128  # 2 rows of the image and 2 query panels, and a colour bar
 
@@ -196,7 +284,9 @@ def test_attention_map_figure_as_the_paper_draws_it(conditional_weights, tmp_pat
     assert [panels[0].get_ylabel(), panels[3].get_ylabel()] == ["class 0", "class 4"]
     for row in (0, 3):  # every query numbered on the image, and each panel labelled with its own
         assert [t.get_text() for t in panels[row].texts] == ["1", "2"]
-        assert [t.get_text() for t in panels[row + 1].texts] == ["1"] and [t.get_text() for t in panels[row + 2].texts] == ["2"]
+        assert [t.get_text() for t in panels[row + 1].texts] == ["1"] and [
+            t.get_text() for t in panels[row + 2].texts
+        ] == ["2"]
     assert colour_bar.get_ylabel() == "attention weight / uniform"
     assert colour_bar.get_ylim() == pytest.approx((UNIFORM, max(upsample_heat(maps, 128).max(), MIN_SCALE_TOP)))
 
@@ -214,11 +304,11 @@ def test_attention_heat_is_smooth_and_the_image_shows_under_it():
     blended = overlay(image, heat, top=heat.max())
     grey = (image / 255) @ np.array([0.299, 0.587, 0.114])
     cold = heat <= UNIFORM
-    assert cold.mean() > 0.9 and np.allclose(blended[cold], grey[cold][:, None])  # no more than uniform: the image itself, in grey
+    assert cold.mean() > 0.9 and np.allclose(
+        blended[cold], grey[cold][:, None]
+    )  # no more than uniform: the image itself, in grey
     hottest = np.unravel_index(heat.argmax(), heat.shape)
     assert np.abs(blended[hottest] - grey[hottest]).max() > 0.3 * HEAT_OPACITY  # the heat is drawn over it
-
-
 
 
 def test_several_weights_side_by_side_from_the_same_latents(conditional_weights, tmp_path, capsys):
@@ -227,17 +317,39 @@ def test_several_weights_side_by_side_from_the_same_latents(conditional_weights,
     Generator(ch=8, num_classes=5).save_pretrained(other)
     single, both = tmp_path / "single.png", tmp_path / "both.png"
     assert main(["--weights", str(conditional_weights), "--n", "10", "--class-per-row", "--out", str(single)]) == 0
-    assert main(["--weights", str(conditional_weights), str(other), "--n", "10", "--class-per-row", "--out", str(both)]) == 0
+    assert (
+        main(["--weights", str(conditional_weights), str(other), "--n", "10", "--class-per-row", "--out", str(both)])
+        == 0
+    )
     grid, pair = np.asarray(Image.open(single)), np.asarray(Image.open(both))
     assert pair.shape == (TITLE_HEIGHT + grid.shape[0], 2 * grid.shape[1] + PANEL_GAP, 3)
     assert np.array_equal(pair[TITLE_HEIGHT:, : grid.shape[1]], grid)  # the first weights' grid, unchanged
     assert pair[:TITLE_HEIGHT].max() > 200  # titled, white on black
     assert not np.array_equal(pair[TITLE_HEIGHT:, grid.shape[1] + PANEL_GAP :], grid)
-    Generator(ch=8, num_classes=5, image_size=64).save_pretrained(tmp_path / "small")  # another size: its grid beside, tops aligned
-    assert main(["--weights", str(conditional_weights), str(tmp_path / "small"), "--n", "10", "--class-per-row", "--out", str(both)]) == 0
+    Generator(ch=8, num_classes=5, image_size=64).save_pretrained(
+        tmp_path / "small"
+    )  # another size: its grid beside, tops aligned
+    assert (
+        main(
+            [
+                "--weights",
+                str(conditional_weights),
+                str(tmp_path / "small"),
+                "--n",
+                "10",
+                "--class-per-row",
+                "--out",
+                str(both),
+            ]
+        )
+        == 0
+    )
     small = np.asarray(Image.open(both))
     assert small.shape == (TITLE_HEIGHT + grid.shape[0], grid.shape[1] + PANEL_GAP + 8 * 66 + 2, 3)
-    assert np.array_equal(small[TITLE_HEIGHT:, : grid.shape[1]], grid) and small[TITLE_HEIGHT + 2 * 66 + 2 :, grid.shape[1] + PANEL_GAP :].max() == 0
+    assert (
+        np.array_equal(small[TITLE_HEIGHT:, : grid.shape[1]], grid)
+        and small[TITLE_HEIGHT + 2 * 66 + 2 :, grid.shape[1] + PANEL_GAP :].max() == 0
+    )
     Generator(ch=8, num_classes=3).save_pretrained(tmp_path / "three")
     assert main(["--weights", str(conditional_weights), str(tmp_path / "three"), "--n", "2", "--out", str(both)]) == 1
     assert "must share z_dim and classes" in capsys.readouterr().err

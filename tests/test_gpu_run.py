@@ -5,13 +5,20 @@ import os
 
 import pytest
 import torch
+from helpers import stand_in_network
 
 import tritonsagan.gpu_run as gpu_run
-from tritonsagan.gpu_run import BENCH_PARTS, MAX_WEIGHTS_BYTES, PRETRAINED_NAME, RETURN_MAX_FILE_BYTES, main, unreturnable
+from tritonsagan.gpu_run import (
+    BENCH_PARTS,
+    MAX_WEIGHTS_BYTES,
+    PRETRAINED_NAME,
+    RETURN_MAX_FILE_BYTES,
+    main,
+    unreturnable,
+)
 from tritonsagan.run_directory import load_generator
 from tritonsagan.shipped import SHIPPED_FILES
 from tritonsagan.weights_io import load_safetensors
-from helpers import stand_in_network
 
 
 def returned(out):
@@ -23,14 +30,25 @@ def returned(out):
 def test_check_rehearsal(tmp_path):
     assert main(["check", "--rehearse", "--out", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "check.json").read_text())
-    assert summary["pytest_gpu"]["exit_code"] == 0 and summary["pytest_gpu"]["tests"] > 0  # collected; skipped without CUDA
-    assert summary["hopper"].get("unavailable") or (summary["hopper"]["compiled"] > 0 and summary["hopper"]["problems"] == [])
+    assert (
+        summary["pytest_gpu"]["exit_code"] == 0 and summary["pytest_gpu"]["tests"] > 0
+    )  # collected; skipped without CUDA
+    assert summary["hopper"].get("unavailable") or (
+        summary["hopper"]["compiled"] > 0 and summary["hopper"]["problems"] == []
+    )
     train = summary["train"]
     assert train["exit_code"] == 0 and train["steps"] == 4 and train["losses_finite"] and train["images_per_s"] > 0
     assert train["grids"] == ["step_0000002_ema.png", "step_0000004_ema.png"] and train["grid_change"] > 0
     assert "step 4/4" in (tmp_path / "train-check.log").read_text()
-    assert returned(tmp_path) == ["check.json", "hopper.json", "pytest-gpu.log", "pytest-gpu.xml", "train-check.log",
-                                  "train-check_step_0000002_ema.png", "train-check_step_0000004_ema.png"]  # fmt: skip
+    assert returned(tmp_path) == [
+        "check.json",
+        "hopper.json",
+        "pytest-gpu.log",
+        "pytest-gpu.xml",
+        "train-check.log",
+        "train-check_step_0000002_ema.png",
+        "train-check_step_0000004_ema.png",
+    ]
 
 
 def test_bench_rehearsal_merges_parts_into_one_report(tmp_path):
@@ -48,25 +66,45 @@ def test_bench_rehearsal_merges_parts_into_one_report(tmp_path):
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_pretrained_rehearsal_makes_the_folder_to_ship(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_run, "CARRIED_FID", tmp_path / "carry" / gpu_run.CARRIED_FID.name)
-    assert main(["carry", "--out", str(tmp_path / "carry"), "--fid-weights", str(stand_in_network(tmp_path / "standin.pt"))]) == 0
+    assert (
+        main(
+            ["carry", "--out", str(tmp_path / "carry"), "--fid-weights", str(stand_in_network(tmp_path / "standin.pt"))]
+        )
+        == 0
+    )
     assert {p.dtype for p in torch.jit.load(gpu_run.CARRIED_FID).parameters()} == {torch.float16}
     out, run = tmp_path / "out", tmp_path / "run"
     for _ in range(2):  # the second command finds the run complete
         assert main(["pretrained", "--rehearse", "--out", str(out), "--run-dir", str(run)]) == 0
-    assert returned(out) == sorted([*(f"{PRETRAINED_NAME}/{name}" for name in SHIPPED_FILES), "metrics.jsonl", "pretrained.json", "pretrained.log"])
+    assert returned(out) == sorted(
+        [*(f"{PRETRAINED_NAME}/{name}" for name in SHIPPED_FILES), "metrics.jsonl", "pretrained.json", "pretrained.log"]
+    )
     summary = json.loads((out / "pretrained.json").read_text())
     card = summary["card"]
-    assert summary["run"]["steps"] == 6 and summary["run"]["losses_finite"] and card["step"] == 6 and 0 < card["weights_bytes"] <= MAX_WEIGHTS_BYTES
+    assert (
+        summary["run"]["steps"] == 6
+        and summary["run"]["losses_finite"]
+        and card["step"] == 6
+        and 0 < card["weights_bytes"] <= MAX_WEIGHTS_BYTES
+    )
     assert summary["run"]["last_fid"]["step"] == 6 and card["kid"]["n"] == gpu_run.REHEARSAL_KID_N
-    assert card["photo_match"]["images"] == 8 * 17 and len(card["photo_match"]["per_photo"]) == 17 and len(card["photo_variety"]["per_photo"]) == 17
+    assert (
+        card["photo_match"]["images"] == 8 * 17
+        and len(card["photo_match"]["per_photo"]) == 17
+        and len(card["photo_variety"]["per_photo"]) == 17
+    )
     G = load_generator(out / PRETRAINED_NAME)
     assert G.config.num_classes == 17 and G.config.ch == 8
     tensors, _ = load_safetensors(out / PRETRAINED_NAME / "model.safetensors")
-    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16} and G.conv_out.weight.dtype == torch.float32
+    assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {
+        torch.float16
+    } and G.conv_out.weight.dtype == torch.float32
     readme = (out / PRETRAINED_NAME / "README.md").read_text()
     assert "6 steps at batch 4 (24 images)" in readme and f"KID | {card['kid']['kid']:.4f}" in readme
     assert f"{card['photo_match']['accuracy']:.0%} of 136 generated images" in readme
-    assert f"feature network unknown TorchScript network {gpu_run.CARRIED_FID.name}" in readme  # pretrained finds what carry wrote
+    assert (
+        f"feature network unknown TorchScript network {gpu_run.CARRIED_FID.name}" in readme
+    )  # pretrained finds what carry wrote
 
 
 def test_unreturnable_names_what_would_not_come_back(tmp_path):
@@ -81,7 +119,12 @@ def test_unreturnable_names_what_would_not_come_back(tmp_path):
     os.symlink(tmp_path / "f0.json", tmp_path / "link")
     problems = unreturnable(tmp_path)
     assert problems[0] == "12 files, more than 8"
-    for expected in ("big.bin: over 16 MiB", "a/b/c/deep.txt: more than 2 folders down", "a/odd name.txt: a name with", "link: not a plain file"):
+    for expected in (
+        "big.bin: over 16 MiB",
+        "a/b/c/deep.txt: more than 2 folders down",
+        "a/odd name.txt: a name with",
+        "link: not a plain file",
+    ):
         assert any(p.startswith(expected) for p in problems), (expected, problems)
 
 

@@ -12,12 +12,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tritonsagan.bench.hopper import GROUPED_SHAPE, SM90_SHARED_LIMIT, HopperCheckUnavailable, compile_report
 from tritonsagan.bench.spectral_norm import layer_shapes
 
 KERNEL_FILES = sorted((Path(__file__).parents[1] / "kernels").glob("*_kernels.py"))
-PACKAGE_HEAD_DIMS = {"d_qk 8, d_v 32", "d_qk 16, d_v 64", "d_qk 32, d_v 128", "d_qk 64, d_v 256"}  # G and D at ch 32, 64, 128
+PACKAGE_HEAD_DIMS = {
+    "d_qk 8, d_v 32",
+    "d_qk 16, d_v 64",
+    "d_qk 32, d_v 128",
+    "d_qk 64, d_v 256",
+}  # G and D at ch 32, 64, 128
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,9 @@ def test_every_offered_config_compiles_without_spills_within_shared_memory(rows)
     bad = [f"{_label(r)}: {'; '.join(r['problems'])}" for r in rows if r["problems"]]
     assert not bad, "configs the autotuner would try that are unusable on an H100:\n" + "\n".join(bad)
     for row in rows:
-        assert row["spill_bytes"] == 0 and 0 <= row["shared_bytes"] <= SM90_SHARED_LIMIT and row["registers"] <= 255, _label(row)
+        assert row["spill_bytes"] == 0 and 0 <= row["shared_bytes"] <= SM90_SHARED_LIMIT and row["registers"] <= 255, (
+            _label(row)
+        )
 
 
 def test_half_precision_dots_are_wgmma(rows):
@@ -48,7 +54,9 @@ def test_half_precision_dots_are_wgmma(rows):
 
 
 def test_report_covers_every_kernel_shape_and_dtype(rows):
-    defined = {name for path in KERNEL_FILES for name in re.findall(r"^def (_\w+_kernel)\(", path.read_text(), re.MULTILINE)}
+    defined = {
+        name for path in KERNEL_FILES for name in re.findall(r"^def (_\w+_kernel)\(", path.read_text(), re.MULTILINE)
+    }
     assert defined and {r["kernel"] for r in rows} == defined
 
     attention = defaultdict(set)
@@ -62,11 +70,22 @@ def test_report_covers_every_kernel_shape_and_dtype(rows):
 
     shapes = layer_shapes(64, num_classes=1000)
     sn_shapes = {f"{shape[0]} x {torch.Size(shape[1:]).numel()}" for shape in shapes}
-    for kernel in ("_sn_rows_kernel", "_sn_cols_kernel", "_sn_finish_kernel", "_sn_scale_kernel", "_sn_grad_dot_kernel", "_sn_grad_write_kernel"):
-        assert {(r["shape"], r["dtype"]) for r in rows if r["kernel"] == kernel} == {(s, d) for s in sn_shapes for d in ("float32", "bfloat16")}
+    for kernel in (
+        "_sn_rows_kernel",
+        "_sn_cols_kernel",
+        "_sn_finish_kernel",
+        "_sn_scale_kernel",
+        "_sn_grad_dot_kernel",
+        "_sn_grad_write_kernel",
+    ):
+        assert {(r["shape"], r["dtype"]) for r in rows if r["kernel"] == kernel} == {
+            (s, d) for s in sn_shapes for d in ("float32", "bfloat16")
+        }
     grouped = f"{GROUPED_SHAPE} ({sum(shapes.values())})"
     for kernel in ("_sn_group_rows_kernel", "_sn_group_cols_kernel", "_sn_group_finish_kernel"):
-        assert {(r["shape"], r["dtype"]) for r in rows if r["kernel"] == kernel} == {(grouped, d) for d in ("float32", "bfloat16")}
+        assert {(r["shape"], r["dtype"]) for r in rows if r["kernel"] == kernel} == {
+            (grouped, d) for d in ("float32", "bfloat16")
+        }
 
 
 def test_autotuners_offer_a_choice_where_they_tune(rows):

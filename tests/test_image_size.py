@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from helpers import cli_flags, final_weights, image_folder, stand_in_network, tiny_config
 from PIL import Image
 
 from tritonsagan import load_generator
@@ -16,8 +17,8 @@ from tritonsagan.images import PANEL_GAP, TITLE_HEIGHT
 from tritonsagan.loader import make_dataset
 from tritonsagan.packed import main as prepare_main
 from tritonsagan.photo_match import fresh_crops_photo_match, generator_photo_match, reference_crops
-from tritonsagan.train import Trainer, main as train_main
-from helpers import cli_flags, final_weights, image_folder, stand_in_network, tiny_config
+from tritonsagan.train import Trainer
+from tritonsagan.train import main as train_main
 
 SIZE = 64
 
@@ -25,7 +26,9 @@ SIZE = 64
 @pytest.fixture(scope="module")
 def run64(tmp_path_factory):
     run = tmp_path_factory.mktemp("size") / "run"
-    assert train_main(["--out", str(run), "--steps", "2", "--image-size", str(SIZE), "--conditional", *cli_flags()]) == 0  # DiffAugment on: builtin
+    assert (
+        train_main(["--out", str(run), "--steps", "2", "--image-size", str(SIZE), "--conditional", *cli_flags()]) == 0
+    )  # DiffAugment on: builtin
     return run
 
 
@@ -69,8 +72,28 @@ def test_photo_match_at_64():
 def test_generation_and_attention_figure_follow_the_weights(run64, tmp_path, capsys):
     G = load_generator(run64)
     assert generator_photo_match(G, per_class=1)["images"] == 17
-    assert generate_main(["--weights", str(run64), "--n", "2", "--attention-maps", "--out", str(tmp_path / "attention.png")]) == 0
-    assert generate_main(["--weights", str(run64), "--n", "1", "--attention-maps", "--queries", "70,10", "--out", str(tmp_path / "a.png")]) == 1
+    assert (
+        generate_main(
+            ["--weights", str(run64), "--n", "2", "--attention-maps", "--out", str(tmp_path / "attention.png")]
+        )
+        == 0
+    )
+    assert (
+        generate_main(
+            [
+                "--weights",
+                str(run64),
+                "--n",
+                "1",
+                "--attention-maps",
+                "--queries",
+                "70,10",
+                "--out",
+                str(tmp_path / "a.png"),
+            ]
+        )
+        == 1
+    )
     assert "inside the 64x64 image" in capsys.readouterr().err
 
     G128 = tmp_path / "g128"
@@ -82,7 +105,20 @@ def test_generation_and_attention_figure_follow_the_weights(run64, tmp_path, cap
 
 def test_evaluation_reads_real_images_at_the_generators_size(run64, tmp_path, capsys):
     net, stats = stand_in_network(tmp_path / "net.pt"), tmp_path / "ref128.safetensors"
-    common = ["--fid-weights", str(net), "--workers", "0", "--batch-size", "16", "--n", "20", "--kid-subset-size", "10", "--nearest-k", "2"]
+    common = [
+        "--fid-weights",
+        str(net),
+        "--workers",
+        "0",
+        "--batch-size",
+        "16",
+        "--n",
+        "20",
+        "--kid-subset-size",
+        "10",
+        "--nearest-k",
+        "2",
+    ]
     assert eval_main([*common, "--weights", str(run64), "--out", str(tmp_path / "eval.json")]) == 0
     assert json.loads((tmp_path / "eval.json").read_text())["reference"] == "builtin, n=20, 64x64"
     assert eval_main([*common, "--save-ref-stats", str(stats)]) == 0  # 128 without --weights

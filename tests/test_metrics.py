@@ -14,14 +14,21 @@ def _random_stats(n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
     """Statistics of n samples of a correlated d-dim Gaussian: rank min(n - 1, d)."""
     gen = torch.Generator().manual_seed(seed)
     mixing = torch.randn(d, d, generator=gen, dtype=torch.float64) / d**0.5
-    samples = torch.randn(n, d, generator=gen, dtype=torch.float64) @ mixing + torch.randn(d, generator=gen, dtype=torch.float64)
+    samples = torch.randn(n, d, generator=gen, dtype=torch.float64) @ mixing + torch.randn(
+        d, generator=gen, dtype=torch.float64
+    )
     return feature_statistics(samples)
 
 
 def _fid_scipy(mu1, s1, mu2, s2) -> float:
     """The formula of the TTUR / pytorch-fid code: tr sqrtm(S1 S2), real part."""
     covmean = scipy.linalg.sqrtm(s1.numpy() @ s2.numpy())
-    return float(np.sum((mu1.numpy() - mu2.numpy()) ** 2) + np.trace(s1.numpy()) + np.trace(s2.numpy()) - 2 * np.trace(covmean).real)
+    return float(
+        np.sum((mu1.numpy() - mu2.numpy()) ** 2)
+        + np.trace(s1.numpy())
+        + np.trace(s2.numpy())
+        - 2 * np.trace(covmean).real
+    )
 
 
 @pytest.mark.parametrize("d", [7, 64, 200])
@@ -45,7 +52,9 @@ def test_frechet_distance_of_a_set_with_itself_is_zero_and_it_is_symmetric():
     mu1, s1 = _random_stats(50, 40, seed=1)  # rank deficient too
     mu2, s2 = _random_stats(300, 40, seed=2)
     assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-9 * float(s1.trace())
-    assert abs(frechet_distance(mu1, s1, mu2, s2) - frechet_distance(mu2, s2, mu1, s1)) < 1e-9 * float(s1.trace() + s2.trace())
+    assert abs(frechet_distance(mu1, s1, mu2, s2) - frechet_distance(mu2, s2, mu1, s1)) < 1e-9 * float(
+        s1.trace() + s2.trace()
+    )
 
 
 def test_frechet_distance_shape_errors():

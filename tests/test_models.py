@@ -6,11 +6,10 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
+from helpers import rel_err
 from tritonsagan.kernels import attention_naive
 from tritonsagan.models import Discriminator, Generator, SelfAttention
 from tritonsagan.models.layers import spectral_norm_layers
-from helpers import rel_err
 
 CH = 8  # small width: the architecture is the same, only narrower
 
@@ -54,7 +53,9 @@ def test_every_image_size(image_size):
     D = Discriminator(ch=CH, num_classes=3, image_size=image_size, attn_res=attn_res)
     assert G.linear.out_features == g_widths[0] * CH * 4 * 4
     assert [b.conv2.out_channels // CH for b in G.blocks] == g_widths[1:]
-    assert [b.conv2.out_channels // CH for b in D.blocks] == d_widths and [b.downsample for b in D.blocks] == downsamples
+    assert [b.conv2.out_channels // CH for b in D.blocks] == d_widths and [
+        b.downsample for b in D.blocks
+    ] == downsamples
     y = torch.tensor([0, 2])
     captured = {}
     G.attention.register_forward_hook(lambda m, i, o: captured.update(g=i[0].shape))
@@ -76,7 +77,10 @@ def test_orthogonal_init_and_its_power_iteration_vectors():
             assert singular.max() / singular.min() < 1 + 1e-5
             sigma = layer.weight_u.double() @ w @ layer.weight_v.double()
             assert abs(sigma / singular[0] - 1) < 1e-4
-    xavier = [torch.linalg.svdvals(layer.weight.detach().flatten(1)) for layer in spectral_norm_layers(Generator(ch=CH, init="xavier"))]
+    xavier = [
+        torch.linalg.svdvals(layer.weight.detach().flatten(1))
+        for layer in spectral_norm_layers(Generator(ch=CH, init="xavier"))
+    ]
     assert max(float(s.max() / s.min()) for s in xavier) > 2  # the check above can tell the two apart
 
 
@@ -89,7 +93,9 @@ def test_bias_inits():
         torch.manual_seed(0)
         uniform = model_class(ch=CH, num_classes=3)
         biased = [layer for layer in spectral_norm_layers(uniform) if getattr(layer, "bias", None) is not None]
-        assert biased and all(not layer.bias.any() for layer in spectral_norm_layers(zeros) if getattr(layer, "bias", None) is not None)
+        assert biased and all(
+            not layer.bias.any() for layer in spectral_norm_layers(zeros) if getattr(layer, "bias", None) is not None
+        )
         # Each bias over its bound 1 / sqrt(fan_in): uniform in [-1, 1], whose standard deviation is 1 / sqrt(3).
         scaled = torch.cat([layer.bias.detach() * layer.weight[0].numel() ** 0.5 for layer in biased])
         assert scaled.abs().max() <= 1 and abs(scaled.std() * 3**0.5 - 1) < 0.1 and len(scaled) > 300
@@ -172,8 +178,14 @@ def test_other_attention_resolutions(attn_res):
         (lambda G, D: Generator(ch=CH, attn_res=48), "attn_res must be 0"),
         (lambda G, D: Discriminator(ch=CH, attn_res=128), "attn_res must be 0"),
         (lambda G, D: Generator(ch=CH, image_size=100), "image_size must be one of 32, 64, 128, 256, got 100"),
-        (lambda G, D: Discriminator(ch=CH, image_size=32), r"at image_size 32, attn_res must be 0 \(no attention\) or one of 8, 16, got 32"),
-        (lambda G, D: Discriminator(ch=CH, image_size=64)(torch.randn(2, 3, 128, 128)), r"x must have shape \(B, 3, 64, 64\) for image_size 64"),
+        (
+            lambda G, D: Discriminator(ch=CH, image_size=32),
+            r"at image_size 32, attn_res must be 0 \(no attention\) or one of 8, 16, got 32",
+        ),
+        (
+            lambda G, D: Discriminator(ch=CH, image_size=64)(torch.randn(2, 3, 128, 128)),
+            r"x must have shape \(B, 3, 64, 64\) for image_size 64",
+        ),
         (lambda G, D: Discriminator(ch=4, image_size=64), "ch=4 gives the attention block at 32x32 4 channels"),
         (lambda G, D: Generator(ch=CH, init="kaiming"), "init must be one of xavier, orthogonal"),
         (lambda G, D: Generator(ch=CH, class_bn_init="zeros"), "class_bn_init must be one of identity, random"),

@@ -9,13 +9,18 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from tritonsagan.models import Generator
+
 from tritonsagan.shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME, SHIPPED_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEEL_AT_MOST_BYTES = 16 * 2**20  # code, and each shipped generator's float16 weights (at most 12 MiB)
-FOLDERS = {"tritonsagan": "tritonsagan", "kernels": "tritonsagan.kernels", "models": "tritonsagan.models", "bench": "tritonsagan.bench"}
+FOLDERS = {
+    "tritonsagan": "tritonsagan",
+    "kernels": "tritonsagan.kernels",
+    "models": "tritonsagan.models",
+    "bench": "tritonsagan.bench",
+}
 
 
 def test_wheel_layout_and_shipped_weights(tmp_path):
@@ -23,7 +28,9 @@ def test_wheel_layout_and_shipped_weights(tmp_path):
     file (package data) and stays small."""
     pytest.importorskip("setuptools")
     source = tmp_path / "source"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     for name in filter(None, tracked):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
@@ -32,7 +39,18 @@ def test_wheel_layout_and_shipped_weights(tmp_path):
     (stand_in / MODEL_CARD_NAME).write_text("# stand-in\n")
     (stand_in / CARD_FIGURES_NAME).write_text("{}\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
         check=True,
         capture_output=True,
     )
@@ -42,7 +60,9 @@ def test_wheel_layout_and_shipped_weights(tmp_path):
     assert top_level == {"tritonsagan"}
     for module in ("kernels/attention.py", "kernels/spectral_norm.py", "models/generator.py", "bench/__init__.py"):
         assert f"tritonsagan/{module}" in names
-    shipped = sorted(str(p.relative_to(source)) for p in (source / "tritonsagan" / "pretrained").rglob("*") if p.is_file())
+    shipped = sorted(
+        str(p.relative_to(source)) for p in (source / "tritonsagan" / "pretrained").rglob("*") if p.is_file()
+    )
     assert {f"tritonsagan/pretrained/stand-in/{name}" for name in SHIPPED_FILES} <= set(shipped)
     assert set(shipped) <= set(names), sorted(set(shipped) - set(names))
     assert wheel.stat().st_size <= WHEEL_AT_MOST_BYTES, wheel.stat().st_size
@@ -75,7 +95,9 @@ def _import_graph() -> dict[str, set[str]]:
 
 def test_no_import_circles():
     graph = _import_graph()
-    assert "tritonsagan.packed" in graph["tritonsagan.loader"] and "tritonsagan.data" in graph["tritonsagan.packed"]  # the graph sees imports
+    assert (
+        "tritonsagan.packed" in graph["tritonsagan.loader"] and "tritonsagan.data" in graph["tritonsagan.packed"]
+    )  # the graph sees imports
     state: dict[str, str] = {}
 
     def visit(module: str, path: list[str]) -> None:

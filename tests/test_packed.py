@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from helpers import image_folder, write_image
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -15,12 +16,27 @@ import tritonsagan.packed as packed_module
 from tritonsagan.checkpoint import latest_checkpoint
 from tritonsagan.data import DataError
 from tritonsagan.loader import make_dataset
-from tritonsagan.packed import MANIFEST_NAME, PackedDataset, is_packed_dataset, main as prepare_main, prepare
+from tritonsagan.packed import MANIFEST_NAME, PackedDataset, is_packed_dataset, prepare
+from tritonsagan.packed import main as prepare_main
 from tritonsagan.train import main as train_main
-from helpers import image_folder, write_image
 
-TINY = ["--ch", "8", "--batch-size", "4", "--workers", "0", "--num-samples", "4", "--log-every", "2", "--sample-every", "2",
-        "--save-every", "2", "--no-compile"]  # fmt: skip
+TINY = [
+    "--ch",
+    "8",
+    "--batch-size",
+    "4",
+    "--workers",
+    "0",
+    "--num-samples",
+    "4",
+    "--log-every",
+    "2",
+    "--sample-every",
+    "2",
+    "--save-every",
+    "2",
+    "--no-compile",
+]
 
 
 def test_prepare_writes_shards_labels_and_manifest(tmp_path, capsys):
@@ -32,14 +48,25 @@ def test_prepare_writes_shards_labels_and_manifest(tmp_path, capsys):
     assert prepare_main([str(src), str(tmp_path / "dest"), "--conditional", "--workers", "2"]) == 0
     assert "packed 12 128x128 images in 3 classes" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "dest" / MANIFEST_NAME).read_text())
-    assert manifest["complete"] and manifest["count"] == 12 and manifest["files"] == 14 and manifest["skipped_files"] == 2
-    assert manifest["classes"] == ["cats", "dogs", "owls"] and sorted(manifest["shards"][0]["skipped"]) == ["dogs/broken.jpg", "owls/cut.png"]
+    assert (
+        manifest["complete"] and manifest["count"] == 12 and manifest["files"] == 14 and manifest["skipped_files"] == 2
+    )
+    assert manifest["classes"] == ["cats", "dogs", "owls"] and sorted(manifest["shards"][0]["skipped"]) == [
+        "dogs/broken.jpg",
+        "owls/cut.png",
+    ]
     images = np.load(tmp_path / "dest" / "images_00000.npy")
     labels = np.load(tmp_path / "dest" / "labels_00000.npy")
-    assert images.dtype == np.uint8 and images.shape == (12, 3, 128, 128) and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    assert (
+        images.dtype == np.uint8
+        and images.shape == (12, 3, 128, 128)
+        and labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    )
     # The first image is src/cats/0.png, its central square resized to 128 (the default crop).
     with Image.open(src / "cats" / "0.png") as photo:
-        expected = np.asarray(photo.convert("RGB").resize((128, 128), Image.Resampling.BICUBIC, box=(5, 0, 55, 50), reducing_gap=3.0))
+        expected = np.asarray(
+            photo.convert("RGB").resize((128, 128), Image.Resampling.BICUBIC, box=(5, 0, 55, 50), reducing_gap=3.0)
+        )
     assert np.array_equal(images[0], expected.transpose(2, 0, 1))
     assert is_packed_dataset(tmp_path / "dest") and not is_packed_dataset(src)
 
@@ -111,8 +138,16 @@ def test_packed_stream_is_deterministic_flips_and_covers_each_image_once_per_epo
     [
         (lambda root: root.mkdir(), False, "no image files"),
         (lambda root: (root.mkdir(), (root / "notes.txt").write_text("x")), False, "no image files"),
-        (lambda root: (root.mkdir(), (root / "a.png").write_bytes(b"junk")), False, "none of the 1 image files is usable"),
-        (lambda root: (image_folder(root), (root / "empty").mkdir()), True, r"no usable image in 1 class folder: empty \(no image files\)"),
+        (
+            lambda root: (root.mkdir(), (root / "a.png").write_bytes(b"junk")),
+            False,
+            "none of the 1 image files is usable",
+        ),
+        (
+            lambda root: (image_folder(root), (root / "empty").mkdir()),
+            True,
+            r"no usable image in 1 class folder: empty \(no image files\)",
+        ),
     ],
 )
 def test_unusable_sources(tmp_path, capsys, make, conditional, match):
@@ -159,7 +194,9 @@ def test_damaged_packed_datasets_are_named(tmp_path):
     manifest = json.loads((mismatched / MANIFEST_NAME).read_text())
     manifest["shards"][0]["count"] = 13
     (mismatched / MANIFEST_NAME).write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"holds uint8 \(12, 3, 128, 128\), the manifest says uint8 \(13, 3, 128, 128\)"):
+    with pytest.raises(
+        DataError, match=r"holds uint8 \(12, 3, 128, 128\), the manifest says uint8 \(13, 3, 128, 128\)"
+    ):
         PackedDataset(mismatched, seed=0)
     prepare(image_folder(tmp_path / "plain_src"), tmp_path / "plain", progress=False)
     with pytest.raises(DataError, match="packed without --conditional"):
@@ -176,17 +213,27 @@ def _edit_manifest(dest, edit) -> None:
 
 @pytest.mark.parametrize(
     "damage, message",
-    [(lambda dest: _edit_manifest(dest, lambda m: m.update(classes=m["classes"] + ["ghosts"])), "1 class\\(es\\) of the manifest have no images: ghosts"),
-     (lambda dest: _edit_manifest(dest, lambda m: m.update(classes=m["classes"][:2])), "labels 0..2, the manifest lists 2 classes"),
-     (lambda dest: _edit_manifest(dest, lambda m: m.pop("shards")), "damaged or hand-edited manifest: no shards"),
-     (lambda dest: _edit_manifest(dest, lambda m: m["shards"][0].pop("count")), "no shards\\[0\\].count"),
-     (lambda dest: (dest / MANIFEST_NAME).write_text("{ not json"), "manifest.json: not valid JSON")],
-)  # fmt: skip
+    [
+        (
+            lambda dest: _edit_manifest(dest, lambda m: m.update(classes=m["classes"] + ["ghosts"])),
+            "1 class\\(es\\) of the manifest have no images: ghosts",
+        ),
+        (
+            lambda dest: _edit_manifest(dest, lambda m: m.update(classes=m["classes"][:2])),
+            "labels 0..2, the manifest lists 2 classes",
+        ),
+        (lambda dest: _edit_manifest(dest, lambda m: m.pop("shards")), "damaged or hand-edited manifest: no shards"),
+        (lambda dest: _edit_manifest(dest, lambda m: m["shards"][0].pop("count")), "no shards\\[0\\].count"),
+        (lambda dest: (dest / MANIFEST_NAME).write_text("{ not json"), "manifest.json: not valid JSON"),
+    ],
+)
 def test_a_damaged_or_hand_edited_manifest_is_named(tmp_path, capsys, damage, message):
     dest = tmp_path / "dest"
     prepare(image_folder(tmp_path / "src"), dest, conditional=True, progress=False)
     damage(dest)
     with pytest.raises(DataError, match=message):
         make_dataset(str(dest), seed=0, conditional=True)
-    assert train_main(["--data", str(dest), "--conditional", "--out", str(tmp_path / "run"), "--steps", "1", *TINY]) == 1
+    assert (
+        train_main(["--data", str(dest), "--conditional", "--out", str(tmp_path / "run"), "--steps", "1", *TINY]) == 1
+    )
     assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "run").exists()

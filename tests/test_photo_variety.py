@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from tritonsagan.models import Generator
+
 from tritonsagan.photo_match import reference_crops
 from tritonsagan.photo_variety import generator_photo_variety, photo_variety, pixel_spread
 
@@ -37,15 +37,29 @@ def test_real_crops_score_about_one_and_one_crop_repeated_zero(reference):
 @pytest.mark.parametrize(
     "images, labels, message",
     [
-        (torch.zeros(2, 3, 8, 8), torch.tensor([0, 0]), "images must be at least 2 uint8 (n, 3, height, width), got torch.float32"),
+        (
+            torch.zeros(2, 3, 8, 8),
+            torch.tensor([0, 0]),
+            "images must be at least 2 uint8 (n, 3, height, width), got torch.float32",
+        ),
         (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0]), "labels must be 2 integer photo indices"),
-        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0.0, 0.0]), "labels must be 2 integer photo indices, got torch.float32"),
-        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([17, 17]), "labels must be photo indices 0..16, got [17]"),
+        (
+            torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+            torch.tensor([0.0, 0.0]),
+            "labels must be 2 integer photo indices, got torch.float32",
+        ),
+        (
+            torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+            torch.tensor([17, 17]),
+            "labels must be photo indices 0..16, got [17]",
+        ),
         (torch.zeros(3, 3, 8, 8, dtype=torch.uint8), torch.tensor([0, 0, 5]), "one image of: clock_motion"),
     ],
 )
 def test_bad_input_is_named(reference, images, labels, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")
+    ):
         photo_variety(images, labels, reference)
 
 
@@ -55,5 +69,7 @@ def test_a_generator_is_scored_per_photo():
     variety = generator_photo_variety(G, per_class=3)
     assert variety["images"] == 51 and len(variety["per_photo"]) == 17 and variety["variety"] > 0
     assert variety == generator_photo_variety(G, per_class=3)  # a pure function of the weights and the seed
-    with pytest.raises(ValueError, match="the generator has 3 classes; trained on the built-in photos it has one per photo, 17"):
+    with pytest.raises(
+        ValueError, match="the generator has 3 classes; trained on the built-in photos it has one per photo, 17"
+    ):
         generator_photo_variety(Generator(ch=8, num_classes=3, image_size=32, attn_res=16))

@@ -5,9 +5,9 @@ import pickle
 
 import pytest
 import torch
+from tritonsagan.models import Discriminator, Generator
 
 from tritonsagan import WeightsError
-from tritonsagan.models import Discriminator, Generator
 
 CH = 8
 
@@ -31,7 +31,9 @@ def test_generator_round_trip_is_exact(tmp_path):
 
 
 def test_discriminator_round_trip_from_the_file_alone(tmp_path):
-    D = _trained_a_little(Discriminator(ch=CH, num_classes=5, attn_res=64), torch.randn(2, 3, 128, 128), torch.tensor([4, 0]))
+    D = _trained_a_little(
+        Discriminator(ch=CH, num_classes=5, attn_res=64), torch.randn(2, 3, 128, 128), torch.tensor([4, 0])
+    )
     D.save_pretrained(tmp_path)
     (tmp_path / "config.json").unlink()  # the config also lives in the safetensors metadata
     loaded = Discriminator.from_pretrained(tmp_path / "model.safetensors").eval()
@@ -82,7 +84,9 @@ def test_config_weights_mismatch_names_the_keys(saved_generator):
     config = json.loads((saved_generator / "config.json").read_text())
     config["ch"] = 16
     (saved_generator / "config.json").write_text(json.dumps(config))
-    with pytest.raises(WeightsError, match=r"shape mismatch: attention\.g\.weight \(16, 32, 1, 1\) vs model \(32, 64, 1, 1\)"):
+    with pytest.raises(
+        WeightsError, match=r"shape mismatch: attention\.g\.weight \(16, 32, 1, 1\) vs model \(32, 64, 1, 1\)"
+    ):
         Generator.from_pretrained(saved_generator)
 
     config["ch"], config["num_classes"] = CH, 4

@@ -14,16 +14,16 @@ import re
 import shlex
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
-
+import tomllib
+from helpers import cli_flags, image_folder, stand_in_network
 from tritonsagan.bench import learning
+
 from tritonsagan.checkpoint import list_checkpoints
 from tritonsagan.config_flags import build_config
 from tritonsagan.train import TrainConfig, build_parser
-from helpers import cli_flags, image_folder, stand_in_network
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -57,8 +57,13 @@ def shell_commands(script: str) -> list[list[str]]:
 
 def demo_commands(*make_args: str, cwd: Path = ROOT) -> list[list[str]]:
     """The tritonsagan commands of `make demo`'s recipe, as make prints them without running them."""
-    dry_run = subprocess.run(["make", "-n", "--no-print-directory", "-f", str(ROOT / "Makefile"), "demo", *make_args], cwd=cwd,
-                             capture_output=True, text=True, check=True)  # fmt: skip
+    dry_run = subprocess.run(
+        ["make", "-n", "--no-print-directory", "-f", str(ROOT / "Makefile"), "demo", *make_args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     commands = [argv for argv in shell_commands(dry_run.stdout) if Path(argv[0]).name.startswith("tritonsagan-")]
     assert commands and all(argv[0].startswith(".venv/bin/") for argv in commands), dry_run.stdout
     return commands
@@ -69,7 +74,10 @@ class Examples:
 
     def __init__(self, scratch: Path) -> None:
         self.scratch = scratch
-        self.paths = {"/data/imagenet/train": str(image_folder(scratch / "imagenet-train", per_class=6)), "/data/imagenet128": str(scratch / "imagenet128")}
+        self.paths = {
+            "/data/imagenet/train": str(image_folder(scratch / "imagenet-train", per_class=6)),
+            "/data/imagenet128": str(scratch / "imagenet128"),
+        }
         self.ran: list[str] = []
 
     def run(self, argv: list[str]) -> None:
@@ -82,7 +90,9 @@ class Examples:
         elif argv[:2] == ["make", "test"]:
             assert "make test" in (ROOT / ".ci" / "run").read_text()  # CI runs it, this suite included
         elif argv == ["source", ".venv/bin/activate"]:
-            assert re.search(r"^VENV \?= \.venv$", (ROOT / "Makefile").read_text(), re.MULTILINE)  # where make puts the environment
+            assert re.search(
+                r"^VENV \?= \.venv$", (ROOT / "Makefile").read_text(), re.MULTILINE
+            )  # where make puts the environment
         elif len(argv) == 1 and re.fullmatch(r"[A-Z_]+=\S+", argv[0]):
             pass  # a shell variable for the commands after it
         elif argv[:2] == ["pip", "install"]:
@@ -111,7 +121,11 @@ class Examples:
         """`pip install -e '.[extra,...]'` (or `-e .`): the extras exist in pyproject.toml; or a
         package an extra names, installed alone."""
         target = next(arg for arg in args if not arg.startswith("-"))
-        extra_packages = {re.split(r"[<>=\[; ]", dependency)[0] for extra in PYPROJECT["project"]["optional-dependencies"].values() for dependency in extra}
+        extra_packages = {
+            re.split(r"[<>=\[; ]", dependency)[0]
+            for extra in PYPROJECT["project"]["optional-dependencies"].values()
+            for dependency in extra
+        }
         if "-e" not in args and target in extra_packages:
             return
         match = re.fullmatch(r"\.(?:\[([\w,]+)\])?", target)
@@ -123,8 +137,16 @@ class Examples:
         module = args.index("-m")
         launcher = args[:module]
         launcher[launcher.index("--nproc-per-node") + 1] = "2"  # two CPU processes (gloo)
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", *launcher, *args[module:], *TORCHRUN_TINY,
-                   *self._two_more_steps(args)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            *launcher,
+            *args[module:],
+            *TORCHRUN_TINY,
+            *self._two_more_steps(args),
+        ]
         result = subprocess.run(command, cwd=self.scratch, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
 
@@ -143,28 +165,49 @@ def test_every_readme_example_runs(tmp_path, monkeypatch):
             exec(compile(body, "README.md", "exec"), {})
         else:
             pytest.fail(f"README code block in {language or 'no language'}: mark it bash or python so it is run")
-    for program in ("make demo", "tritonsagan-train", "tritonsagan-generate", "tritonsagan-eval", "tritonsagan-prepare", "tritonsagan-export", "torchrun"):
+    for program in (
+        "make demo",
+        "tritonsagan-train",
+        "tritonsagan-generate",
+        "tritonsagan-eval",
+        "tritonsagan-prepare",
+        "tritonsagan-export",
+        "torchrun",
+    ):
         assert program in examples.ran, program
-    assert (tmp_path / "runs" / "demo" / "classes.png").is_file() and (tmp_path / "runs" / "demo" / "attention.png").is_file()
+    assert (tmp_path / "runs" / "demo" / "classes.png").is_file() and (
+        tmp_path / "runs" / "demo" / "attention.png"
+    ).is_file()
 
 
 def test_the_demo_trains_the_defaults_for_minutes_on_cuda():
     train, *_ = demo_commands("HAS_CUDA=1")
     cfg = build_config(TrainConfig, build_parser().parse_args(train[1:]))
     default = TrainConfig()
-    assert (cfg.ch, cfg.batch_size, cfg.compile, cfg.bf16) == (default.ch, default.batch_size, default.compile, default.bf16)
+    assert (cfg.ch, cfg.batch_size, cfg.compile, cfg.bf16) == (
+        default.ch,
+        default.batch_size,
+        default.compile,
+        default.bf16,
+    )
     assert cfg.conditional and 0 < cfg.max_minutes <= 5 and cfg.steps > cfg.ema_start
 
 
 def test_the_demo_draws_the_shipped_grid_and_attention_beside_its_own(tmp_path):
     (tmp_path / "pyproject.toml").touch()  # what `make -n` needs of a checkout to print the recipe
     alone = demo_commands(cwd=tmp_path)
-    assert alone[1][:4] == [".venv/bin/tritonsagan-generate", "--weights", "runs/demo", "--class-per-row"] and len(alone) == 4
+    assert (
+        alone[1][:4] == [".venv/bin/tritonsagan-generate", "--weights", "runs/demo", "--class-per-row"]
+        and len(alone) == 4
+    )
     (tmp_path / "tritonsagan" / "pretrained" / "builtin-photos-64").mkdir(parents=True)
     (tmp_path / "tritonsagan" / "pretrained" / "builtin-photos-64" / "model.safetensors").touch()
     shipped = demo_commands(cwd=tmp_path)
     assert shipped[1][:4] == [".venv/bin/tritonsagan-generate", "--weights", "runs/demo", "builtin-photos-64"]
-    assert shipped[3][:3] == [".venv/bin/tritonsagan-generate", "--weights", "builtin-photos-64"] and "--attention-maps" in shipped[3]
+    assert (
+        shipped[3][:3] == [".venv/bin/tritonsagan-generate", "--weights", "builtin-photos-64"]
+        and "--attention-maps" in shipped[3]
+    )
     assert shipped[4][:2] == [".venv/bin/tritonsagan-export", "runs/demo"]
 
 

@@ -6,16 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from tritonsagan.models import Generator
+from tritonsagan.models.pretrained import WEIGHTS_NAME
 
 import tritonsagan.shipped as shipped
 from tritonsagan import generate, load_generator
+from tritonsagan.export import card_table, model_card
 from tritonsagan.generate import main
 from tritonsagan.gpu_run import MAX_WEIGHTS_BYTES
-from tritonsagan.models import Generator
-from tritonsagan.models.pretrained import WEIGHTS_NAME
 from tritonsagan.photo_match import generator_photo_match
 from tritonsagan.photo_variety import generator_photo_variety
-from tritonsagan.export import card_table, model_card
 from tritonsagan.shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME, SHIPPED_FILES, shipped_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,7 +45,10 @@ def test_shipped_weights_load_by_name(stand_in_root, tmp_path, monkeypatch):
 
 def test_an_unknown_name_lists_the_shipped_ones(stand_in_root, capsys):
     assert main(["--weights", "builtin-foto", "--n", "2", "--out", "g.png"]) == 1
-    assert "weights not found: builtin-foto (no such file or folder, nor shipped weights of that name; shipped weights: tiny-photos)" in capsys.readouterr().err
+    assert (
+        "weights not found: builtin-foto (no such file or folder, nor shipped weights of that name; shipped weights: tiny-photos)"
+        in capsys.readouterr().err
+    )
 
 
 def test_none_shipped_says_so(tmp_path, monkeypatch):
@@ -58,12 +61,17 @@ def test_none_shipped_says_so(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", shipped_names())
 def test_shipped_weights_draw_their_photos_as_their_card_says(name):
     folder = shipped.SHIPPED_ROOT / name
-    assert all((folder / file).is_file() for file in SHIPPED_FILES) and (folder / WEIGHTS_NAME).stat().st_size <= MAX_WEIGHTS_BYTES
+    assert (
+        all((folder / file).is_file() for file in SHIPPED_FILES)
+        and (folder / WEIGHTS_NAME).stat().st_size <= MAX_WEIGHTS_BYTES
+    )
     G = load_generator(name)
     assert torch.equal(generate(G, 4, classes=[0, 5], seed=3), generate(G, 4, classes=[0, 5], seed=3))
     match = generator_photo_match(G)
     card = json.loads((folder / CARD_FIGURES_NAME).read_text())
-    assert match["accuracy"] >= PHOTO_MATCH_AT_LEAST and match["accuracy"] == pytest.approx(card["photo_match"]["accuracy"], abs=2 / 136), match
+    assert match["accuracy"] >= PHOTO_MATCH_AT_LEAST and match["accuracy"] == pytest.approx(
+        card["photo_match"]["accuracy"], abs=2 / 136
+    ), match
     assert generator_photo_variety(G)["variety"] == pytest.approx(card["photo_variety"]["variety"], rel=0.02)
     assert (folder / MODEL_CARD_NAME).read_text() == model_card(card)
     assert card_table(card) in (ROOT / "README.md").read_text()  # the README shows the card's figures

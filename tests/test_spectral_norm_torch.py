@@ -3,11 +3,10 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import rel_err
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
-
 from tritonsagan.kernels import spectral_norm, spectral_norm_torch
 from tritonsagan.models import SNConv2d, SNEmbedding, SNLinear
-from helpers import rel_err
 
 LAYER_PAIRS = {
     "conv3x3": (lambda: nn.Conv2d(5, 7, 3, padding=1), lambda: SNConv2d(5, 7, 3, padding=1), (3, 5, 6, 6)),

@@ -3,13 +3,12 @@
 import pytest
 import torch
 import torch.nn as nn
+from helpers import rel_err
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
-
 from tritonsagan.kernels import spectral_norm_triton, use_backend
 from tritonsagan.kernels.spectral_norm import power_iteration_grouped
 from tritonsagan.kernels.spectral_norm_kernels import power_iteration_launch, scale_backward_launch, scale_launch
 from tritonsagan.models import Discriminator, Generator, SNConv2d
-from helpers import rel_err
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -45,8 +44,11 @@ def test_five_training_steps_match_torch(shape):
         w_sn_torch.backward(grad)
         w_sn.backward(grad)
         for name, got, want in (
-            ("u", u, sn._u), ("v", v, sn._v), ("sigma", sigma, sigma_torch),
-            ("W_sn", w_sn, w_sn_torch), ("dW", weight.grad, param.original.grad),
+            ("u", u, sn._u),
+            ("v", v, sn._v),
+            ("sigma", sigma, sigma_torch),
+            ("W_sn", w_sn, w_sn_torch),
+            ("dW", weight.grad, param.original.grad),
         ):
             assert rel_err(got, want) < 1e-5, f"{name} at step {step}"
         with torch.no_grad():  # the same optimiser step on both
@@ -88,7 +90,13 @@ def test_launches_fill_poisoned_outputs(shape, iterations):
     u_used, v_used = torch.full_like(u, nan), torch.full_like(v, nan)
     sigma = torch.full((), nan, device=DEVICE)
     power_iteration_launch(w, u, v, iterations, 1e-12, u_used, v_used, sigma)
-    for name, got, want in (("u", u, u_ref), ("v", v, v_ref), ("u copy", u_used, u_ref), ("v copy", v_used, v_ref), ("sigma", sigma, sigma_ref)):
+    for name, got, want in (
+        ("u", u, u_ref),
+        ("v", v, v_ref),
+        ("u copy", u_used, u_ref),
+        ("v copy", v_used, v_ref),
+        ("sigma", sigma, sigma_ref),
+    ):
         assert rel_err(got, want) < 1e-5, name
 
     out = torch.full_like(w, nan)

@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from helpers import cli_flags, final_weights, tiny_config, write_image
 from PIL import Image
 from safetensors.torch import load_file
+from tritonsagan.models import Discriminator, Generator
 
 import tritonsagan.train as train_module
 from tritonsagan.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from tritonsagan.models import Discriminator, Generator
 from tritonsagan.train import TrainingDiverged, main, train
-from helpers import cli_flags, final_weights, tiny_config, write_image
+
 
 def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     run = tmp_path / "run"
@@ -33,12 +34,19 @@ def test_end_to_end_run_writes_every_output(tmp_path, capsys):
         f"compile off, bf16 off, DiffAugment color,translation,cutout; outputs in {run}/ (samples/, generator/, curves.png, metrics.jsonl)"
     )
     progress = [line for line in lines if line.startswith("step ")]
-    assert [line.split()[1] for line in progress] == ["2/4", "4/4"] and all(" left" in line and "img/s" in line for line in progress)
+    assert [line.split()[1] for line in progress] == ["2/4", "4/4"] and all(
+        " left" in line and "img/s" in line for line in progress
+    )
 
     config = json.loads((run / "config.json").read_text())
     assert config["steps"] == 4 and config["conditional"] and config["lr_d"] == 4e-4
     # What was left to the device and the data is recorded as decided.
-    assert config["device"] == "cpu" and config["compile"] is False and config["bf16"] is False and config["diffaug"] == "color,translation,cutout"
+    assert (
+        config["device"] == "cpu"
+        and config["compile"] is False
+        and config["bf16"] is False
+        and config["diffaug"] == "color,translation,cutout"
+    )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4]
     for record in records:
@@ -141,12 +149,27 @@ def test_help_and_config_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     help_text = capsys.readouterr().out
-    for flag in ("--data", "--out", "--steps", "--batch-size", "--ch", "--conditional", "--resume", "--device",
-                 "--compile", "--no-compile", "--seed", "--sample-every", "--save-every", "--n-dis", "--config"):  # fmt: skip
+    for flag in (
+        "--data",
+        "--out",
+        "--steps",
+        "--batch-size",
+        "--ch",
+        "--conditional",
+        "--resume",
+        "--device",
+        "--compile",
+        "--no-compile",
+        "--seed",
+        "--sample-every",
+        "--save-every",
+        "--n-dis",
+        "--config",
+    ):
         assert flag in help_text, flag
 
     toml = tmp_path / "cfg.toml"
-    toml.write_text('steps = 2\nch = 8\nbatch_size = 4\nworkers = 0\nnum_samples = 4\ncompile = false\nlr_g = 2e-4\n')
+    toml.write_text("steps = 2\nch = 8\nbatch_size = 4\nworkers = 0\nnum_samples = 4\ncompile = false\nlr_g = 2e-4\n")
     run = tmp_path / "run"
     assert main(["--config", str(toml), "--out", str(run), "--batch-size", "2"]) == 0
     config = json.loads((run / "config.json").read_text())
@@ -161,11 +184,14 @@ def test_help_and_config_files(tmp_path, capsys):
 
 
 def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     trainer = train(tiny_config(out, steps=3, save_every=3, sample_every=3, log_every=3))
-    states = {f"{name}.{k}": v for name, model in (("G", trainer.G), ("D", trainer.D)) for k, v in model.state_dict().items()}
+    states = {
+        f"{name}.{k}": v for name, model in (("G", trainer.G), ("D", trainer.D)) for k, v in model.state_dict().items()
+    }
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in states.items()}, os.path.join(out, f"rank{rank}.safetensors"))
@@ -202,7 +228,9 @@ def test_the_g_step_updates_ds_spectral_norm_vectors_only_when_asked(tmp_path, d
     trainer = train_module.Trainer(tiny_config(tmp_path / "run", d_sn_in_g_step=d_sn_in_g_step, diffaug=""))
     layer, changed = trainer.D.blocks[1].conv1, []
     trainer.D.register_forward_pre_hook(lambda module, args: changed.append(layer.weight_u.clone()))
-    trainer.D.register_forward_hook(lambda module, args, out: changed.append(not torch.equal(changed.pop(), layer.weight_u)))
+    trainer.D.register_forward_hook(
+        lambda module, args, out: changed.append(not torch.equal(changed.pop(), layer.weight_u))
+    )
     try:
         trainer.step_on([(torch.rand(4, 3, 128, 128) * 2 - 1, None)])
     finally:

@@ -6,11 +6,11 @@ import json
 
 import pytest
 import torch
-
+from helpers import rel_err
 from tritonsagan.kernels import use_backend
 from tritonsagan.models import Discriminator, Generator, TuningConfig, set_tuning
+
 from tritonsagan.train import TrainConfig, train
-from helpers import rel_err
 
 MODEL_SWITCHES = ["channels_last", "fused_qkv", "grouped_sn"]
 
@@ -133,7 +133,9 @@ def test_training_switch_matches_default_and_resumes_exactly(switch, default_los
 @pytest.mark.parametrize("mode", ["max-autotune", "reduce-overhead"])
 def test_compile_mode_and_scope_reach_torch_compile(mode, tmp_path, monkeypatch):
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compiled.append((getattr(fn, "__name__", ""), mode)) or fn)
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, mode=None: compiled.append((getattr(fn, "__name__", ""), mode)) or fn
+    )
     _run(tmp_path, 1, compile=True, compile_scope="step", compile_mode=mode)
     assert compiled == [(name, mode) for name in ("_d_losses", "_g_loss", "step", "step", "average")]
 
@@ -142,7 +144,10 @@ def test_compile_mode_and_scope_reach_torch_compile(mode, tmp_path, monkeypatch)
 def test_every_model_switch_on_cuda_compiled_in_bf16_matches_default():
     """The GPU run's check of the switches as training uses them: compiled, bf16 autocast, Triton kernels."""
     results = []
-    for tuning in (TuningConfig(), TuningConfig(channels_last=True, fused_qkv=True, grouped_sn=True, sn_autocast_dtype=True)):
+    for tuning in (
+        TuningConfig(),
+        TuningConfig(channels_last=True, fused_qkv=True, grouped_sn=True, sn_autocast_dtype=True),
+    ):
         torch.manual_seed(5)
         G, D = Generator(ch=16, num_classes=3).cuda(), Discriminator(ch=16, num_classes=3).cuda()
         for model in (G, D):
@@ -157,7 +162,9 @@ def test_every_model_switch_on_cuda_compiled_in_bf16_matches_default():
         z, y = torch.randn(8, 128, device="cuda"), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1], device="cuda")
         logits = torch.compile(step, fullgraph=True)(z, y)
         logits.square().sum().backward()
-        results.append((logits.detach(), G.attention.theta.weight.grad, D.blocks[0].conv1.weight.grad, G.linear.weight_u))
+        results.append(
+            (logits.detach(), G.attention.theta.weight.grad, D.blocks[0].conv1.weight.grad, G.linear.weight_u)
+        )
         torch._dynamo.reset()
     for name, got, want in zip(("logits", "G theta grad", "D conv1 grad", "G linear u"), *results):
         assert rel_err(got, want) < 3e-2, name

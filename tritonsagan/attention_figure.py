@@ -30,7 +30,9 @@ MARKER_COLOURS = [f"C{i}" for i in range(10)]  # one colour per query, the same 
 
 
 @torch.inference_mode()
-def attention_maps(generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, queries: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_maps(
+    generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, queries: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Images and, for each query position of G's attention layer, its attention row as a map.
 
     Only the selected rows softmax(q_i K^T) are computed (from the block's own theta and pooled phi
@@ -62,7 +64,11 @@ def upsample_heat(maps: torch.Tensor, size: int) -> np.ndarray:
     """(B, Q, h, w) maps -> (B, Q, size, size), bilinear, in units of uniform attention (1: each key
     weighted 1/(h w); 5: five times that), so the colour scale reads the same for any grid."""
     keys = maps.shape[-1] * maps.shape[-2]
-    return (F.interpolate(maps.double() * keys, size=(size, size), mode="bilinear", align_corners=False)).clamp(min=0).numpy()
+    return (
+        (F.interpolate(maps.double() * keys, size=(size, size), mode="bilinear", align_corners=False))
+        .clamp(min=0)
+        .numpy()
+    )
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, top: float) -> np.ndarray:
@@ -76,7 +82,9 @@ def overlay(image: np.ndarray, heat: np.ndarray, top: float) -> np.ndarray:
     return (1 - alpha) * grey[..., None] + alpha * colormaps[HEAT_COLORMAP](level)[..., :3]
 
 
-def attention_figure(images: torch.Tensor, maps: torch.Tensor, points: Sequence[tuple[int, int]], captions: Sequence[str] | None = None):
+def attention_figure(
+    images: torch.Tensor, maps: torch.Tensor, points: Sequence[tuple[int, int]], captions: Sequence[str] | None = None
+):
     """A matplotlib Figure: one row per image, the image with its numbered query points (x, y in
     pixels), then one panel per query showing its attention, and a colour bar for all of them."""
     if importlib.util.find_spec("matplotlib") is None:
@@ -116,8 +124,16 @@ def attention_figure(images: torch.Tensor, maps: torch.Tensor, points: Sequence[
 def _mark(ax, point: tuple[int, int], number: int) -> None:
     colour = MARKER_COLOURS[(number - 1) % len(MARKER_COLOURS)]
     ax.plot(*point, "o", markersize=7, markerfacecolor=colour, markeredgecolor="white", markeredgewidth=1.5)
-    ax.annotate(str(number), point, xytext=(5, 4), textcoords="offset points", color="white", fontsize="small", fontweight="bold",
-                bbox={"boxstyle": "round,pad=0.15", "facecolor": colour, "edgecolor": "none"})  # fmt: skip
+    ax.annotate(
+        str(number),
+        point,
+        xytext=(5, 4),
+        textcoords="offset points",
+        color="white",
+        fontsize="small",
+        fontweight="bold",
+        bbox={"boxstyle": "round,pad=0.15", "facecolor": colour, "edgecolor": "none"},
+    )
 
 
 def figure_to_array(figure) -> np.ndarray:

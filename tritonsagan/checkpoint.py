@@ -86,7 +86,9 @@ def write_checkpoint(
         meta["optimizers"][name] = _flatten_optimizer(name, optimizer.state_dict(), tensors)
     tensors.update({f"rng.{k}": v for k, v in rng_states.items()})
     meta_json = json.dumps(meta)
-    save_safetensors(path, tensors, {CHECKPOINT_METADATA: meta_json, CHECKSUM_METADATA: content_sha256(meta_json, tensors)})
+    save_safetensors(
+        path, tensors, {CHECKPOINT_METADATA: meta_json, CHECKSUM_METADATA: content_sha256(meta_json, tensors)}
+    )
     atomic_write_json(sidecar_path(path), meta)
 
 
@@ -129,7 +131,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise WeightsError(f"{path}: not a tritonsagan training checkpoint (no checkpoint metadata)")
     meta_json = metadata[CHECKPOINT_METADATA]
     if CHECKSUM_METADATA not in metadata:
-        raise WeightsError(f"{path}: a checkpoint without its {CHECKSUM_METADATA} checksum, so it cannot be checked; was it written by tritonsagan?")
+        raise WeightsError(
+            f"{path}: a checkpoint without its {CHECKSUM_METADATA} checksum, so it cannot be checked; was it written by tritonsagan?"
+        )
     if content_sha256(meta_json, tensors) != metadata[CHECKSUM_METADATA]:
         raise WeightsError(f"{path}: damaged checkpoint (its contents no longer match the checksum written with them)")
     return tensors, json.loads(meta_json)

@@ -25,7 +25,9 @@ KNOWN_ERRORS = (TritonsaganError, OSError, ValueError)
 INTERRUPTED_EXIT_CODE = 128 + 2  # the shell's code for a process ended by SIGINT
 
 
-def run_command(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], str | None], argv: list[str] | None) -> int:
+def run_command(
+    parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], str | None], argv: list[str] | None
+) -> int:
     """Parse argv, call run(args); print what it returns (e.g. "wrote x.png") on stderr; 0 or 1."""
     args = parser.parse_args(argv)
     try:
@@ -82,7 +84,9 @@ def _cpu_model() -> str:
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N (default: auto)"
+    )
 
 
 def positive_float(text: str) -> float:
@@ -97,7 +101,7 @@ def positive_float(text: str) -> float:
 
 
 def parse_int_list(text: str) -> list[int]:
-    """"3,7,9" -> [3, 7, 9]."""
+    """ "3,7,9" -> [3, 7, 9]."""
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:

@@ -29,10 +29,14 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
         kind = hints[f.name]
         help_text = field_help(f)
         if kind is bool or kind == (bool | None):  # bool | None: None means "decide from the device"
-            parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag_name(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         else:
             choices = f.metadata.get("choices")
-            parser.add_argument(flag_name(f.name), type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag_name(f.name), type=kind, choices=choices, default=argparse.SUPPRESS, help=help_text
+            )
 
 
 def field_help(f: dataclasses.Field) -> str:
@@ -69,7 +73,9 @@ def read_config_file(path: str) -> dict[str, Any]:
     except ValueError as err:  # JSONDecodeError and TOMLDecodeError are both ValueErrors
         raise ConfigError(f"--config {file}: cannot parse it: {err}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"--config {file}: holds a JSON {type(values).__name__}, not an object of config fields like {{\"steps\": 1000}}")
+        raise ConfigError(
+            f'--config {file}: holds a JSON {type(values).__name__}, not an object of config fields like {{"steps": 1000}}'
+        )
     return values
 
 
@@ -89,5 +95,7 @@ def build_config(config_cls: type[C], args: argparse.Namespace) -> C:
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             values[name] = float(value)
         elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"config key {name!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")  # bool | None has no __name__
+            raise ConfigError(
+                f"config key {name!r} must be {getattr(kind, '__name__', kind)}, got {value!r}"
+            )  # bool | None has no __name__
     return config_cls(**values)

@@ -107,7 +107,15 @@ def plot_curves(runs: dict[str, list[dict]], path: str | os.PathLike) -> Path:
                 for suffix, steps, values in _series(records, key):
                     name = f"{label}{suffix}" if len(runs) == 1 else f"{run_name}: {label}{suffix}"
                     marker = "o" if len(steps) < 20 else None
-                    ax.plot(steps, values, style, color=colours[run_index % len(colours)], marker=marker, markersize=3, label=name)
+                    ax.plot(
+                        steps,
+                        values,
+                        style,
+                        color=colours[run_index % len(colours)],
+                        marker=marker,
+                        markersize=3,
+                        label=name,
+                    )
                     drawn = True
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -141,7 +149,9 @@ class MetricsLog:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:
-                raise ConfigError("--tensorboard needs tensorboardX: pip install tensorboardX (the package's tensorboard extra)") from None
+                raise ConfigError(
+                    "--tensorboard needs tensorboardX: pip install tensorboardX (the package's tensorboard extra)"
+                ) from None
             self.tensorboard = SummaryWriter(str(run.tensorboard), purge_step=resume_step + 1)
         if enabled and not HAS_MATPLOTLIB:
             print(f"note: no {run.curves.name} (matplotlib is not installed: pip install matplotlib)", file=sys.stderr)
@@ -154,7 +164,10 @@ class MetricsLog:
         if kept != text:
             dropped = len(text.splitlines()) - len(records)
             atomic_write_bytes(self.run.metrics, kept.encode())
-            print(f"{self.run.metrics}: dropped {dropped} line(s) after step {step} (or cut short), where this run resumes", flush=True)
+            print(
+                f"{self.run.metrics}: dropped {dropped} line(s) after step {step} (or cut short), where this run resumes",
+                flush=True,
+            )
         return records
 
     def write(self, record: dict) -> None:
@@ -196,7 +209,10 @@ class MetricsLog:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tritonsagan-curves", description="Draw the training curves of one or several runs from their metrics.jsonl.")
+    parser = argparse.ArgumentParser(
+        prog="tritonsagan-curves",
+        description="Draw the training curves of one or several runs from their metrics.jsonl.",
+    )
     parser.add_argument("runs", nargs="+", help="run directories (or metrics.jsonl files)")
     parser.add_argument("--out", default="curves.png", help="PNG to write (default: curves.png)")
     return parser

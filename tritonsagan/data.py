@@ -33,10 +33,24 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 
 # Photos bundled inside scikit-image's wheel (the ones it downloads at run time are not listed).
 BUILTIN_PHOTOS = (
-    "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
-    "coffee.png", "coins.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
-    "moon.png", "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
-)  # fmt: skip
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "retina.jpg",
+    "rocket.jpg",
+)
 
 
 class DataError(TritonsaganError, ValueError):
@@ -53,7 +67,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """Grayscale, palette and alpha images become RGB; transparency is composited onto white; 16-bit
     grayscale is scaled to 8 bits (16-bit RGB needs nothing: Pillow reads it as 8-bit RGB)."""
     if image.mode in SIXTEEN_BIT_MODES:
-        eight_bits = np.clip(np.round(np.asarray(image, dtype=np.float64) / SIXTEEN_TO_EIGHT_BITS), 0, 255).astype(np.uint8)
+        eight_bits = np.clip(np.round(np.asarray(image, dtype=np.float64) / SIXTEEN_TO_EIGHT_BITS), 0, 255).astype(
+            np.uint8
+        )
         return Image.fromarray(eight_bits).convert("RGB")
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
@@ -81,7 +97,9 @@ class ImageLimits:
 
     def __post_init__(self) -> None:
         if not self.min_side >= 1 or not self.max_aspect_ratio >= 1:  # `not >=` also refuses NaN
-            raise DataError(f"--min-image-side must be >= 1 and --max-aspect-ratio >= 1, got {self.min_side} and {self.max_aspect_ratio}")
+            raise DataError(
+                f"--min-image-side must be >= 1 and --max-aspect-ratio >= 1, got {self.min_side} and {self.max_aspect_ratio}"
+            )
 
     def problem(self, size: tuple[int, int]) -> str | None:
         """Why an image of this (width, height) is not used, or None."""
@@ -153,7 +171,10 @@ class EpochOrder:
 
     def __call__(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
-            self._epoch, self._order = epoch, np.random.default_rng([self.seed, epoch, EPOCH_ORDER_STREAM]).permutation(self.n)
+            self._epoch, self._order = (
+                epoch,
+                np.random.default_rng([self.seed, epoch, EPOCH_ORDER_STREAM]).permutation(self.n),
+            )
         return self._order
 
 
@@ -177,7 +198,9 @@ def center_square(image: Image.Image, size: int) -> Image.Image:
     width, height = image.size
     side = min(width, height)
     left, top = (width - side) // 2, (height - side) // 2
-    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0)
+    return image.resize(
+        (size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side), reducing_gap=3.0
+    )
 
 
 def resize_and_crop(image: Image.Image, size: int, rng: np.random.Generator, random_crop: bool) -> Image.Image:
@@ -219,7 +242,11 @@ class ImageFolderStream(ImageStream):
                 raise DataError(f"{self.root}: --conditional needs one sub-folder per class, found none")
             self.classes = [p.name for p in class_dirs]
             per_class = [self._image_files(d) for d in class_dirs]
-            unusable = [f"{d.name} ({_unusable(found)})" for d, found in zip(class_dirs, per_class) if not _has_usable_image(found, limits)]
+            unusable = [
+                f"{d.name} ({_unusable(found)})"
+                for d, found in zip(class_dirs, per_class)
+                if not _has_usable_image(found, limits)
+            ]
             if unusable:
                 folders = f"{len(unusable)} class folder{'s' if len(unusable) > 1 else ''}"
                 raise DataError(f"{self.root}: no usable image in {folders}: {', '.join(unusable)}{_LIMITS_HINT}")
@@ -232,8 +259,11 @@ class ImageFolderStream(ImageStream):
             if not _has_usable_image([f for f, _ in files], limits):
                 raise DataError(f"{self.root}: none of the {len(files)} image files is usable{_LIMITS_HINT}")
         if self.undecodable_names:
-            print(f"warning: {self.root}: left out {len(self.undecodable_names)} file(s) whose names are not valid UTF-8 "
-                  f"(rename them to use them): {', '.join(self.undecodable_names[:LISTED_NAMES])}", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: {self.root}: left out {len(self.undecodable_names)} file(s) whose names are not valid UTF-8 "
+                f"(rename them to use them): {', '.join(self.undecodable_names[:LISTED_NAMES])}",
+                file=sys.stderr,
+            )
         self.files = files
         self.order = EpochOrder(seed, len(files))
 
@@ -313,7 +343,9 @@ class BuiltinPhotoStream(ImageStream):
     def __init__(self, seed: int, photos: Sequence[str] = BUILTIN_PHOTOS, image_size: int = IMAGE_SIZE) -> None:
         unknown = sorted(set(photos) - set(BUILTIN_PHOTOS))
         if unknown or not photos:
-            raise DataError(f"builtin photos must be a non-empty subset of {', '.join(BUILTIN_PHOTOS)}; unknown: {unknown}")
+            raise DataError(
+                f"builtin photos must be a non-empty subset of {', '.join(BUILTIN_PHOTOS)}; unknown: {unknown}"
+            )
         folder = builtin_photo_dir()
         self.paths = [folder / name for name in photos]
         missing = [p.name for p in self.paths if not p.is_file()]

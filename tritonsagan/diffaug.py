@@ -26,11 +26,13 @@ CUTOUT_RATIO = 1 / 2
 
 
 def parse_policy(text: str) -> tuple[str, ...]:
-    """"color,translation" -> ("color", "translation"); "" -> () (no augmentation)."""
+    """ "color,translation" -> ("color", "translation"); "" -> () (no augmentation)."""
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in POLICIES]
     if unknown:
-        raise ConfigError(f"--diffaug: unknown augmentation {', '.join(map(repr, unknown))}; allowed: {', '.join(POLICIES)} (comma-separated, empty for none)")
+        raise ConfigError(
+            f"--diffaug: unknown augmentation {', '.join(map(repr, unknown))}; allowed: {', '.join(POLICIES)} (comma-separated, empty for none)"
+        )
     if len(set(names)) != len(names):
         raise ConfigError(f"--diffaug: {text!r} names an augmentation twice")
     return names
@@ -53,7 +55,9 @@ def draw(policy: tuple[str, ...], batch: int, size: int, generator: torch.Genera
         params["translation"] = torch.randint(-shift, shift + 1, (batch, 2), generator=generator, device=device)
     if "cutout" in policy:
         side = _shift(size, CUTOUT_RATIO)
-        params["cutout"] = torch.randint(0, size + (1 - side % 2), (batch, 2), generator=generator, device=device)  # square centres
+        params["cutout"] = torch.randint(
+            0, size + (1 - side % 2), (batch, 2), generator=generator, device=device
+        )  # square centres
     return params
 
 
@@ -63,7 +67,12 @@ def translate(x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     rows = torch.arange(height, device=x.device) - offsets[:, :1]  # (B, H): source row of each output row
     cols = torch.arange(width, device=x.device) - offsets[:, 1:]  # (B, W)
     inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
-    picked = x[torch.arange(batch, device=x.device)[:, None, None], :, rows.clamp(0, height - 1)[:, :, None], cols.clamp(0, width - 1)[:, None, :]]
+    picked = x[
+        torch.arange(batch, device=x.device)[:, None, None],
+        :,
+        rows.clamp(0, height - 1)[:, :, None],
+        cols.clamp(0, width - 1)[:, None, :],
+    ]
     return picked.permute(0, 3, 1, 2) * inside[:, None].to(x.dtype)  # advanced indexing put channels last
 
 
@@ -78,7 +87,9 @@ def cutout(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return x * (~square)[:, None].to(x.dtype)
 
 
-def adjust_colour(x: torch.Tensor, brightness: torch.Tensor, saturation: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+def adjust_colour(
+    x: torch.Tensor, brightness: torch.Tensor, saturation: torch.Tensor, contrast: torch.Tensor
+) -> torch.Tensor:
     """Brightness, then saturation (around the per-pixel channel mean), then contrast (around the image mean)."""
     per_image = (-1, 1, 1, 1)
     x = x + brightness.view(per_image).to(x.dtype)

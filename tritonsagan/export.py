@@ -44,11 +44,11 @@ from .atomic_write import atomic_write_bytes, atomic_write_json
 from .checkpoint import list_checkpoints, read_sidecar
 from .cli import add_device_argument, resolve_device, run_command
 from .curves import HAS_MATPLOTLIB, read_metrics
+from .data import ImageStream
 from .errors import ConfigError
 from .evaluate import EvalError, FeatureNetwork, extract_features, find_feature_weights
 from .fixed_pattern import fixed_pattern
 from .generate import generate
-from .data import ImageStream
 from .loader import make_dataset
 from .metrics import kernel_inception_distance
 from .photo_match import generator_photo_match, reference_crops
@@ -76,7 +76,14 @@ def training_segments(run: RunDirectory, up_to: int) -> list[dict]:
             continue
         last = logged[-1]
         images = (last["step"] - start["step"]) * start["config"]["batch_size"]
-        segments.append({"from": start["step"], "to": last["step"], "device": start.get("device", "not recorded"), "seconds": images / last["images_per_s"]})
+        segments.append(
+            {
+                "from": start["step"],
+                "to": last["step"],
+                "device": start.get("device", "not recorded"),
+                "seconds": images / last["images_per_s"],
+            }
+        )
     return segments
 
 
@@ -91,10 +98,16 @@ class Measurer:
     features computed) once: photo_match and photo_variety on the built-in photos, KID on kid_n
     images (0: none), the fixed pattern."""
 
-    def __init__(self, config: dict, image_size: int, kid_n: int, fid_weights: str | None, device: torch.device) -> None:
+    def __init__(
+        self, config: dict, image_size: int, kid_n: int, fid_weights: str | None, device: torch.device
+    ) -> None:
         # The run's data as its training drew it (crops, flips), from another seed.
-        dataset = make_dataset(config["data"], REAL_SEED, conditional=False, random_crop=config["crop"] == "random", image_size=image_size)
-        self.photo_crops = reference_crops(image_size=image_size) if config["data"] == "builtin" and config["conditional"] else None
+        dataset = make_dataset(
+            config["data"], REAL_SEED, conditional=False, random_crop=config["crop"] == "random", image_size=image_size
+        )
+        self.photo_crops = (
+            reference_crops(image_size=image_size) if config["data"] == "builtin" and config["conditional"] else None
+        )
         self.n = min(kid_n or KID_N, len(dataset)) if dataset.samples_repeat else kid_n or KID_N
         real = _real_images(dataset, 0, self.n)
         self.real_pattern = fixed_pattern(real)
@@ -103,7 +116,9 @@ class Measurer:
         if kid_n:
             self._prepare_kid(dataset, real, kid_n, fid_weights, device)
 
-    def _prepare_kid(self, dataset: ImageStream, real: torch.Tensor, n: int, fid_weights: str | None, device: torch.device) -> None:
+    def _prepare_kid(
+        self, dataset: ImageStream, real: torch.Tensor, n: int, fid_weights: str | None, device: torch.device
+    ) -> None:
         try:
             network = FeatureNetwork(find_feature_weights(fid_weights), device)
         except EvalError as err:
@@ -121,7 +136,13 @@ class Measurer:
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
         assert self.network is not None
-        return extract_features(self.network, images.split(FEATURE_BATCH), math.ceil(len(images) / FEATURE_BATCH), "features", progress=False)[0]
+        return extract_features(
+            self.network,
+            images.split(FEATURE_BATCH),
+            math.ceil(len(images) / FEATURE_BATCH),
+            "features",
+            progress=False,
+        )[0]
 
     def _kid(self, features: torch.Tensor) -> float:
         """KID against the real features, one estimate over all pairs of the n images (subsets of all n
@@ -133,12 +154,20 @@ class Measurer:
         classes = list(range(G.config.num_classes)) or None
         generated = generate(G, self.n, classes=classes, seed=GENERATE_SEED)
         kid = dict(self.kid)
-        if self.network is not None:  # its own draw when fewer: a slice of `generated` would hold only the first classes
-            for_kid = generated if self.kid_n == self.n else generate(G, self.kid_n, classes=classes, seed=GENERATE_SEED)
+        if (
+            self.network is not None
+        ):  # its own draw when fewer: a slice of `generated` would hold only the first classes
+            for_kid = (
+                generated if self.kid_n == self.n else generate(G, self.kid_n, classes=classes, seed=GENERATE_SEED)
+            )
             kid["kid"] = self._kid(self._features(for_kid))
         return {
-            "photo_match": generator_photo_match(G, reference=self.photo_crops) if self.photo_crops is not None else None,
-            "photo_variety": generator_photo_variety(G, reference=self.photo_crops) if self.photo_crops is not None else None,
+            "photo_match": generator_photo_match(G, reference=self.photo_crops)
+            if self.photo_crops is not None
+            else None,
+            "photo_variety": generator_photo_variety(G, reference=self.photo_crops)
+            if self.photo_crops is not None
+            else None,
             "kid": kid,
             "fixed_pattern": {"generated": fixed_pattern(generated), "real": self.real_pattern, "n": self.n},
         }
@@ -160,7 +189,9 @@ def learning_curve(run: RunDirectory, measure: Measurer, up_to: int, device: tor
 
 def _require_matplotlib() -> None:
     if not HAS_MATPLOTLIB:
-        raise ConfigError("drawing the learning curve needs matplotlib: pip install matplotlib (the package's plot extra)")
+        raise ConfigError(
+            "drawing the learning curve needs matplotlib: pip install matplotlib (the package's plot extra)"
+        )
 
 
 def curve_figure(card: dict, path: str | Path) -> Path:
@@ -174,12 +205,36 @@ def curve_figure(card: dict, path: str | Path) -> Path:
     steps = [point["step"] for point in curve]
     panels = []
     if card["photo_match"]:
-        panels.append(("photo match", [p["photo_match"]["accuracy"] for p in curve], card["photo_match"]["fresh_crops"], "fresh real crops", (0, 1)))
+        panels.append(
+            (
+                "photo match",
+                [p["photo_match"]["accuracy"] for p in curve],
+                card["photo_match"]["fresh_crops"],
+                "fresh real crops",
+                (0, 1),
+            )
+        )
     if card.get("photo_variety"):  # cards exported before it was measured lack it
         panels.append(("photo variety", [p["photo_variety"]["variety"] for p in curve], 1.0, "real crops", (0, None)))
     if "kid" in card["kid"]:
-        panels.append((f"KID (n={card['kid']['n']})", [p["kid"]["kid"] for p in curve], card["kid"]["real_vs_real"], "real vs real", (None, None)))
-    panels.append(("fixed pattern", [p["fixed_pattern"]["generated"] for p in curve], card["fixed_pattern"]["real"], "real crops", (0, None)))
+        panels.append(
+            (
+                f"KID (n={card['kid']['n']})",
+                [p["kid"]["kid"] for p in curve],
+                card["kid"]["real_vs_real"],
+                "real vs real",
+                (None, None),
+            )
+        )
+    panels.append(
+        (
+            "fixed pattern",
+            [p["fixed_pattern"]["generated"] for p in curve],
+            card["fixed_pattern"]["real"],
+            "real crops",
+            (0, None),
+        )
+    )
     figure = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")
     FigureCanvasAgg(figure)
     for ax, (title, values, real, real_label, ylim) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
@@ -215,7 +270,10 @@ def export(
         raise ConfigError(f"{run.root}: not a training run (no {run.config_history.name})")
     checkpoint = Path(checkpoint) if checkpoint else run.latest_checkpoint()
     if checkpoint is None or not checkpoint.is_file():
-        raise ConfigError(f"{checkpoint or run.checkpoints}: no checkpoint to export" + ("" if checkpoint else " (train at least to the first --save-every)"))
+        raise ConfigError(
+            f"{checkpoint or run.checkpoints}: no checkpoint to export"
+            + ("" if checkpoint else " (train at least to the first --save-every)")
+        )
     step = read_sidecar(checkpoint)["step"]
     config = json.loads(run.config.read_text())
     G = generator_from_checkpoint(checkpoint)
@@ -248,35 +306,74 @@ def _percent(share: float) -> str:
 
 def card_table(card: dict) -> str:
     """The model card's table of figures (markdown), from card.json; the README shows the shipped ones'."""
-    config, generator, match, kid, pattern = card["config"], card["generator"], card["photo_match"], card["kid"], card["fixed_pattern"]
+    config, generator, match, kid, pattern = (
+        card["config"],
+        card["generator"],
+        card["photo_match"],
+        card["kid"],
+        card["fixed_pattern"],
+    )
     classes, side = generator["num_classes"], generator["image_size"]
     rows = [
-        ("model", f"Generator, {side}x{side}, ch {generator['ch']}, z_dim {generator['z_dim']}, attention at {generator['attn_res']}x{generator['attn_res']}, "
-                  f"{classes or 'no'} classes; stored in float16 ({card['weights_bytes'] / 2**20:.1f} MiB)"),
-        ("data", "the 17 photos bundled in scikit-image's wheel (`--data builtin`), random square crops, each photo a class" if config["data"] == "builtin"
-                 else f"{config['data']}"),
-        ("training", f"{card['step']:,} steps at batch {card['batch_size']} ({card['step'] * card['batch_size']:,} images), lr G {config['lr_g']:g}, "
-                     f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}; "
-                     + describe_device_settings(config["compile"], config["bf16"], config["diffaug"])),
+        (
+            "model",
+            f"Generator, {side}x{side}, ch {generator['ch']}, z_dim {generator['z_dim']}, attention at {generator['attn_res']}x{generator['attn_res']}, "
+            f"{classes or 'no'} classes; stored in float16 ({card['weights_bytes'] / 2**20:.1f} MiB)",
+        ),
+        (
+            "data",
+            "the 17 photos bundled in scikit-image's wheel (`--data builtin`), random square crops, each photo a class"
+            if config["data"] == "builtin"
+            else f"{config['data']}",
+        ),
+        (
+            "training",
+            f"{card['step']:,} steps at batch {card['batch_size']} ({card['step'] * card['batch_size']:,} images), lr G {config['lr_g']:g}, "
+            f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}; "
+            + describe_device_settings(config["compile"], config["bf16"], config["diffaug"]),
+        ),
         ("device", "; ".join(sorted({s["device"] for s in card["segments"]}))),
-        ("wall-clock", f"{card['training_seconds'] / 60:.1f} minutes of training in {len(card['segments'])} process(es), sampling and checkpoints included"),
-    ]  # fmt: skip
+        (
+            "wall-clock",
+            f"{card['training_seconds'] / 60:.1f} minutes of training in {len(card['segments'])} process(es), sampling and checkpoints included",
+        ),
+    ]
     if match:
-        rows.append(("photo match", f"{_percent(match['accuracy'])} of {match['images']} generated images are nearest in colour to crops of their own "
-                                    f"class's photo (fresh real crops: {_percent(match['fresh_crops'])}; chance: 1 in {classes}); tritonsagan.photo_match"))  # fmt: skip
+        rows.append(
+            (
+                "photo match",
+                f"{_percent(match['accuracy'])} of {match['images']} generated images are nearest in colour to crops of their own "
+                f"class's photo (fresh real crops: {_percent(match['fresh_crops'])}; chance: 1 in {classes}); tritonsagan.photo_match",
+            )
+        )
     variety = card.get("photo_variety")
     if variety:
-        rows.append(("photo variety", f"{variety['variety']:.2f}: how far each class's {variety['images'] // classes} generated images differ from each other, "
-                                      "over how far real crops of its photo do, the mean over classes (real crops: about 1; one image per class "
-                                      "whatever the latent: 0); tritonsagan.photo_variety"))  # fmt: skip
+        rows.append(
+            (
+                "photo variety",
+                f"{variety['variety']:.2f}: how far each class's {variety['images'] // classes} generated images differ from each other, "
+                "over how far real crops of its photo do, the mean over classes (real crops: about 1; one image per class "
+                "whatever the latent: 0); tritonsagan.photo_variety",
+            )
+        )
     if "not_measured" in kid:
         rows.append(("KID", f"not measured: {kid['not_measured']}"))
     else:
-        rows.append(("KID", f"{kid['kid']:.4f}: {kid['n']} generated images against {kid['n']} real ones (one estimate over all pairs); "
-                            f"{kid['n']} other real images against the same score {kid['real_vs_real']:.4f}; "
-                            f"feature network {kid['network']} (sha256 {kid['network_sha256'][:12]})"))  # fmt: skip
-    rows.append(("fixed pattern", f"{pattern['generated']:.2f} for {pattern['n']} generated images, {pattern['real']:.2f} for as many real ones "
-                                  "(frames and grids every image repeats; about 0 for real crops); tritonsagan.fixed_pattern"))  # fmt: skip
+        rows.append(
+            (
+                "KID",
+                f"{kid['kid']:.4f}: {kid['n']} generated images against {kid['n']} real ones (one estimate over all pairs); "
+                f"{kid['n']} other real images against the same score {kid['real_vs_real']:.4f}; "
+                f"feature network {kid['network']} (sha256 {kid['network_sha256'][:12]})",
+            )
+        )
+    rows.append(
+        (
+            "fixed pattern",
+            f"{pattern['generated']:.2f} for {pattern['n']} generated images, {pattern['real']:.2f} for as many real ones "
+            "(frames and grids every image repeats; about 0 for real crops); tritonsagan.fixed_pattern",
+        )
+    )
     return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {text} |" for key, text in rows)
 
 
@@ -284,16 +381,16 @@ def model_card(card: dict) -> str:
     """README.md of an exported folder, from its figures (card.json)."""
     classes, side = card["generator"]["num_classes"], card["generator"]["image_size"]
     call = f"classes=list(range({classes}))" if classes else "classes=None"
-    return f"""# {card['name']}
+    return f"""# {card["name"]}
 
 A SAGAN generator (G_ema, the moving average of G's weights) trained with tritonsagan, exported from
-step {card['step']:,} of its run by `tritonsagan-export`. Every figure below is read from that run or
+step {card["step"]:,} of its run by `tritonsagan-export`. Every figure below is read from that run or
 measured on these weights.
 
 ```python
 import tritonsagan
 
-G = tritonsagan.load_generator("path/to/{card['name']}")
+G = tritonsagan.load_generator("path/to/{card["name"]}")
 images = tritonsagan.generate(G, {classes or 8}, {call})  # uint8 (n, 3, {side}, {side})
 ```
 
@@ -307,9 +404,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="the folder to write (created; its files are replaced)")
     parser.add_argument("--checkpoint", help="the run's checkpoint to export (default: its newest)")
     parser.add_argument("--name", help="the model's name in its card (default: the --out folder's name)")
-    parser.add_argument("--kid-n", type=int, default=KID_N, help=f"generated and real images for KID and the fixed pattern (0: no KID, the fixed pattern on {KID_N}; default: {KID_N})")
-    parser.add_argument("--fid-weights", help="TorchScript feature network for KID (default: as tritonsagan-eval finds it)")
-    parser.add_argument("--curve", help="also measure G_ema at every checkpoint the run kept (card.json keeps the figures) and draw them in this PNG")
+    parser.add_argument(
+        "--kid-n",
+        type=int,
+        default=KID_N,
+        help=f"generated and real images for KID and the fixed pattern (0: no KID, the fixed pattern on {KID_N}; default: {KID_N})",
+    )
+    parser.add_argument(
+        "--fid-weights", help="TorchScript feature network for KID (default: as tritonsagan-eval finds it)"
+    )
+    parser.add_argument(
+        "--curve",
+        help="also measure G_ema at every checkpoint the run kept (card.json keeps the figures) and draw them in this PNG",
+    )
     add_device_argument(parser)
     return parser
 
@@ -319,10 +426,27 @@ def _run(args: argparse.Namespace) -> str:
         raise ConfigError(f"--kid-n {args.kid_n}: give 0 (no KID) or at least 2")
     if args.curve and not args.curve.lower().endswith(".png"):
         raise ConfigError(f"--curve {args.curve}: the learning curve is drawn as a PNG; give a path ending in .png")
-    card = export(args.run, args.out, args.checkpoint, args.name, args.kid_n, args.fid_weights, resolve_device(args.device), args.curve)
+    card = export(
+        args.run,
+        args.out,
+        args.checkpoint,
+        args.name,
+        args.kid_n,
+        args.fid_weights,
+        resolve_device(args.device),
+        args.curve,
+    )
     kid = card["kid"]
-    said = f"KID {kid['kid']:.4f} (real vs real {kid['real_vs_real']:.4f})" if "kid" in kid else f"no KID ({kid['not_measured']})"
-    match = f", photo match {card['photo_match']['accuracy']:.0%}, photo variety {card['photo_variety']['variety']:.2f}" if card["photo_match"] else ""
+    said = (
+        f"KID {kid['kid']:.4f} (real vs real {kid['real_vs_real']:.4f})"
+        if "kid" in kid
+        else f"no KID ({kid['not_measured']})"
+    )
+    match = (
+        f", photo match {card['photo_match']['accuracy']:.0%}, photo variety {card['photo_variety']['variety']:.2f}"
+        if card["photo_match"]
+        else ""
+    )
     return f"exported step {card['step']} of {args.run} to {args.out}: {said}{match}; model card {Path(args.out) / MODEL_CARD_NAME}"
 
 

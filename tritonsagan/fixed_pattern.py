@@ -23,7 +23,9 @@ import torch
 def edge_maps(images: torch.Tensor) -> torch.Tensor:
     """(n, height - 1, width - 1) float64: |horizontal| + |vertical| difference of each image's grey level."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3 or min(images.shape[2:]) < 2:
-        raise ValueError(f"images must be uint8 (n, 3, height >= 2, width >= 2), got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be uint8 (n, 3, height >= 2, width >= 2), got {images.dtype} {tuple(images.shape)}"
+        )
     grey = images.to(torch.float64).mean(1)
     dx = (grey[:, :-1, 1:] - grey[:, :-1, :-1]).abs()
     dy = (grey[:, 1:, :-1] - grey[:, :-1, :-1]).abs()

@@ -120,33 +120,63 @@ DEFAULT_QUERY_FRACTIONS = [(0.25, 0.25), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75),
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tritonsagan-generate", description="Generate images from SAGAN weights (safetensors only).")
-    parser.add_argument("--weights", required=True, nargs="+",
-                        help="save_pretrained directory, model.safetensors, a training checkpoint, a run directory, or the name of shipped weights "
-                        f"({', '.join(shipped_names()) or 'none in this installation'}); several: their grids side by side from the same latents")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="tritonsagan-generate", description="Generate images from SAGAN weights (safetensors only)."
+    )
+    parser.add_argument(
+        "--weights",
+        required=True,
+        nargs="+",
+        help="save_pretrained directory, model.safetensors, a training checkpoint, a run directory, or the name of shipped weights "
+        f"({', '.join(shipped_names()) or 'none in this installation'}); several: their grids side by side from the same latents",
+    )
     parser.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
-    parser.add_argument("--classes", type=parse_int_list, help="class indices, e.g. 3,7 (images split evenly among them)")
-    parser.add_argument("--class-per-row", action="store_true", help="one class per grid row (from --classes, else 0, 1, 2, ...)")
+    parser.add_argument(
+        "--classes", type=parse_int_list, help="class indices, e.g. 3,7 (images split evenly among them)"
+    )
+    parser.add_argument(
+        "--class-per-row", action="store_true", help="one class per grid row (from --classes, else 0, 1, 2, ...)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the latents and random classes (default: 0)")
-    parser.add_argument("--truncation", type=positive_float, help="truncation trick: latents from the normal truncated to [-t, t]")
+    parser.add_argument(
+        "--truncation", type=positive_float, help="truncation trick: latents from the normal truncated to [-t, t]"
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
     add_device_argument(parser)
-    parser.add_argument("--interpolate", action="store_true", help="a grid walking z from --seed to --seed+1 in --n steps")
-    parser.add_argument("--attention-maps", action="store_true", help="the paper's figure: where G's attention looks from a few query points")
-    parser.add_argument("--queries", type=_point, nargs="+", help="query points x,y in image pixels for --attention-maps "
-                        "(default: five, at the centre and halfway to each corner)")  # fmt: skip
+    parser.add_argument(
+        "--interpolate", action="store_true", help="a grid walking z from --seed to --seed+1 in --n steps"
+    )
+    parser.add_argument(
+        "--attention-maps",
+        action="store_true",
+        help="the paper's figure: where G's attention looks from a few query points",
+    )
+    parser.add_argument(
+        "--queries",
+        type=_point,
+        nargs="+",
+        help="query points x,y in image pixels for --attention-maps "
+        "(default: five, at the centre and halfway to each corner)",
+    )
     target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--out", help="write one grid here, in the format its extension names (.png, .jpg, .jpeg, .webp)")
+    target.add_argument(
+        "--out", help="write one grid here, in the format its extension names (.png, .jpg, .jpeg, .webp)"
+    )
     target.add_argument("--out-dir", help="write one PNG per image into this folder")
     return parser
 
 
-def _latents_and_labels(args: argparse.Namespace, G: Generator, columns: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _latents_and_labels(
+    args: argparse.Namespace, G: Generator, columns: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """--interpolate: a walk from --seed's latent to --seed+1's in one class; else --n latents in the
     --classes (one class per grid row with --class-per-row)."""
     z_dim, num_classes = G.config.z_dim, G.config.num_classes
     if args.interpolate:
-        a, b = sample_latents(1, z_dim, args.seed, args.truncation)[0], sample_latents(1, z_dim, args.seed + 1, args.truncation)[0]
+        a, b = (
+            sample_latents(1, z_dim, args.seed, args.truncation)[0],
+            sample_latents(1, z_dim, args.seed + 1, args.truncation)[0],
+        )
         labels = class_labels(G, args.n, args.classes[:1] if args.classes else None, args.seed)
         return slerp(a, b, args.n), None if labels is None else labels[:1].expand(args.n)
     classes = args.classes
@@ -176,12 +206,18 @@ def _load_generators(args: argparse.Namespace) -> list[Generator]:
     """Each --weights' generator; several must take the same latents and classes, for one grid each
     (of any image size: the grids stand side by side, tops aligned)."""
     if len(args.weights) > 1 and (args.out_dir or args.attention_maps):
-        raise ValueError("several --weights make their grids side by side in one --out; --out-dir and --attention-maps take one")
+        raise ValueError(
+            "several --weights make their grids side by side in one --out; --out-dir and --attention-maps take one"
+        )
     generators = [load_generator(weights, device=resolve_device(args.device)) for weights in args.weights]
     shapes = {weights: (G.config.z_dim, G.config.num_classes) for weights, G in zip(args.weights, generators)}
     if len(set(shapes.values())) > 1:
-        described = "; ".join(f"{weights}: z_dim {z_dim}, {classes} classes" for weights, (z_dim, classes) in shapes.items())
-        raise ValueError(f"--weights side by side must share z_dim and classes, to draw from the same latents in one grid: {described}")
+        described = "; ".join(
+            f"{weights}: z_dim {z_dim}, {classes} classes" for weights, (z_dim, classes) in shapes.items()
+        )
+        raise ValueError(
+            f"--weights side by side must share z_dim and classes, to draw from the same latents in one grid: {described}"
+        )
     return generators
 
 
@@ -198,8 +234,12 @@ def _run(args: argparse.Namespace) -> str:
     from rich.progress import track
 
     def batches(G: Generator) -> Iterator[torch.Tensor]:
-        return track(iter_generate(G, z, labels, args.batch_size), total=math.ceil(args.n / args.batch_size), description="generating",
-                     disable=args.n <= args.batch_size)  # fmt: skip
+        return track(
+            iter_generate(G, z, labels, args.batch_size),
+            total=math.ceil(args.n / args.batch_size),
+            description="generating",
+            disable=args.n <= args.batch_size,
+        )
 
     if args.out_dir:
         out_dir = Path(args.out_dir)

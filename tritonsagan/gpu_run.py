@@ -61,12 +61,28 @@ BENCH_PARTS = {  # each one GPU-run command; together the whole report
     "compile": ["--only", "train", "--variants", "compile"],
 }
 TINY = {"ch": 8, "batch-size": 4, "workers": 0, "device": "cpu", "num-samples": 4}  # --rehearse sizes
-CHECK_TRAINING = {"ch": 64, "batch-size": 256, "steps": 1_000_000, "max-minutes": 3, "log-every": 25, "sample-every": 200,
-                  "save-every": 1_000_000}  # fmt: skip
+CHECK_TRAINING = {
+    "ch": 64,
+    "batch-size": 256,
+    "steps": 1_000_000,
+    "max-minutes": 3,
+    "log-every": 25,
+    "sample-every": 200,
+    "save-every": 1_000_000,
+}
 # Sized for one or two 8-minute commands on an H100: a width whose G_ema fits in ~9 MB as float16,
 # an EMA that starts early enough to matter in a short run.
-PRETRAINED_TRAINING = {"ch": 24, "batch-size": 128, "steps": 1_000_000, "log-every": 100, "sample-every": 1000, "save-every": 1000,
-                       "keep-checkpoints": 1, "ema-start": 1000, "ema-decay": 0.999}  # fmt: skip
+PRETRAINED_TRAINING = {
+    "ch": 24,
+    "batch-size": 128,
+    "steps": 1_000_000,
+    "log-every": 100,
+    "sample-every": 1000,
+    "save-every": 1000,
+    "keep-checkpoints": 1,
+    "ema-start": 1000,
+    "ema-decay": 0.999,
+}
 PRETRAINED_NAME = "builtin-photos"
 PRETRAINED_FID_EVERY = 1000
 PRETRAINED_FID_N = 2100  # FID needs more images than Inception's 2048 features; KID is unbiased at any n
@@ -159,17 +175,38 @@ def check(out: Path, rehearse: bool) -> bool:
     from tritonsagan.bench import hopper
 
     junit = out / "pytest-gpu.xml"
-    code = _run_logged([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", str(REPO / "tests"), f"--junitxml={junit}"],
-                       out / "pytest-gpu.log")  # fmt: skip
+    code = _run_logged(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            str(REPO / "tests"),
+            f"--junitxml={junit}",
+        ],
+        out / "pytest-gpu.log",
+    )
     summary: dict = {"pytest_gpu": {"exit_code": code, **_pytest_counts(junit)}}
     try:
         report = hopper.compile_report(quick=rehearse)
         atomic_write_json(out / "hopper.json", report)
-        problems = [f"{r['kernel']} [{r['shape']}, {r['dtype']}, {r['precision']}] {r['config']}: {'; '.join(r['problems'])}" for r in report["rows"] if r["problems"]]
+        problems = [
+            f"{r['kernel']} [{r['shape']}, {r['dtype']}, {r['precision']}] {r['config']}: {'; '.join(r['problems'])}"
+            for r in report["rows"]
+            if r["problems"]
+        ]
         summary["hopper"] = {"triton": report["triton"], "compiled": len(report["rows"]), "problems": problems}
     except hopper.HopperCheckUnavailable as err:
         summary["hopper"] = {"unavailable": str(err)}
-    options = {**CHECK_TRAINING, **TINY, "steps": 4, "max-minutes": 0, "log-every": 1, "sample-every": 2} if rehearse else CHECK_TRAINING
+    options = (
+        {**CHECK_TRAINING, **TINY, "steps": 4, "max-minutes": 0, "log-every": 1, "sample-every": 2}
+        if rehearse
+        else CHECK_TRAINING
+    )
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:  # its checkpoints are too big to come back
         run = RunDirectory(scratch)
         summary["train"] = _training_summary(run, _train({**options, "out": run.root}, out / "train-check.log"))
@@ -205,7 +242,9 @@ def _fid_flags(fid_weights: str | None, rehearse: bool) -> tuple[dict, str | Non
 def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool, fid_weights: str | None = None) -> bool:
     options = {**PRETRAINED_TRAINING, "data": "builtin", "max-minutes": minutes, "out": run_dir}
     if rehearse:
-        options.update({**TINY, "steps": 6, "max-minutes": 0, "log-every": 2, "sample-every": 3, "save-every": 3, "ema-start": 2})
+        options.update(
+            {**TINY, "steps": 6, "max-minutes": 0, "log-every": 2, "sample-every": 3, "save-every": 3, "ema-start": 2}
+        )
     fid, no_fid = _fid_flags(fid_weights, rehearse)
     code = _train({**options, **fid}, out / "pretrained.log", "--conditional")
     run = RunDirectory(run_dir)
@@ -214,27 +253,65 @@ def pretrained(out: Path, run_dir: Path, minutes: float, rehearse: bool, fid_wei
         weights = out / PRETRAINED_NAME
         device = resolve_device("cpu" if rehearse else "auto")
         kid_n = REHEARSAL_KID_N if rehearse else KID_N
-        card = export(run.root, weights, name=PRETRAINED_NAME, kid_n=kid_n, fid_weights=fid.get("fid-weights"), device=device)
-        summary["card"] = {key: card[key] for key in ("step", "weights_bytes", "training_seconds", "photo_match", "photo_variety", "kid", "fixed_pattern")}
+        card = export(
+            run.root, weights, name=PRETRAINED_NAME, kid_n=kid_n, fid_weights=fid.get("fid-weights"), device=device
+        )
+        summary["card"] = {
+            key: card[key]
+            for key in (
+                "step",
+                "weights_bytes",
+                "training_seconds",
+                "photo_match",
+                "photo_variety",
+                "kid",
+                "fixed_pattern",
+            )
+        }
         shutil.copy(run.metrics, out / run.metrics.name)
     atomic_write_json(out / "pretrained.json", summary)
-    return code == 0 and summary["run"]["losses_finite"] and summary.get("card", {}).get("weights_bytes", math.inf) <= MAX_WEIGHTS_BYTES
+    return (
+        code == 0
+        and summary["run"]["losses_finite"]
+        and summary.get("card", {}).get("weights_bytes", math.inf) <= MAX_WEIGHTS_BYTES
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tritonsagan.gpu_run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=("check", "bench", "pretrained", "carry"),
-                        help="check: pytest -m gpu, Hopper compile, a short training; bench: one part of the report; pretrained: the builtin-photos weights; "
-                        "carry (here, before a GPU session): the FID Inception in float16, small enough to travel")  # fmt: skip
-    parser.add_argument("--out", required=True, help=f"folder for the logs and JSON (created); carry: give {CARRIED_FID_IN_REPO.parent}, where pretrained looks")
+    parser.add_argument(
+        "step",
+        choices=("check", "bench", "pretrained", "carry"),
+        help="check: pytest -m gpu, Hopper compile, a short training; bench: one part of the report; pretrained: the builtin-photos weights; "
+        "carry (here, before a GPU session): the FID Inception in float16, small enough to travel",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        help=f"folder for the logs and JSON (created); carry: give {CARRIED_FID_IN_REPO.parent}, where pretrained looks",
+    )
     parser.add_argument("--rehearse", action="store_true", help="the same steps on the CPU at tiny sizes")
-    parser.add_argument("--part", choices=tuple(BENCH_PARTS), default="kernels", help="bench: which part of the report (default: kernels)")
+    parser.add_argument(
+        "--part",
+        choices=tuple(BENCH_PARTS),
+        default="kernels",
+        help="bench: which part of the report (default: kernels)",
+    )
     parser.add_argument("--merge-with", type=Path, help="bench: an earlier part's report to add this part to")
-    parser.add_argument("--run-dir", type=Path, help=f"pretrained: the training run, resumed when there (default: runs/{PRETRAINED_NAME}; "
-                        "with --rehearse a temporary folder)")  # fmt: skip
-    parser.add_argument("--minutes", type=float, default=8.0, help="pretrained: minutes of training in this command (default: 8)")
-    parser.add_argument("--fid-weights", help=f"pretrained: the FID feature network for KID/FID during training (default: {CARRIED_FID_IN_REPO} "
-                        "when there, else as tritonsagan-eval finds it); carry: the network to copy")  # fmt: skip
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        help=f"pretrained: the training run, resumed when there (default: runs/{PRETRAINED_NAME}; "
+        "with --rehearse a temporary folder)",
+    )
+    parser.add_argument(
+        "--minutes", type=float, default=8.0, help="pretrained: minutes of training in this command (default: 8)"
+    )
+    parser.add_argument(
+        "--fid-weights",
+        help=f"pretrained: the FID feature network for KID/FID during training (default: {CARRIED_FID_IN_REPO} "
+        "when there, else as tritonsagan-eval finds it); carry: the network to copy",
+    )
     return parser
 
 
@@ -251,13 +328,21 @@ def _run(args: argparse.Namespace) -> str:
     else:
         fid_weights = args.fid_weights or (str(CARRIED_FID) if CARRIED_FID.is_file() else None)
         if args.run_dir or not args.rehearse:
-            ok = pretrained(out, (args.run_dir or Path("runs") / PRETRAINED_NAME).resolve(), args.minutes, args.rehearse, fid_weights)
+            ok = pretrained(
+                out,
+                (args.run_dir or Path("runs") / PRETRAINED_NAME).resolve(),
+                args.minutes,
+                args.rehearse,
+                fid_weights,
+            )
         else:
             with tempfile.TemporaryDirectory(prefix="pretrained-rehearsal-") as run_dir:
                 ok = pretrained(out, Path(run_dir), args.minutes, args.rehearse, fid_weights)
     lost = unreturnable(out)
     if lost:
-        raise StepFailed(f"gpu_run {args.step}: {out} holds what cannot come back from the GPU machine: {'; '.join(lost)}")
+        raise StepFailed(
+            f"gpu_run {args.step}: {out} holds what cannot come back from the GPU machine: {'; '.join(lost)}"
+        )
     if not ok:
         raise StepFailed(f"gpu_run {args.step}: something failed; see the logs and JSON in {out}")
     return f"gpu_run {args.step}: done; logs and JSON in {out}"

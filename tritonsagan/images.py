@@ -57,14 +57,21 @@ def side_by_side(grids: list[np.ndarray], titles: list[str]) -> np.ndarray:
 
 
 # The formats images are written in, by file extension: lossless except JPEG (quality 95).
-IMAGE_FORMATS = {".png": ("PNG", {}), ".jpg": ("JPEG", {"quality": 95}), ".jpeg": ("JPEG", {"quality": 95}), ".webp": ("WEBP", {"lossless": True})}
+IMAGE_FORMATS = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 95}),
+    ".jpeg": ("JPEG", {"quality": 95}),
+    ".webp": ("WEBP", {"lossless": True}),
+}
 
 
 def image_format(path: str | os.PathLike) -> tuple[str, dict]:
     """The Pillow format and options for a file name's extension; a ValueError for any other."""
     suffix = Path(path).suffix.lower()
     if suffix not in IMAGE_FORMATS:
-        raise ValueError(f"{path}: cannot tell the image format from {suffix or 'no extension'}; name it {', '.join(IMAGE_FORMATS)}")
+        raise ValueError(
+            f"{path}: cannot tell the image format from {suffix or 'no extension'}; name it {', '.join(IMAGE_FORMATS)}"
+        )
     return IMAGE_FORMATS[suffix]
 
 

@@ -19,7 +19,12 @@ from .stop_signals import ignore_stop_signals
 
 
 def make_dataset(
-    data: str, seed: int, conditional: bool, random_crop: bool = True, limits: ImageLimits = ImageLimits(), image_size: int = IMAGE_SIZE
+    data: str,
+    seed: int,
+    conditional: bool,
+    random_crop: bool = True,
+    limits: ImageLimits = ImageLimits(),
+    image_size: int = IMAGE_SIZE,
 ) -> ImageStream:
     """--data: "builtin", a packed dataset (tritonsagan-prepare; packed at image_size), or an image
     folder (whose images outside `limits` are skipped), as image_size x image_size images."""

@@ -40,7 +40,12 @@ def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
 def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
     """The Frechet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2)."""
     d = mu1.shape[-1]
-    for name, t, shape in (("mu1", mu1, (d,)), ("mu2", mu2, (d,)), ("sigma1", sigma1, (d, d)), ("sigma2", sigma2, (d, d))):
+    for name, t, shape in (
+        ("mu1", mu1, (d,)),
+        ("mu2", mu2, (d,)),
+        ("sigma1", sigma1, (d, d)),
+        ("sigma2", sigma2, (d, d)),
+    ):
         if tuple(t.shape) != shape:
             raise ValueError(f"frechet_distance: {name} has shape {tuple(t.shape)}, expected {shape} (feature dim {d})")
     mu1, mu2, sigma1, sigma2 = (t.detach().to("cpu", torch.float64) for t in (mu1, mu2, sigma1, sigma2))
@@ -64,7 +69,9 @@ def kernel_inception_distance(
 ) -> tuple[float, float]:
     """KID: mean and standard deviation over `num_subsets` random subsets of min(subset_size, n) each."""
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"KID needs two (n, d) feature matrices of the same d, got {tuple(real.shape)} and {tuple(fake.shape)}")
+        raise ValueError(
+            f"KID needs two (n, d) feature matrices of the same d, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
     m = min(subset_size, real.shape[0], fake.shape[0])
     if m < 2:
         raise ValueError(f"KID needs at least 2 images in each set, got {real.shape[0]} real and {fake.shape[0]} fake")
@@ -72,21 +79,30 @@ def kernel_inception_distance(
         raise ValueError(f"num_subsets must be positive, got {num_subsets}")
     real, fake = real.to(torch.float64), fake.to(torch.float64)
     gen = torch.Generator().manual_seed(seed)
-    values = torch.stack([
-        _mmd2_unbiased(real[torch.randperm(real.shape[0], generator=gen)[:m]], fake[torch.randperm(fake.shape[0], generator=gen)[:m]])
-        for _ in range(num_subsets)
-    ])  # fmt: skip
+    values = torch.stack(
+        [
+            _mmd2_unbiased(
+                real[torch.randperm(real.shape[0], generator=gen)[:m]],
+                fake[torch.randperm(fake.shape[0], generator=gen)[:m]],
+            )
+            for _ in range(num_subsets)
+        ]
+    )
     return float(values.mean()), float(values.std(unbiased=False))
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, float]:
     """Inception Score from (n, classes) logits: mean and standard deviation over `splits` chunks."""
     if logits.ndim != 2 or logits.shape[0] < splits:
-        raise ValueError(f"inception_score needs (n >= splits={splits}, classes) logits, got shape {tuple(logits.shape)}")
+        raise ValueError(
+            f"inception_score needs (n >= splits={splits}, classes) logits, got shape {tuple(logits.shape)}"
+        )
     log_p = torch.log_softmax(logits.to(torch.float64), dim=1)
     scores = []
     for chunk in log_p.tensor_split(splits):
-        log_marginal = torch.logsumexp(chunk, dim=0) - torch.log(torch.tensor(float(chunk.shape[0]), dtype=torch.float64))
+        log_marginal = torch.logsumexp(chunk, dim=0) - torch.log(
+            torch.tensor(float(chunk.shape[0]), dtype=torch.float64)
+        )
         scores.append(torch.exp((chunk.exp() * (chunk - log_marginal)).sum(1).mean()))
     values = torch.stack(scores)
     return float(values.mean()), float(values.std(unbiased=False))
@@ -112,7 +128,9 @@ def nearest_neighbour_radii(features: torch.Tensor, k: int = MANIFOLD_K) -> torc
 def manifold_metrics(real: torch.Tensor, fake: torch.Tensor, k: int = MANIFOLD_K) -> dict[str, float]:
     """Precision, recall, density and coverage of fake features against real ones (see the module doc)."""
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"precision and recall need two (n, d) feature matrices of the same d, got {tuple(real.shape)} and {tuple(fake.shape)}")
+        raise ValueError(
+            f"precision and recall need two (n, d) feature matrices of the same d, got {tuple(real.shape)} and {tuple(fake.shape)}"
+        )
     real, fake = real.to(torch.float64), fake.to(torch.float64)
     real_radii, fake_radii = nearest_neighbour_radii(real, k), nearest_neighbour_radii(fake, k)
     fake_in_real_balls = torch.zeros(fake.shape[0], dtype=torch.long)  # per fake: how many real balls hold it

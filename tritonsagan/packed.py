@@ -37,7 +37,18 @@ from tritonsagan.models.config import IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZES, c
 
 from .atomic_write import atomic_write_bytes, atomic_write_json
 from .cli import run_command
-from .data import LISTED_NAMES, DataError, EpochOrder, ImageFolderStream, ImageLimits, ImageStream, SkippedImage, center_square, load_usable, short_side_crop
+from .data import (
+    LISTED_NAMES,
+    DataError,
+    EpochOrder,
+    ImageFolderStream,
+    ImageLimits,
+    ImageStream,
+    SkippedImage,
+    center_square,
+    load_usable,
+    short_side_crop,
+)
 
 FORMAT = "tritonsagan-packed"
 VERSION = 1
@@ -45,8 +56,20 @@ MANIFEST_NAME = "manifest.json"
 SHARD_FILES = 4096
 CROPS = ("center", "short-side")
 # The manifest entries that say what was packed: a resume must find them unchanged.
-IDENTITY = ("format", "version", "image_size", "source", "conditional", "crop", "min_image_side", "max_aspect_ratio", "classes", "files",
-            "files_sha256", "shard_files")  # fmt: skip
+IDENTITY = (
+    "format",
+    "version",
+    "image_size",
+    "source",
+    "conditional",
+    "crop",
+    "min_image_side",
+    "max_aspect_ratio",
+    "classes",
+    "files",
+    "files_sha256",
+    "shard_files",
+)
 # What a manifest must hold, with its type (a damaged or hand-edited one is refused by name), and each shard entry.
 MANIFEST_FIELDS = {"complete": bool, "conditional": bool, "classes": list, "shards": list, "count": int}
 SHARD_FIELDS = {"images": str, "labels": str, "count": int}
@@ -78,13 +101,21 @@ def read_manifest(root: str | os.PathLike) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise DataError(f"{path}: not a tritonsagan packed dataset manifest")
     if manifest.get("version") != VERSION or manifest.get("image_size") not in IMAGE_SIZES:
-        raise DataError(f"{path}: packed with format version {manifest.get('version')} at {manifest.get('image_size')}px; "
-                        f"this tritonsagan reads version {VERSION} at {', '.join(map(str, IMAGE_SIZES))}px")  # fmt: skip
+        raise DataError(
+            f"{path}: packed with format version {manifest.get('version')} at {manifest.get('image_size')}px; "
+            f"this tritonsagan reads version {VERSION} at {', '.join(map(str, IMAGE_SIZES))}px"
+        )
     problems = _wrong_fields(manifest, MANIFEST_FIELDS, "")
     for index, shard in enumerate(manifest.get("shards") if isinstance(manifest.get("shards"), list) else []):
-        problems += _wrong_fields(shard, SHARD_FIELDS, f"shards[{index}].") if isinstance(shard, dict) else [f"shards[{index}] is not an object"]
+        problems += (
+            _wrong_fields(shard, SHARD_FIELDS, f"shards[{index}].")
+            if isinstance(shard, dict)
+            else [f"shards[{index}] is not an object"]
+        )
     if problems:
-        raise DataError(f"{path}: damaged or hand-edited manifest: {'; '.join(problems[:5])}; pack the dataset again with tritonsagan-prepare")
+        raise DataError(
+            f"{path}: damaged or hand-edited manifest: {'; '.join(problems[:5])}; pack the dataset again with tritonsagan-prepare"
+        )
     return manifest
 
 
@@ -111,14 +142,21 @@ def _image_shape(size: int) -> tuple[int, int, int]:
 def _open_shard(root: Path, shard: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The shard's images (memory-mapped) and labels, checked against the manifest (images of `size`)."""
     arrays = []
-    for key, shape, dtype in (("images", (shard["count"], *_image_shape(size)), np.uint8), ("labels", (shard["count"],), np.int64)):
+    for key, shape, dtype in (
+        ("images", (shard["count"], *_image_shape(size)), np.uint8),
+        ("labels", (shard["count"],), np.int64),
+    ):
         path = root / shard[key]
         if not path.is_file():
-            raise DataError(f"{path}: shard file missing (the manifest lists it); pack the dataset again with tritonsagan-prepare")
+            raise DataError(
+                f"{path}: shard file missing (the manifest lists it); pack the dataset again with tritonsagan-prepare"
+            )
         try:
             array = np.load(path, mmap_mode="r")
         except (ValueError, OSError) as err:  # numpy refuses a file shorter than its header says
-            raise DataError(f"{path}: truncated or damaged shard ({err}); pack the dataset again with tritonsagan-prepare") from None
+            raise DataError(
+                f"{path}: truncated or damaged shard ({err}); pack the dataset again with tritonsagan-prepare"
+            ) from None
         if array.shape != shape or array.dtype != dtype:
             raise DataError(f"{path}: holds {array.dtype} {array.shape}, the manifest says {np.dtype(dtype)} {shape}")
         arrays.append(array)
@@ -138,7 +176,9 @@ class PackedDataset(ImageStream):
     e = i // n, flipped left-right when the (seed, i) coin says so; uint8 (3, size, size) at the
     manifest's size, which must be `image_size`: the model's."""
 
-    def __init__(self, root: str | os.PathLike, seed: int, conditional: bool = False, image_size: int = IMAGE_SIZE) -> None:
+    def __init__(
+        self, root: str | os.PathLike, seed: int, conditional: bool = False, image_size: int = IMAGE_SIZE
+    ) -> None:
         self.root = Path(root)
         self.name = str(self.root)
         manifest = read_manifest(self.root)
@@ -149,9 +189,13 @@ class PackedDataset(ImageStream):
             )
         self.image_size = image_size
         if not manifest["complete"]:
-            raise DataError(f"{self.root}: packing was interrupted ({len(manifest['shards'])} shards written); run tritonsagan-prepare again to finish it")
+            raise DataError(
+                f"{self.root}: packing was interrupted ({len(manifest['shards'])} shards written); run tritonsagan-prepare again to finish it"
+            )
         if conditional and not manifest["conditional"]:
-            raise DataError(f"{self.root}: packed without --conditional, so it has no classes; pack it with --conditional or train without")
+            raise DataError(
+                f"{self.root}: packed without --conditional, so it has no classes; pack it with --conditional or train without"
+            )
         self.classes = list(manifest["classes"]) if conditional else []
         self.shards = manifest["shards"]
         labels = [_open_shard(self.root, shard, image_size)[1] for shard in self.shards]  # checks every shard up front
@@ -160,7 +204,9 @@ class PackedDataset(ImageStream):
         if len(self.labels) == 0:
             raise DataError(f"{self.root}: the packed dataset holds no images")
         if len(self.labels) != manifest["count"]:
-            raise DataError(f"{self.root}: the shards hold {len(self.labels)} images, the manifest says {manifest['count']}; pack it again")
+            raise DataError(
+                f"{self.root}: the shards hold {len(self.labels)} images, the manifest says {manifest['count']}; pack it again"
+            )
         if conditional:
             self._check_classes()
         self.seed = seed
@@ -170,11 +216,19 @@ class PackedDataset(ImageStream):
     def _check_classes(self) -> None:
         """Every label names a class of the manifest, and every class has images (else its G would learn nothing)."""
         if self.labels.min() < 0 or self.labels.max() >= len(self.classes):
-            raise DataError(f"{self.root}: the shards hold labels {self.labels.min()}..{self.labels.max()}, "
-                            f"the manifest lists {len(self.classes)} classes; pack it again")  # fmt: skip
-        empty = [name for name, count in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes))) if count == 0]
+            raise DataError(
+                f"{self.root}: the shards hold labels {self.labels.min()}..{self.labels.max()}, "
+                f"the manifest lists {len(self.classes)} classes; pack it again"
+            )
+        empty = [
+            name
+            for name, count in zip(self.classes, np.bincount(self.labels, minlength=len(self.classes)))
+            if count == 0
+        ]
         if empty:
-            raise DataError(f"{self.root}: {len(empty)} class(es) of the manifest have no images: {', '.join(empty[:LISTED_NAMES])}; pack it again")
+            raise DataError(
+                f"{self.root}: {len(empty)} class(es) of the manifest have no images: {', '.join(empty[:LISTED_NAMES])}; pack it again"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -215,11 +269,21 @@ def _expected_manifest(source: ImageFolderStream, conditional: bool, crop: str) 
     listing = "".join(f"{path.relative_to(source.root).as_posix()}\t{label}\n" for path, label in source.files)
     size = source.image_size
     return {
-        "format": FORMAT, "version": VERSION, "image_size": size, "layout": f"uint8 (count, 3, {size}, {size}) per shard",
-        "source": str(source.root.resolve()), "conditional": conditional, "crop": crop, "min_image_side": source.limits.min_side,
-        "max_aspect_ratio": source.limits.max_aspect_ratio, "classes": source.classes, "files": len(source.files),
-        "files_sha256": hashlib.sha256(listing.encode()).hexdigest(), "shard_files": SHARD_FILES, "undecodable_names": source.undecodable_names,
-    }  # fmt: skip
+        "format": FORMAT,
+        "version": VERSION,
+        "image_size": size,
+        "layout": f"uint8 (count, 3, {size}, {size}) per shard",
+        "source": str(source.root.resolve()),
+        "conditional": conditional,
+        "crop": crop,
+        "min_image_side": source.limits.min_side,
+        "max_aspect_ratio": source.limits.max_aspect_ratio,
+        "classes": source.classes,
+        "files": len(source.files),
+        "files_sha256": hashlib.sha256(listing.encode()).hexdigest(),
+        "shard_files": SHARD_FILES,
+        "undecodable_names": source.undecodable_names,
+    }
 
 
 def _finished_shards(dest: Path, expected: dict) -> list[dict]:
@@ -230,7 +294,9 @@ def _finished_shards(dest: Path, expected: dict) -> list[dict]:
         raise DataError(f"{dest} exists and is a file, not a packed dataset folder")
     if not (dest / MANIFEST_NAME).is_file():
         if any(dest.iterdir()):
-            raise DataError(f"{dest} exists, is not empty and is not a packed dataset (no {MANIFEST_NAME}); choose a new or empty DEST")
+            raise DataError(
+                f"{dest} exists, is not empty and is not a packed dataset (no {MANIFEST_NAME}); choose a new or empty DEST"
+            )
         return []
     manifest = read_manifest(dest)
     changed = [key for key in IDENTITY if manifest.get(key) != expected[key]]
@@ -264,14 +330,18 @@ def prepare(
     if crop not in CROPS:
         raise DataError(f"--crop must be one of {', '.join(CROPS)}, got {crop!r}")
     check_image_size("--image-size", image_size)
-    source = ImageFolderStream(src, seed=0, conditional=conditional, limits=limits, image_size=image_size)  # the file list, classes, and their checks
+    source = ImageFolderStream(
+        src, seed=0, conditional=conditional, limits=limits, image_size=image_size
+    )  # the file list, classes, and their checks
     dest = Path(dest)
     manifest = _expected_manifest(source, conditional, crop)
     shards = _finished_shards(dest, manifest)
     total_shards = -(-len(source.files) // SHARD_FILES)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn("packing"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(), disable=not progress)
+    bar = Progress(
+        TextColumn("packing"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(), disable=not progress
+    )
     task = bar.add_task("files", total=len(source.files), completed=min(len(shards) * SHARD_FILES, len(source.files)))
     pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else None
     try:
@@ -292,14 +362,24 @@ def prepare(
                 stacked = np.stack(images) if images else np.empty((0, *_image_shape(image_size)), np.uint8)
                 atomic_write_bytes(dest / images_name, _npy_bytes(stacked))
                 atomic_write_bytes(dest / labels_name, _npy_bytes(np.asarray(labels, dtype=np.int64)))
-                shards.append({"images": images_name, "labels": labels_name, "count": len(images), "first_file": index * SHARD_FILES, "skipped": skipped})
+                shards.append(
+                    {
+                        "images": images_name,
+                        "labels": labels_name,
+                        "count": len(images),
+                        "first_file": index * SHARD_FILES,
+                        "skipped": skipped,
+                    }
+                )
                 _write_manifest(dest, manifest, shards, complete=index == total_shards - 1)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
     final = read_manifest(dest)
     if final["count"] == 0:
-        raise DataError(f"{src}: none of the {len(source.files)} image files is usable (see the reasons in {dest / MANIFEST_NAME})")
+        raise DataError(
+            f"{src}: none of the {len(source.files)} image files is usable (see the reasons in {dest / MANIFEST_NAME})"
+        )
     return final
 
 
@@ -311,24 +391,53 @@ def _write_manifest(dest: Path, manifest: dict, shards: list[dict], complete: bo
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("src", help="image folder (with --conditional: one sub-folder per class)")
-    parser.add_argument("dest", help="folder for the packed dataset (new, empty, or an interrupted packing of the same SRC to resume)")
+    parser.add_argument(
+        "dest", help="folder for the packed dataset (new, empty, or an interrupted packing of the same SRC to resume)"
+    )
     parser.add_argument("--conditional", action="store_true", help="sub-folders of SRC are classes")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: one per CPU)")
-    parser.add_argument("--min-image-side", type=int, default=ImageLimits.min_side,
-                        help=f"skip images whose shorter side is below this many px (default: {ImageLimits.min_side})")
-    parser.add_argument("--max-aspect-ratio", type=float, default=ImageLimits.max_aspect_ratio,
-                        help=f"skip images whose longer side exceeds this many times the shorter (default: {ImageLimits.max_aspect_ratio:g})")
-    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE,
-                        help=f"side of the packed images, the --image-size of the models it trains: {', '.join(map(str, IMAGE_SIZES))} (default: {IMAGE_SIZE})")
-    parser.add_argument("--crop", choices=CROPS, default="center",
-                        help="center: the central square, resized to --image-size (BigGAN's make_hdf5); short-side: the shorter side "
-                        "resized to --image-size, then the central square (default: center)")  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="decoding processes (default: one per CPU)"
+    )
+    parser.add_argument(
+        "--min-image-side",
+        type=int,
+        default=ImageLimits.min_side,
+        help=f"skip images whose shorter side is below this many px (default: {ImageLimits.min_side})",
+    )
+    parser.add_argument(
+        "--max-aspect-ratio",
+        type=float,
+        default=ImageLimits.max_aspect_ratio,
+        help=f"skip images whose longer side exceeds this many times the shorter (default: {ImageLimits.max_aspect_ratio:g})",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=IMAGE_SIZE,
+        help=f"side of the packed images, the --image-size of the models it trains: {', '.join(map(str, IMAGE_SIZES))} (default: {IMAGE_SIZE})",
+    )
+    parser.add_argument(
+        "--crop",
+        choices=CROPS,
+        default="center",
+        help="center: the central square, resized to --image-size (BigGAN's make_hdf5); short-side: the shorter side "
+        "resized to --image-size, then the central square (default: center)",
+    )
     return parser
 
 
 def _run(args: argparse.Namespace) -> str:
     limits = ImageLimits(args.min_image_side, args.max_aspect_ratio)
-    manifest = prepare(args.src, args.dest, args.conditional, max(1, args.workers), args.crop, sys.stderr.isatty(), limits, args.image_size)
+    manifest = prepare(
+        args.src,
+        args.dest,
+        args.conditional,
+        max(1, args.workers),
+        args.crop,
+        sys.stderr.isatty(),
+        limits,
+        args.image_size,
+    )
     classes = f" in {len(manifest['classes'])} classes" if manifest["conditional"] else ""
     skipped = f"{manifest['skipped_files']} files skipped (unreadable, too small or too elongated)"
     if manifest["undecodable_names"]:

@@ -36,7 +36,9 @@ def colour_histograms(images: torch.Tensor) -> torch.Tensor:
     return counts / (height * width)
 
 
-def reference_crops(n: int = REFERENCE_CROPS, seed: int = REFERENCE_SEED, image_size: int = IMAGE_SIZE) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def reference_crops(
+    n: int = REFERENCE_CROPS, seed: int = REFERENCE_SEED, image_size: int = IMAGE_SIZE
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """n crops of the built-in photos as training at image_size draws them: uint8 images, their photo
     index, the photo names."""
     stream = BuiltinPhotoStream(seed, image_size=image_size)
@@ -44,15 +46,23 @@ def reference_crops(n: int = REFERENCE_CROPS, seed: int = REFERENCE_SEED, image_
     return torch.stack([image for image, _, _ in items]), torch.tensor([label for _, label, _ in items]), stream.classes
 
 
-def photo_match(images: torch.Tensor, labels: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None) -> dict:
+def photo_match(
+    images: torch.Tensor, labels: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+) -> dict:
     """The share of `images` whose nearest reference crop (in colour) is of photo `labels[i]`, overall
     and per photo: {"accuracy": float, "per_photo": {name: share}, "images": n}. The reference
     defaults to crops of the images' size."""
-    crops, crop_labels, names = reference or reference_crops(image_size=images.shape[-1] if images.dim() == 4 else IMAGE_SIZE)
+    crops, crop_labels, names = reference or reference_crops(
+        image_size=images.shape[-1] if images.dim() == 4 else IMAGE_SIZE
+    )
     if labels.shape != (len(images),) or labels.dtype == torch.bool or labels.is_floating_point():
-        raise ValueError(f"labels must be {len(images)} integer class indices, got {labels.dtype} {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be {len(images)} integer class indices, got {labels.dtype} {tuple(labels.shape)}"
+        )
     if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < len(names):
-        raise ValueError(f"labels must be photo indices 0..{len(names) - 1}, got {int(labels.min())}..{int(labels.max())}")
+        raise ValueError(
+            f"labels must be photo indices 0..{len(names) - 1}, got {int(labels.min())}..{int(labels.max())}"
+        )
     nearest = torch.cdist(colour_histograms(images), colour_histograms(crops)).argmin(1)
     matched = (crop_labels[nearest] == labels).double()
     per_photo = {name: float(matched[labels == k].mean()) for k, name in enumerate(names) if (labels == k).any()}
@@ -68,7 +78,12 @@ def fresh_crops_photo_match(reference: tuple[torch.Tensor, torch.Tensor, list[st
 
 
 @torch.inference_mode()
-def generated_photo_match(generator: Generator, reference: tuple[torch.Tensor, torch.Tensor, list[str]], per_class: int = IMAGES_PER_CLASS, seed: int = 0) -> dict:
+def generated_photo_match(
+    generator: Generator,
+    reference: tuple[torch.Tensor, torch.Tensor, list[str]],
+    per_class: int = IMAGES_PER_CLASS,
+    seed: int = 0,
+) -> dict:
     """photo_match of `per_class` images of every class of a generator trained on `--data builtin
     --conditional`, against `reference` (crops of its size)."""
     return photo_match(*images_per_photo(generator, len(reference[2]), per_class, seed), reference)
@@ -78,13 +93,20 @@ def images_per_photo(generator: Generator, photos: int, per_class: int, seed: in
     """`per_class` uint8 images of every class of a generator trained on `--data builtin
     --conditional` (one class per photo), and their class indices."""
     if generator.config.num_classes != photos:
-        raise ValueError(f"the generator has {generator.config.num_classes} classes; trained on the built-in photos it has one per photo, {photos}")
+        raise ValueError(
+            f"the generator has {generator.config.num_classes} classes; trained on the built-in photos it has one per photo, {photos}"
+        )
     classes = list(range(photos))
-    return generate(generator, per_class * photos, classes=classes, seed=seed), torch.arange(photos).repeat_interleave(per_class)
+    return generate(generator, per_class * photos, classes=classes, seed=seed), torch.arange(photos).repeat_interleave(
+        per_class
+    )
 
 
 def generator_photo_match(
-    generator: Generator, per_class: int = IMAGES_PER_CLASS, seed: int = 0, reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+    generator: Generator,
+    per_class: int = IMAGES_PER_CLASS,
+    seed: int = 0,
+    reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None,
 ) -> dict:
     """`generated_photo_match` against `reference` (default: crops of the generator's size) with that of
     fresh real crops beside it ("fresh_crops")."""

@@ -23,17 +23,25 @@ IMAGES_PER_CLASS = 32
 def pixel_spread(images: torch.Tensor) -> float:
     """The standard deviation over uint8 images (n, 3, height, width), n >= 2, averaged over pixels and channels."""
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3 or len(images) < 2:
-        raise ValueError(f"images must be at least 2 uint8 (n, 3, height, width), got {images.dtype} {tuple(images.shape)}")
+        raise ValueError(
+            f"images must be at least 2 uint8 (n, 3, height, width), got {images.dtype} {tuple(images.shape)}"
+        )
     return float(images.to(torch.float64).std(0).mean())
 
 
-def photo_variety(images: torch.Tensor, labels: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None) -> dict:
+def photo_variety(
+    images: torch.Tensor, labels: torch.Tensor, reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+) -> dict:
     """Each photo's pixel spread of `images` (labelled with photo indices, at least 2 of each photo
     present) over that of its reference crops, and their mean: {"variety": float, "per_photo": {name:
     ratio}, "images": n}. The reference defaults to crops of the images' size."""
-    crops, crop_labels, names = reference or reference_crops(image_size=images.shape[-1] if images.dim() == 4 else IMAGE_SIZE)
+    crops, crop_labels, names = reference or reference_crops(
+        image_size=images.shape[-1] if images.dim() == 4 else IMAGE_SIZE
+    )
     if labels.shape != (len(images),) or labels.dtype == torch.bool or labels.is_floating_point():
-        raise ValueError(f"labels must be {len(images)} integer photo indices, got {labels.dtype} {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be {len(images)} integer photo indices, got {labels.dtype} {tuple(labels.shape)}"
+        )
     present = labels.unique().tolist()
     if not all(0 <= k < len(names) for k in present):
         raise ValueError(f"labels must be photo indices 0..{len(names) - 1}, got {present}")
@@ -45,7 +53,10 @@ def photo_variety(images: torch.Tensor, labels: torch.Tensor, reference: tuple[t
 
 
 def generator_photo_variety(
-    generator: Generator, per_class: int = IMAGES_PER_CLASS, seed: int = 0, reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None
+    generator: Generator,
+    per_class: int = IMAGES_PER_CLASS,
+    seed: int = 0,
+    reference: tuple[torch.Tensor, torch.Tensor, list[str]] | None = None,
 ) -> dict:
     """photo_variety of `per_class` images of every class of a generator trained on `--data builtin
     --conditional`, against `reference` (default: crops of its size)."""

@@ -1,16 +1,16 @@
 """A training run's folder: the one owner of its layout, and of reading a generator out of it.
 
-    <run>/config.json                  the run's resolved TrainConfig, as its latest start or resume set it
-    <run>/config_history.jsonl         one record per start or resume: the step, the settings changed, the
-                                       device, the config
-    <run>/train.lock                   locked by the training process working in the run (holds its pid)
-    <run>/metrics.jsonl, curves.png    one record per log step (and per FID evaluation); their plot
-    <run>/tensorboard/                 event files (--tensorboard)
-    <run>/samples/step_N.png           the fixed latents through G (eval mode); step_N_ema.png through G_ema
-    <run>/checkpoints/step_N.safetensors, best.safetensors   training checkpoints (tritonsagan.checkpoint),
-                                       each with a .json sidecar; best is the lowest FID so far
-    <run>/generator/                   G_ema as save_pretrained writes it, refreshed at every checkpoint
-    <run>/fid_reference.safetensors    the real-image statistics of --fid-every
+<run>/config.json                  the run's resolved TrainConfig, as its latest start or resume set it
+<run>/config_history.jsonl         one record per start or resume: the step, the settings changed, the
+                                   device, the config
+<run>/train.lock                   locked by the training process working in the run (holds its pid)
+<run>/metrics.jsonl, curves.png    one record per log step (and per FID evaluation); their plot
+<run>/tensorboard/                 event files (--tensorboard)
+<run>/samples/step_N.png           the fixed latents through G (eval mode); step_N_ema.png through G_ema
+<run>/checkpoints/step_N.safetensors, best.safetensors   training checkpoints (tritonsagan.checkpoint),
+                                   each with a .json sidecar; best is the lowest FID so far
+<run>/generator/                   G_ema as save_pretrained writes it, refreshed at every checkpoint
+<run>/fid_reference.safetensors    the real-image statistics of --fid-every
 """
 
 from __future__ import annotations
@@ -69,12 +69,16 @@ class RunDirectory:
         """FID of the best checkpoint so far (infinity when there is none)."""
         return read_sidecar(self.best_checkpoint)["fid"] if self.best_checkpoint.is_file() else math.inf
 
-
     def write_config(self, config: dict, step: int, changed: dict[str, tuple], device: str) -> None:
         """config.json: the settings in force from `step` on; config_history.jsonl gains their record,
         with the device (its name) that trains from there."""
         atomic_write_json(self.config, config)
-        record = {"step": step, "changed": {name: list(values) for name, values in changed.items()}, "device": device, "config": config}
+        record = {
+            "step": step,
+            "changed": {name: list(values) for name, values in changed.items()},
+            "device": device,
+            "config": config,
+        }
         history = self.config_history.read_text() if self.config_history.is_file() else ""
         atomic_write_bytes(self.config_history, (history + json.dumps(record) + "\n").encode())
 
@@ -128,7 +132,9 @@ def generator_from_checkpoint(path: Path) -> Generator:
     return G
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Generator:
+def load_generator(
+    path: str | os.PathLike, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> Generator:
     """A Generator in eval mode from a save_pretrained directory, its model.safetensors, a training
     checkpoint (its G_ema), a run directory, or the name of weights shipped in the package
     (tritonsagan.shipped; a file or folder of that name here comes first).
@@ -137,7 +143,9 @@ def load_generator(path: str | os.PathLike, device: str | torch.device | None = 
     """
     path = Path(path) if Path(path).exists() else shipped_weights(path) or Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"weights not found: {path} (no such file or folder, nor shipped weights of that name; {describe_shipped()})")
+        raise FileNotFoundError(
+            f"weights not found: {path} (no such file or folder, nor shipped weights of that name; {describe_shipped()})"
+        )
     if path.is_file() and path.name != WEIGHTS_NAME and is_checkpoint(path):
         G = generator_from_checkpoint(path)
     elif path.is_dir() and not (path / WEIGHTS_NAME).is_file():
@@ -147,7 +155,9 @@ def load_generator(path: str | os.PathLike, device: str | torch.device | None = 
         elif (checkpoint := run.latest_checkpoint()) is not None:
             G = generator_from_checkpoint(checkpoint)
         else:
-            raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME}, {run.generator.name}/ or {run.checkpoints.name}/ inside")
+            raise FileNotFoundError(
+                f"{path}: no {WEIGHTS_NAME}, {run.generator.name}/ or {run.checkpoints.name}/ inside"
+            )
     else:
         G = Generator.from_pretrained(path)
     return G.to(device or "cpu", dtype).eval()

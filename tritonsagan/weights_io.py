@@ -43,7 +43,9 @@ def _check_safetensors_layout(path: Path) -> dict:
         if header_len > SAFETENSORS_HEADER_LIMIT:
             raise WeightsError(f"{path}: not a safetensors file (no valid header; is it a pickle checkpoint?)")
         if 8 + header_len > size:
-            raise WeightsError(f"{path}: truncated safetensors file (header needs {8 + header_len} bytes, file has {size})")
+            raise WeightsError(
+                f"{path}: truncated safetensors file (header needs {8 + header_len} bytes, file has {size})"
+            )
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -66,7 +68,9 @@ def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     return _check_safetensors_layout(path)
 
 
-def load_safetensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_safetensors(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Load every tensor of a safetensors file plus its string metadata."""
     metadata = read_safetensors_metadata(path)
     try:
