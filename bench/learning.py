@@ -38,7 +38,8 @@ from tritonsagan.generate import generate
 from tritonsagan.images import make_grid, save_image
 from tritonsagan.metrics import kernel_inception_distance
 from tritonsagan.photo_match import FRESH_SEED, IMAGES_PER_CLASS, fresh_crops_photo_match, photo_match, reference_crops
-from tritonsagan.train import TrainConfig, Trainer
+from tritonsagan.train_config import TrainConfig
+from tritonsagan.training_run import TrainingRun
 
 from .cells import number, table
 
@@ -140,19 +141,19 @@ def run(
         cfg = TrainConfig(
             out=out, device=str(device), steps=steps, workers=1, sample_every=steps, save_every=steps, **recipe
         )
-        trainer = Trainer(cfg)
+        training = TrainingRun(cfg)
         try:
-            return _measure(trainer, every, kid, samples, log, recipe)
+            return _measure(training, every, kid, samples, log, recipe)
         finally:
-            trainer.release()
+            training.release()
 
 
 def _measure(
-    trainer: Trainer, every: int, kid: bool, samples: Path | None, log: Callable[[str], None], recipe: dict
+    training: TrainingRun, every: int, kid: bool, samples: Path | None, log: Callable[[str], None], recipe: dict
 ) -> dict:
-    cfg = trainer.cfg
+    cfg = training.cfg
     reference = reference_crops(image_size=cfg.image_size)
-    probe = KidProbe(cfg.image_size, KID_PER_CLASS, trainer.world.device) if kid else None
+    probe = KidProbe(cfg.image_size, KID_PER_CLASS, training.world.device) if kid else None
     section = {
         "recipe": {
             k: v
@@ -169,32 +170,32 @@ def _measure(
     classes = list(range(len(reference[2])))
     labels = torch.arange(len(classes)).repeat_interleave(IMAGES_PER_CLASS)
     seconds = 0.0
-    while trainer.step < cfg.steps:
+    while training.step < cfg.steps:
         sums = dict.fromkeys(("loss_d", "loss_g", "d_real", "d_fake"), 0.0)
-        start, first = time.perf_counter(), trainer.step
-        while trainer.step < min(cfg.steps, first + every):
-            out = trainer.train_step()
+        start, first = time.perf_counter(), training.step
+        while training.step < min(cfg.steps, first + every):
+            out = training.take_step()
             for key in sums:
                 sums[key] += float(out[key])
         seconds += time.perf_counter() - start
         if not all(map(math.isfinite, sums.values())):
-            raise TritonsaganError(f"learning benchmark: a loss became NaN or Inf by step {trainer.step}")
-        G_ema = trainer.ema_generator()
+            raise TritonsaganError(f"learning benchmark: a loss became NaN or Inf by step {training.step}")
+        G_ema = training.ema_generator()
         generated = {
             name: generate(model, len(labels), classes=classes, seed=GENERATE_SEED)
-            for name, model in (("g", trainer.G), ("g_ema", G_ema))
+            for name, model in (("g", training.G), ("g_ema", G_ema))
         }
-        trainer.G.train()  # generate left it in eval mode
-        row: dict = {"step": trainer.step}
+        training.G.train()  # generate left it in eval mode
+        row: dict = {"step": training.step}
         for name, images in generated.items():
             row[f"photo_match_{name}"] = photo_match(images, labels, reference)["accuracy"]
             row[f"fixed_pattern_{name}"] = fixed_pattern(images)
         row["kid"] = probe.generator_kid(G_ema) if probe and probe.network else None
-        row.update({key: value / (trainer.step - first) for key, value in sums.items()}, seconds=seconds)
+        row.update({key: value / (training.step - first) for key, value in sums.items()}, seconds=seconds)
         section["rows"].append(row)
         if samples is not None:  # a row per class
             save_image(
-                make_grid(generated["g_ema"], columns=IMAGES_PER_CLASS), samples / f"step_{trainer.step:07d}_ema.png"
+                make_grid(generated["g_ema"], columns=IMAGES_PER_CLASS), samples / f"step_{training.step:07d}_ema.png"
             )
         kid_text = f", KID {row['kid']:.4f}" if row["kid"] is not None else ""
         log(

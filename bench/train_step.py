@@ -5,13 +5,13 @@
 (b) our kernels, eager; (c) our kernels under torch.compile; (d) (c) with bf16 autocast;
 (e), (f): (c), (d) with DiffAugment (color, translation, cutout), its cost;
 (d+...): (d) with one tuning switch (TrainConfig fields, off by default) or all of them.
-All are our own Trainer, switched between kernel backends and options.
+All are our own TrainingStep (tritonsagan.step), switched between kernel backends and options.
 """
 
 from __future__ import annotations
 
 import contextlib
-import tempfile
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -22,7 +22,8 @@ from tritonsagan.models import Discriminator, Generator
 from tritonsagan.models.config import IMAGE_CHANNELS, IMAGE_SIZE
 
 from tritonsagan.errors import ConfigError
-from tritonsagan.train import TrainConfig, Trainer
+from tritonsagan.step import TrainingStep
+from tritonsagan.train_config import TrainConfig
 
 from .cells import number, ratio, table
 from .timing import median_ms, peak_extra_bytes
@@ -140,9 +141,8 @@ def run(device: torch.device, floor: dict, quick: bool = False, variants: list[V
         if variant.bf16 and not on_cuda:
             rows.append({**row, "available": False, "reason": "bf16 autocast is a CUDA path"})
             continue
-        with tempfile.TemporaryDirectory() as out, _tf32(variant.tf32 and on_cuda):
+        with _tf32(variant.tf32 and on_cuda):
             cfg = TrainConfig(
-                out=out,
                 ch=ch,
                 batch_size=batch,
                 compile=variant.compile,
@@ -153,12 +153,13 @@ def run(device: torch.device, floor: dict, quick: bool = False, variants: list[V
                 **variant.tuning,
             )
             try:
-                trainer = Trainer(cfg)
+                training_step = TrainingStep.fresh(cfg, device=str(device))
                 real = torch.rand(batch, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
+                steps = itertools.count()
 
                 def step():
                     with use_backend(variant.backend):
-                        trainer.step_on([(real, None)])
+                        training_step(next(steps), [(real, None)])
 
                 ms = median_ms(step, device, quick)
                 peak = peak_extra_bytes(step, device)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tritonsagan.kernels import attention_naive
 
 from tritonsagan.checkpoint import latest_checkpoint
+from tritonsagan.step import TrainingStep
 from tritonsagan.train import TrainConfig
 
 # (B, N_q, N_k, d_qk, d_v) every attention path is checked at; each test file adds its own extremes.
@@ -61,6 +62,11 @@ TINY = dict(ch=8, batch_size=4, workers=0, num_samples=4, log_every=2, sample_ev
 
 def tiny_config(out, **overrides) -> TrainConfig:
     return TrainConfig(out=str(out), **{**TINY, **overrides})
+
+
+def tiny_step(num_classes: int = 0, **overrides) -> TrainingStep:
+    """The training step of a new CPU run at TINY's sizes, with no run directory or dataset."""
+    return TrainingStep.fresh(TrainConfig(**{**TINY, **overrides}), num_classes)
 
 
 def cli_flags(**overrides) -> list[str]:

@@ -8,8 +8,10 @@ from tritonsagan.models import Discriminator, Generator
 from tritonsagan.checkpoint import latest_checkpoint
 from tritonsagan.diffaug import POLICIES, adjust_colour, augment, cutout, draw, parse_policy, translate
 from tritonsagan.errors import ConfigError
-from tritonsagan.train import TrainConfig, Trainer, latent_seed, resolve_diffaug, train
+from tritonsagan.step import TrainingStep, latent_seed
+from tritonsagan.train import TrainConfig, train
 from tritonsagan.train import main as train_main
+from tritonsagan.train_config import resolve_diffaug
 
 
 def _images(batch=3, channels=2, size=9):
@@ -127,15 +129,15 @@ def test_default_policy_per_data_source(tmp_path):
     assert resolve_diffaug("auto", "builtin") == "color,translation,cutout"
     assert resolve_diffaug("auto", str(tmp_path)) == ""
     assert resolve_diffaug("cutout", "builtin") == "cutout"
-    trainer = Trainer(TrainConfig(out=str(tmp_path / "run"), **TINY))
-    assert trainer.cfg.diffaug == "color,translation,cutout" and trainer.diffaug == ("color", "translation", "cutout")
+    step = TrainingStep.fresh(TrainConfig(**TINY))
+    assert step.cfg.diffaug == "color,translation,cutout" and step.diffaug == ("color", "translation", "cutout")
 
 
 def test_augmentation_free_draws_are_the_latents_alone(tmp_path):
     """Without DiffAugment nothing extra is drawn or applied: the latents are the ones drawn before the feature."""
-    plain = Trainer(TrainConfig(out=str(tmp_path / "a"), diffaug="", conditional=True, **TINY))
-    augmented = Trainer(TrainConfig(out=str(tmp_path / "b"), diffaug="color,cutout", conditional=True, **TINY))
-    (z, y, none), (z_aug, y_aug, params) = plain._draws(0, 8), augmented._draws(0, 8)
+    plain = TrainingStep.fresh(TrainConfig(diffaug="", conditional=True, **TINY), num_classes=3)
+    augmented = TrainingStep.fresh(TrainConfig(diffaug="color,cutout", conditional=True, **TINY), num_classes=3)
+    (z, y, none), (z_aug, y_aug, params) = plain.draws(0, 0, 8), augmented.draws(0, 0, 8)
     assert (
         none == {}
         and set(params) == {"brightness", "saturation", "contrast", "cutout"}

@@ -17,15 +17,16 @@ import torch
 from helpers import cli_flags, final_weights, tiny_config
 from safetensors.torch import load_file
 
-import tritonsagan.train as train_module
+import tritonsagan.step as step_module
 from tritonsagan.checkpoint import list_checkpoints, read_checkpoint
 from tritonsagan.cli import INTERRUPTED_EXIT_CODE, device_name
 from tritonsagan.curves import main as curves_main
 from tritonsagan.curves import read_metrics
 from tritonsagan.run_directory import RunDirectory, RunInUse, load_generator
 from tritonsagan.stop_signals import StopRequests
+from tritonsagan.train import TrainingDiverged, train
 from tritonsagan.train import main as train_main
-from tritonsagan.train import train
+from tritonsagan.training_run import TrainingRun
 from tritonsagan.weights_io import WeightsError
 
 SRC = str(Path(__file__).resolve().parents[1])  # where `python -m tritonsagan...` finds the package from a subprocess
@@ -139,10 +140,10 @@ def test_a_second_training_on_a_run_directory_stops_at_once_with_the_pid(tmp_pat
 
 def test_the_lock_is_held_by_a_live_trainer_and_released_with_it(tmp_path):
     run = tmp_path / "run"
-    trainer = train_module.Trainer(tiny_config(run, steps=2))
+    holder = TrainingRun(tiny_config(run, steps=2))
     with pytest.raises(RunInUse, match=f"pid {os.getpid()}"):
         train(tiny_config(run, steps=2))
-    trainer.release()
+    holder.release()
     train(tiny_config(run, steps=2))
 
 
@@ -210,9 +211,9 @@ def test_the_last_good_checkpoint_of_a_diverged_run_is_one_that_passed(tmp_path,
     run = tmp_path / "run"
     train(tiny_config(run, steps=4))
     _flip_bytes(run / "checkpoints" / "step_0000004.safetensors")
-    real_loss = train_module.hinge_d_loss
-    monkeypatch.setattr(train_module, "hinge_d_loss", lambda r, f: real_loss(r, f) * float("nan"))
-    with pytest.raises(train_module.TrainingDiverged, match=r"last good checkpoint is \S*step_0000002\.safetensors$"):
+    real_loss = step_module.hinge_d_loss
+    monkeypatch.setattr(step_module, "hinge_d_loss", lambda r, f: real_loss(r, f) * float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"last good checkpoint is \S*step_0000002\.safetensors$"):
         train(tiny_config(run, steps=6))
 
 
@@ -285,15 +286,15 @@ def test_sigterm_mid_run_stops_with_a_checkpoint_and_the_resumed_run_is_bitwise_
 
 def _signal_at_step(monkeypatch, step: int, count: int) -> None:
     """Send this process SIGINT `count` times during training step `step` (counted from 1)."""
-    real_step = train_module.Trainer.train_step
+    real_step = TrainingRun.take_step
 
-    def train_step(self):
+    def take_step(self):
         if self.step + 1 == step:
             for _ in range(count):
                 os.kill(os.getpid(), signal.SIGINT)
         return real_step(self)
 
-    monkeypatch.setattr(train_module.Trainer, "train_step", train_step)
+    monkeypatch.setattr(TrainingRun, "take_step", take_step)
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import cli_flags, final_weights, image_folder, stand_in_network, tiny_config
+from helpers import cli_flags, final_weights, image_folder, stand_in_network, tiny_step
 from PIL import Image
 
 from tritonsagan import load_generator
@@ -17,7 +17,6 @@ from tritonsagan.images import PANEL_GAP, TITLE_HEIGHT
 from tritonsagan.loader import make_dataset
 from tritonsagan.packed import main as prepare_main
 from tritonsagan.photo_match import fresh_crops_photo_match, generator_photo_match, reference_crops
-from tritonsagan.train import Trainer
 from tritonsagan.train import main as train_main
 
 SIZE = 64
@@ -131,10 +130,7 @@ def test_evaluation_reads_real_images_at_the_generators_size(run64, tmp_path, ca
 
 
 def test_diffaugment_draws_for_the_models_size(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path / "run", image_size=SIZE, conditional=True, diffaug="translation,cutout"))
-    try:
-        draws = [trainer._draws(slot, 8)[2] for slot in range(4)]
-    finally:
-        trainer.release()
+    step = tiny_step(num_classes=3, image_size=SIZE, conditional=True, diffaug="translation,cutout")
+    draws = [step.draws(0, slot, 8)[2] for slot in range(4)]
     assert max(int(d["cutout"].max()) for d in draws) < SIZE  # square centres inside 64 (at 128 they reach 127)
     assert max(int(d["translation"].abs().max()) for d in draws) == SIZE // 8

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers import cli_flags, final_weights, tiny_config, write_image
+from helpers import cli_flags, final_weights, tiny_config, tiny_step, write_image
 from PIL import Image
 from safetensors.torch import load_file
 from tritonsagan.models import Discriminator, Generator
 
-import tritonsagan.train as train_module
+import tritonsagan.step as step_module
 from tritonsagan.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from tritonsagan.train import TrainingDiverged, main, train
 
@@ -117,7 +117,7 @@ def test_crash_mid_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real_loss = train_module.hinge_d_loss
+    real_loss = step_module.hinge_d_loss
     calls = {"n": 0}
 
     def loss_that_explodes(real_logits, fake_logits):
@@ -125,7 +125,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         loss = real_loss(real_logits, fake_logits)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(train_module, "hinge_d_loss", loss_that_explodes)
+    monkeypatch.setattr(step_module, "hinge_d_loss", loss_that_explodes)
     with pytest.raises(TrainingDiverged, match=r"NaN or Inf by step 4.*step_0000002\.safetensors"):
         train(tiny_config(run, steps=6))
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == [2]
@@ -225,14 +225,11 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_continues(tmp_
 @pytest.mark.parametrize("d_sn_in_g_step", [False, True])
 def test_the_g_step_updates_ds_spectral_norm_vectors_only_when_asked(tmp_path, d_sn_in_g_step):
     """Off (the official code): D's power iteration runs in the D step only; on (BigGAN-PyTorch): in both."""
-    trainer = train_module.Trainer(tiny_config(tmp_path / "run", d_sn_in_g_step=d_sn_in_g_step, diffaug=""))
-    layer, changed = trainer.D.blocks[1].conv1, []
-    trainer.D.register_forward_pre_hook(lambda module, args: changed.append(layer.weight_u.clone()))
-    trainer.D.register_forward_hook(
+    step = tiny_step(d_sn_in_g_step=d_sn_in_g_step, diffaug="")
+    layer, changed = step.D.blocks[1].conv1, []
+    step.D.register_forward_pre_hook(lambda module, args: changed.append(layer.weight_u.clone()))
+    step.D.register_forward_hook(
         lambda module, args, out: changed.append(not torch.equal(changed.pop(), layer.weight_u))
     )
-    try:
-        trainer.step_on([(torch.rand(4, 3, 128, 128) * 2 - 1, None)])
-    finally:
-        trainer.release()
+    step(0, [(torch.rand(4, 3, 128, 128) * 2 - 1, None)])
     assert changed == [True, d_sn_in_g_step]  # the D step's forward, then the G step's

@@ -55,7 +55,7 @@ from .photo_match import generator_photo_match, reference_crops
 from .photo_variety import generator_photo_variety
 from .run_directory import RunDirectory, generator_from_checkpoint
 from .shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME
-from .train import describe_device_settings
+from .train_config import describe_device_settings
 
 KID_N = 340  # 20 images of each of the 17 built-in photos
 REAL_SEED = 1  # the real images' stream: other crops than a training stream of the default seed (0) draws

