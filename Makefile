@@ -4,7 +4,7 @@
 #                 then a grid of each class beside the shipped weights' grid, the attention-map figure
 #                 of each, and the demo's own model card (its photo match), all in runs/demo
 #   make test   - ruff's linter and format check, the test suite, then the kernel tests and the Hopper compile check again under
-#                 the GPU machine's triton (3.6) in a second environment, .venv-triton36
+#                 triton 3.6, the oldest the kernels support, in a second environment, .venv-triton36
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# The GPU machine's triton beside the CPU torch; its interpreter calls int() on 0-d arrays, which
+# The oldest supported triton beside the CPU torch; its interpreter calls int() on 0-d arrays, which
 # numpy >= 2.4 refuses.
 $(VENV_GPU_TRITON)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_GPU_TRITON)

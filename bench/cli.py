@@ -122,7 +122,7 @@ def run(
 
 def merge_reports(earlier: dict, later: dict) -> dict:
     """`later`'s sections over `earlier`'s (training-step rows by variant id), targets re-evaluated:
-    one report from several commands, each inside the GPU machine's time limit per command."""
+    one report from several commands (each section, or each group of variants, on its own)."""
     merged = {**earlier, **later, "quick": earlier.get("quick", False) or later["quick"]}
     if "train_step" in earlier and "train_step" in later:
         merged["train_step"] = train_step.merge_rows(earlier["train_step"], later["train_step"])

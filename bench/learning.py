@@ -32,7 +32,7 @@ from rich.table import Table
 
 from tritonsagan.data import BUILTIN_PHOTOS
 from tritonsagan.errors import ConfigError, TritonsaganError
-from tritonsagan.evaluate import EvalError, FeatureNetwork, extract_features, find_feature_weights
+from tritonsagan.feature_network import EvalError, FeatureNetwork, extract_features, find_feature_weights
 from tritonsagan.fixed_pattern import fixed_pattern
 from tritonsagan.generate import generate
 from tritonsagan.images import make_grid, save_image

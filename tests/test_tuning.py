@@ -142,7 +142,7 @@ def test_compile_mode_and_scope_reach_torch_compile(mode, tmp_path, monkeypatch)
 
 @pytest.mark.gpu
 def test_every_model_switch_on_cuda_compiled_in_bf16_matches_default():
-    """The GPU run's check of the switches as training uses them: compiled, bf16 autocast, Triton kernels."""
+    """The switches as training uses them: compiled, bf16 autocast, Triton kernels."""
     results = []
     for tuning in (
         TuningConfig(),

