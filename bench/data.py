@@ -16,9 +16,11 @@ import torch
 from PIL import Image
 from rich.table import Table
 
-from tritonsagan.data import ImageFolderStream, builtin_photo_dir
-from tritonsagan.loader import make_loader
-from tritonsagan.packed import PackedDataset, prepare
+from tritonsagan.data import make_loader
+from tritonsagan.data.builtin import builtin_photo_dir
+from tritonsagan.data.folder import ImageFolderStream
+from tritonsagan.data.packed_reader import PackedDataset
+from tritonsagan.data.packed_writer import PrepareConfig, prepare
 
 from .cells import number, table
 
@@ -67,7 +69,7 @@ def run(quick: bool = False) -> dict:
             folders[count] = ImageFolderStream(_link_folder(tmp / f"links_{count}", photo, count), seed=0)
             folder_rows.append({"files": count, "ms_per_sample": _per_sample_ms(folders[count], samples)})
         source = _link_folder(tmp / "to_pack", photo, PACKED_IMAGES)
-        prepare(source, tmp / "packed", workers=min(4, os.cpu_count() or 1), progress=False)
+        prepare(PrepareConfig(src=source, dest=tmp / "packed", workers=min(4, os.cpu_count() or 1)), progress=False)
         packed = PackedDataset(tmp / "packed", seed=0)
         loader_rows = [
             {

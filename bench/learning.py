@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from tritonsagan.data import BUILTIN_PHOTOS
+from tritonsagan.data.builtin import BUILTIN_PHOTOS
 from tritonsagan.errors import ConfigError, TritonsaganError
 from tritonsagan.feature_network import EvalError, FeatureNetwork, extract_features, find_feature_weights
 from tritonsagan.fixed_pattern import fixed_pattern

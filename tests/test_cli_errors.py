@@ -18,7 +18,8 @@ from tritonsagan.models import Discriminator, Generator
 import tritonsagan.atomic_write as atomic_write
 from tritonsagan.checkpoint import list_checkpoints
 from tritonsagan.curves import main as curves_main
-from tritonsagan.data import DataError, ImageFolderStream
+from tritonsagan.data import DataError
+from tritonsagan.data.folder import ImageFolderStream
 from tritonsagan.evaluate import main as eval_main
 from tritonsagan.generate import main as generate_main
 from tritonsagan.train import TrainConfig, train
@@ -190,7 +191,7 @@ def test_ctrl_c_is_one_line_and_exit_130(command, tmp_path, capsys, monkeypatch)
     assert capsys.readouterr().err == "error: interrupted (Ctrl-C)\n"
 
 
-@pytest.mark.parametrize("module", ["train", "generate", "evaluate", "curves", "packed", "bench.cli"])
+@pytest.mark.parametrize("module", ["train", "generate", "evaluate", "curves", "data.packed_writer", "bench.cli"])
 def test_every_flag_is_explained_and_its_default_said_once(module):
     import argparse
     import importlib

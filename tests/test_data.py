@@ -10,18 +10,13 @@ import torch
 from helpers import image_folder, write_image
 from PIL import Image
 
-from tritonsagan.data import (
-    BuiltinPhotoStream,
-    DataError,
-    ImageFolderStream,
-    ImageLimits,
-    ImageStream,
-    load_rgb,
-    resize_and_crop,
-    short_side_crop,
-)
-from tritonsagan.loader import StreamBatchSampler, make_dataset, make_loader
-from tritonsagan.packed import PackedDataset, prepare
+from tritonsagan.data import DataError, ImageLimits, ImageStream, make_dataset, make_loader
+from tritonsagan.data.builtin import BuiltinPhotoStream
+from tritonsagan.data.decode import load_rgb, resize_and_crop, short_side_crop
+from tritonsagan.data.folder import ImageFolderStream
+from tritonsagan.data.loader import StreamBatchSampler
+from tritonsagan.data.packed_reader import PackedDataset
+from tritonsagan.data.packed_writer import PrepareConfig, prepare
 
 
 def test_image_folder_with_corrupt_non_image_grayscale_and_rgba_files(tmp_path):
@@ -91,7 +86,7 @@ def test_short_side_crop_centres_or_draws_inside_the_resized_image(tmp_path):
 
 def test_every_source_keeps_the_stream_contract(tmp_path):
     image_folder(tmp_path / "src")
-    prepare(tmp_path / "src", tmp_path / "packed", conditional=True, progress=False)
+    prepare(PrepareConfig(src=tmp_path / "src", dest=tmp_path / "packed", conditional=True), progress=False)
     for data in (str(tmp_path / "src"), str(tmp_path / "packed"), "builtin"):
         dataset = make_dataset(data, seed=0, conditional=True)
         assert (
@@ -115,7 +110,7 @@ def test_every_source_keeps_the_stream_contract(tmp_path):
 
 
 def test_ranks_read_disjoint_samples(tmp_path):
-    prepare(image_folder(tmp_path / "src", per_class=8), tmp_path / "dest", progress=False)
+    prepare(PrepareConfig(src=image_folder(tmp_path / "src", per_class=8), dest=tmp_path / "dest"), progress=False)
     dataset = PackedDataset(tmp_path / "dest", seed=0)  # 24 images
     items = {}
     for rank in range(2):
@@ -167,7 +162,7 @@ def test_tiny_and_elongated_images_are_skipped_and_counted(tmp_path):
     dataset = ImageFolderStream(tmp_path, seed=0)
     assert len(dataset) == 6 and sum(dataset[i][2] for i in range(6 * 4)) > 0  # skipped in every epoch
     assert all(dataset[i][0].float().std() > 0 for i in range(12))  # never a flat tile upscaled from a dot
-    manifest = prepare(tmp_path, tmp_path.parent / "packed", progress=False)
+    manifest = prepare(PrepareConfig(src=tmp_path, dest=tmp_path.parent / "packed"), progress=False)
     skipped = manifest["shards"][0]["skipped"]
     assert manifest["count"] == 3 and skipped == {
         "dot.png": "1x1 px, shorter side below 32",
@@ -175,7 +170,18 @@ def test_tiny_and_elongated_images_are_skipped_and_counted(tmp_path):
         "wide.png": "600x128 px, aspect ratio above 4",
     }
     loose = ImageLimits(min_side=1, max_aspect_ratio=5000)
-    assert prepare(tmp_path, tmp_path.parent / "loose", progress=False, limits=loose)["count"] == 6
+    assert (
+        prepare(
+            PrepareConfig(
+                src=tmp_path,
+                dest=tmp_path.parent / "loose",
+                min_image_side=loose.min_side,
+                max_aspect_ratio=loose.max_aspect_ratio,
+            ),
+            progress=False,
+        )["count"]
+        == 6
+    )
     with pytest.raises(DataError, match="--min-image-side must be >= 1"):
         ImageLimits(min_side=0)
 
@@ -187,7 +193,7 @@ def test_a_file_name_that_is_not_utf8_is_left_out_and_listed(tmp_path, capsys):
     image_folder(tmp_path / "src", classes=("cats",), per_class=3)
     write_image(tmp_path / "good.png", 5)
     os.rename(tmp_path / "good.png", os.fsencode(tmp_path / "src" / "cats") + b"/caf\xe9.png")
-    manifest = prepare(tmp_path / "src", tmp_path / "packed", progress=False)
+    manifest = prepare(PrepareConfig(src=tmp_path / "src", dest=tmp_path / "packed"), progress=False)
     assert manifest["count"] == 3 and manifest["undecodable_names"] == ["cats/caf\\xe9.png"]
     assert "left out 1 file(s) whose names are not valid UTF-8" in capsys.readouterr().err
     assert len(ImageFolderStream(tmp_path / "src", seed=0)) == 3

@@ -53,7 +53,7 @@ def test_ema_images_match_a_fresh_standing_pass(early_ema_run):
     passes = []
     for seed in range(1, 5):
         fresh = copy.deepcopy(G_ema)
-        standing_statistics(fresh, batch_size=8, seed=seed)
+        standing_statistics(fresh, batch_size=8, draws=torch.Generator().manual_seed(seed))
         passes.append(_images(fresh))
     spread = max((a - b).abs().mean() for i, a in enumerate(passes) for b in passes[i + 1 :])
     assert max((saved - p).abs().mean() for p in passes) < 1.5 * spread
@@ -83,10 +83,10 @@ def test_every_output_carries_the_standing_statistics(early_ema_run):
 def test_standing_statistics_leave_weights_and_spectral_norm_vectors_alone():
     G = Generator(ch=8, num_classes=3)
     before = copy.deepcopy(G.state_dict())
-    standing_statistics(G, batch_size=4, seed=0, batches=2)
+    standing_statistics(G, batch_size=4, draws=torch.Generator().manual_seed(0), batches=2)
     after = G.state_dict()
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(name.endswith((*NORM_BUFFERS, "num_batches_tracked")) for name in changed)
     assert G.training  # back in the mode it was in
     with pytest.raises(ValueError, match="at least 2 images"):
-        standing_statistics(G, batch_size=1, seed=0)
+        standing_statistics(G, batch_size=1, draws=torch.Generator())

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from tritonsagan.models import Generator
 
 import tritonsagan.metrics as metrics
-from tritonsagan.data import BUILTIN_PHOTOS, BuiltinPhotoStream
+from tritonsagan.data.builtin import BUILTIN_PHOTOS, BuiltinPhotoStream
 from tritonsagan.evaluate import STATS_TAG, ReferenceStats, main
 from tritonsagan.feature_network import (
     EvalError,
@@ -288,13 +288,13 @@ def test_real_inception_features():
 
 
 def test_eval_reads_a_packed_dataset(tmp_path, net_path, generator_dir, capsys):
-    from tritonsagan.packed import prepare
+    from tritonsagan.data.packed_writer import PrepareConfig, prepare
 
     rng = np.random.default_rng(0)
     (tmp_path / "src").mkdir()
     for i in range(40):
         Image.fromarray(rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "src" / f"{i}.png")
-    prepare(tmp_path / "src", tmp_path / "packed", progress=False)
+    prepare(PrepareConfig(src=tmp_path / "src", dest=tmp_path / "packed"), progress=False)
     out = tmp_path / "eval.json"
     assert (
         _eval(

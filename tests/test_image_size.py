@@ -10,12 +10,13 @@ from helpers import cli_flags, final_weights, image_folder, stand_in_network, ti
 from PIL import Image
 
 from tritonsagan import load_generator
-from tritonsagan.data import BuiltinPhotoStream, ImageFolderStream
+from tritonsagan.data import make_dataset
+from tritonsagan.data.builtin import BuiltinPhotoStream
+from tritonsagan.data.folder import ImageFolderStream
+from tritonsagan.data.packed_writer import main as prepare_main
 from tritonsagan.evaluate import main as eval_main
 from tritonsagan.generate import main as generate_main
 from tritonsagan.images import PANEL_GAP, TITLE_HEIGHT
-from tritonsagan.loader import make_dataset
-from tritonsagan.packed import main as prepare_main
 from tritonsagan.photo_match import fresh_crops_photo_match, generator_photo_match, reference_crops
 from tritonsagan.train import main as train_main
 

@@ -12,12 +12,12 @@ from helpers import image_folder, write_image
 from PIL import Image
 from safetensors.torch import load_file
 
-import tritonsagan.packed as packed_module
+import tritonsagan.data.packed_writer as packed_module
 from tritonsagan.checkpoint import latest_checkpoint
-from tritonsagan.data import DataError
-from tritonsagan.loader import make_dataset
-from tritonsagan.packed import MANIFEST_NAME, PackedDataset, is_packed_dataset, prepare
-from tritonsagan.packed import main as prepare_main
+from tritonsagan.data import DataError, make_dataset
+from tritonsagan.data.packed_reader import MANIFEST_NAME, PackedDataset, is_packed_dataset
+from tritonsagan.data.packed_writer import PrepareConfig, prepare
+from tritonsagan.data.packed_writer import main as prepare_main
 from tritonsagan.train import main as train_main
 
 TINY = [
@@ -74,7 +74,7 @@ def test_prepare_writes_shards_labels_and_manifest(tmp_path, capsys):
 def test_an_interrupted_packing_resumes_to_the_same_dataset(tmp_path, monkeypatch):
     src = image_folder(tmp_path / "src", per_class=5)
     monkeypatch.setattr(packed_module, "SHARD_FILES", 4)  # 15 files: four shards
-    prepare(src, tmp_path / "straight", conditional=True, progress=False)
+    prepare(PrepareConfig(src=src, dest=tmp_path / "straight", conditional=True), progress=False)
     real_write = packed_module._write_manifest
 
     def killed_after_two_shards(dest, manifest, shards, complete):
@@ -84,11 +84,11 @@ def test_an_interrupted_packing_resumes_to_the_same_dataset(tmp_path, monkeypatc
 
     monkeypatch.setattr(packed_module, "_write_manifest", killed_after_two_shards)
     with pytest.raises(KeyboardInterrupt):
-        prepare(src, tmp_path / "resumed", conditional=True, progress=False)
+        prepare(PrepareConfig(src=src, dest=tmp_path / "resumed", conditional=True), progress=False)
     with pytest.raises(DataError, match="packing was interrupted .* run tritonsagan-prepare again"):
         PackedDataset(tmp_path / "resumed", seed=0)
     monkeypatch.setattr(packed_module, "_write_manifest", real_write)
-    manifest = prepare(src, tmp_path / "resumed", conditional=True, progress=False)
+    manifest = prepare(PrepareConfig(src=src, dest=tmp_path / "resumed", conditional=True), progress=False)
     assert manifest["complete"] and len(manifest["shards"]) == 4 and manifest["count"] == 15
     for name in [f"{kind}_{i:05d}.npy" for kind in ("images", "labels") for i in range(4)]:
         assert np.array_equal(np.load(tmp_path / "straight" / name), np.load(tmp_path / "resumed" / name)), name
@@ -98,7 +98,7 @@ def test_an_interrupted_packing_resumes_to_the_same_dataset(tmp_path, monkeypatc
 @pytest.mark.parametrize("conditional", [True, False])
 def test_prepare_then_train_and_resume_exactly(tmp_path, conditional):
     src = image_folder(tmp_path / "src")
-    prepare(src, tmp_path / "dest", conditional=conditional, progress=False)
+    prepare(PrepareConfig(src=src, dest=tmp_path / "dest", conditional=conditional), progress=False)
     flags = ["--data", str(tmp_path / "dest"), *(["--conditional"] if conditional else []), *TINY]
     assert train_main(["--out", str(tmp_path / "straight"), "--steps", "4", *flags]) == 0
     assert train_main(["--out", str(tmp_path / "split"), "--steps", "2", *flags]) == 0
@@ -111,7 +111,7 @@ def test_prepare_then_train_and_resume_exactly(tmp_path, conditional):
 
 
 def test_packed_stream_is_deterministic_flips_and_covers_each_image_once_per_epoch(tmp_path):
-    prepare(image_folder(tmp_path / "src"), tmp_path / "dest", conditional=True, progress=False)
+    prepare(PrepareConfig(src=image_folder(tmp_path / "src"), dest=tmp_path / "dest", conditional=True), progress=False)
     dataset = make_dataset(str(tmp_path / "dest"), seed=3, conditional=True)
     assert isinstance(dataset, PackedDataset) and dataset.classes == ["cats", "dogs", "owls"] and len(dataset) == 12
     stored = torch.from_numpy(np.load(tmp_path / "dest" / "images_00000.npy"))
@@ -166,7 +166,7 @@ def test_dest_that_is_something_else(tmp_path, capsys):
     assert prepare_main([str(src), str(tmp_path / "busy")]) == 1
     assert "is not empty and is not a packed dataset" in capsys.readouterr().err
     assert (tmp_path / "busy" / "thesis.tex").read_text() == "keep me"
-    prepare(src, tmp_path / "dest", progress=False)
+    prepare(PrepareConfig(src=src, dest=tmp_path / "dest"), progress=False)
     other = image_folder(tmp_path / "other", classes=("x",))
     assert prepare_main([str(other), str(tmp_path / "dest")]) == 1
     err = capsys.readouterr().err
@@ -174,7 +174,7 @@ def test_dest_that_is_something_else(tmp_path, capsys):
 
 
 def test_damaged_packed_datasets_are_named(tmp_path):
-    prepare(image_folder(tmp_path / "src"), tmp_path / "dest", conditional=True, progress=False)
+    prepare(PrepareConfig(src=image_folder(tmp_path / "src"), dest=tmp_path / "dest", conditional=True), progress=False)
 
     def damaged(how):
         copy = tmp_path / how
@@ -198,7 +198,7 @@ def test_damaged_packed_datasets_are_named(tmp_path):
         DataError, match=r"holds uint8 \(12, 3, 128, 128\), the manifest says uint8 \(13, 3, 128, 128\)"
     ):
         PackedDataset(mismatched, seed=0)
-    prepare(image_folder(tmp_path / "plain_src"), tmp_path / "plain", progress=False)
+    prepare(PrepareConfig(src=image_folder(tmp_path / "plain_src"), dest=tmp_path / "plain"), progress=False)
     with pytest.raises(DataError, match="packed without --conditional"):
         PackedDataset(tmp_path / "plain", seed=0, conditional=True)
     train_args = ["--data", str(truncated), "--out", str(tmp_path / "run"), "--steps", "1", *TINY]
@@ -229,7 +229,7 @@ def _edit_manifest(dest, edit) -> None:
 )
 def test_a_damaged_or_hand_edited_manifest_is_named(tmp_path, capsys, damage, message):
     dest = tmp_path / "dest"
-    prepare(image_folder(tmp_path / "src"), dest, conditional=True, progress=False)
+    prepare(PrepareConfig(src=image_folder(tmp_path / "src"), dest=dest, conditional=True), progress=False)
     damage(dest)
     with pytest.raises(DataError, match=message):
         make_dataset(str(dest), seed=0, conditional=True)

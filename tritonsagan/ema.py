@@ -11,21 +11,24 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from tritonsagan.models import Generator
 from tritonsagan.models.layers import model_power_iteration
 
+from .seeding import stream_generator
+
 STANDING_BATCHES = 16  # BigGAN-PyTorch's num_standing_accumulations
-STANDING_STREAM = 11  # the last word of the standing passes' seeds: never the numbers of a training draw
+STANDING_STREAM = 11  # the last counter of the standing passes' stream (tritonsagan.seeding)
 
 
 @torch.no_grad()
-def standing_statistics(generator: Generator, batch_size: int, seed: int, batches: int = STANDING_BATCHES) -> None:
+def standing_statistics(
+    generator: Generator, batch_size: int, draws: torch.Generator, batches: int = STANDING_BATCHES
+) -> None:
     """Replace every batch-norm layer's running mean and variance of `generator` by their average over
-    `batches` train-mode forward passes of `batch_size` random latents (and classes), drawn from `seed`."""
+    `batches` train-mode forward passes of `batch_size` random latents (and classes), drawn from `draws`."""
     if batch_size < 2 or batches < 1:
         raise ValueError(
             f"standing statistics need batches of at least 2 images and at least 1 batch, got {batches} x {batch_size}"
@@ -38,7 +41,6 @@ def standing_statistics(generator: Generator, batch_size: int, seed: int, batche
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average over the passes
         norm.train()
-    draws = torch.Generator().manual_seed(seed)
     try:
         for _ in range(batches):
             z = torch.randn(batch_size, cfg.z_dim, generator=draws).to(device)
@@ -75,7 +77,6 @@ class EMA:
         """G_ema with the standing statistics of its weights at `step` (recomputed once per step, drawn
         from (seed, step): a resumed run computes the same)."""
         if self.statistics_step != step:
-            seed = int(np.random.SeedSequence([self.seed, step, STANDING_STREAM]).generate_state(1)[0])
-            standing_statistics(self.model, self.batch_size, seed)
+            standing_statistics(self.model, self.batch_size, stream_generator(self.seed, step, STANDING_STREAM))
             self.statistics_step = step
         return self.model

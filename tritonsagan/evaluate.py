@@ -26,6 +26,7 @@ from . import feature_network
 from .atomic_write import atomic_write_json
 from .cli import resolve_device, run_command
 from .config_flags import add_config_argument, add_config_flags, build_config, config_field
+from .data import make_dataset
 from .feature_network import (
     EvalError,
     FeatureNetwork,
@@ -34,7 +35,6 @@ from .feature_network import (
     find_feature_weights,
 )
 from .generate import generate_batches
-from .loader import make_dataset
 from .metrics import (
     MANIFOLD_K,
     feature_statistics,

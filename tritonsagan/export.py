@@ -44,12 +44,11 @@ from .atomic_write import atomic_write_bytes, atomic_write_json
 from .checkpoint import list_checkpoints, read_sidecar
 from .cli import add_device_argument, resolve_device, run_command
 from .curves import HAS_MATPLOTLIB, read_metrics
-from .data import ImageStream
+from .data import ImageStream, make_dataset
 from .errors import ConfigError
 from .feature_network import EvalError, FeatureNetwork, extract_features, find_feature_weights
 from .fixed_pattern import fixed_pattern
 from .generate import generate
-from .loader import make_dataset
 from .metrics import kernel_inception_distance
 from .photo_match import generator_photo_match, reference_crops
 from .photo_variety import generator_photo_variety

@@ -15,7 +15,7 @@ import torch
 from tritonsagan.models import Generator
 from tritonsagan.models.config import IMAGE_SIZE
 
-from .data import BuiltinPhotoStream
+from .data.builtin import BuiltinPhotoStream
 from .generate import generate
 
 HISTOGRAM_BINS = 8

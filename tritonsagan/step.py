@@ -22,16 +22,12 @@ from .diffaug import augment, draw, parse_policy
 from .distributed import Distributed
 from .ema import EMA
 from .errors import ConfigError
+from .seeding import stream_generator
 from .train_config import TrainConfig, model_configs, resolve_config
 
 RealBatch = tuple[torch.Tensor, torch.Tensor | None]  # images in [-1, 1] and their labels (None: unconditional)
 
-# latent_seed's strides: the seeds of one step stay distinct for up to 64 ranks (SLOT_STRIDE) and 64
-# D/G slots (n_dis + 1; STEP_STRIDE, a prime above 64 * 64, keeps steps apart), and SEED_STRIDE, a
-# large prime, keeps runs with neighbouring --seed values apart.
-SLOT_STRIDE = 64
-STEP_STRIDE = 4099
-SEED_STRIDE = 1_000_003
+LATENT_STREAM = 3  # the last counter of a step's latent and DiffAugment stream (tritonsagan.seeding)
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -40,11 +36,6 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
-
-
-def latent_seed(seed: int, step: int, slot: int, rank: int) -> int:
-    """A seed per (step, D/G slot, rank): latents need no RNG state to resume exactly."""
-    return (seed * SEED_STRIDE + step * STEP_STRIDE + slot * SLOT_STRIDE + rank) % (2**63)
 
 
 @dataclass
@@ -155,7 +146,7 @@ class TrainingStep:
         """Latents, fake labels and DiffAugment parameters of one D/G slot: a pure function of
         (seed, step, slot, rank), so a resumed run needs no RNG state for them. The augmentation is
         drawn after the latents, so runs without it draw the same latents as before it existed."""
-        gen = torch.Generator(self.draw_device).manual_seed(latent_seed(self.cfg.seed, step, slot, self.world.rank))
+        gen = stream_generator(self.cfg.seed, step, slot, self.world.rank, LATENT_STREAM, device=self.draw_device)
         z = torch.randn(self.per_rank_batch, self.cfg.z_dim, generator=gen, device=self.draw_device)
         y = None
         if self.num_classes:

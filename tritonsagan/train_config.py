@@ -32,7 +32,13 @@ from .diffaug import parse_policy
 from .distributed import Distributed
 from .errors import ConfigError
 from .feature_network import find_feature_weights
-from .shared_fields import device_field, fid_weights_field, loader_workers_field
+from .shared_fields import (
+    device_field,
+    fid_weights_field,
+    loader_workers_field,
+    max_aspect_ratio_field,
+    min_image_side_field,
+)
 
 DIFFAUG_BUILTIN = "color,translation,cutout"
 COMPILE_SCOPES = ("loss", "step")
@@ -95,12 +101,8 @@ class TrainConfig:
     crop: str = config_field(
         "random", "crop of folder images after the shorter-side resize", choices=("random", "center")
     )
-    min_image_side: int = config_field(
-        ImageLimits.min_side, "skip folder images whose shorter side is below this many px (counted in skipped_images)"
-    )
-    max_aspect_ratio: float = config_field(
-        ImageLimits.max_aspect_ratio, "skip folder images whose longer side exceeds this many times the shorter"
-    )
+    min_image_side: int = min_image_side_field()
+    max_aspect_ratio: float = max_aspect_ratio_field()
     workers: int = loader_workers_field()
     log_every: int = config_field(50, "steps between metrics.jsonl records")
     sample_every: int = config_field(1000, "steps between sample grids")

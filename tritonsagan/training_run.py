@@ -11,10 +11,10 @@ import torch
 from tritonsagan.models import Generator
 
 from .atomic_write import remove_temporary_files
+from .data import check_enough_images, make_dataset, make_loader
 from .distributed import setup_distributed
 from .generate import iter_generate
 from .images import from_uint8, make_grid, save_image
-from .loader import check_enough_images, make_dataset, make_loader
 from .run_checkpoints import RunCheckpoints
 from .run_directory import EMA_GENERATOR, RunDirectory, RunLock
 from .step import RealBatch, TrainingModels, TrainingStep

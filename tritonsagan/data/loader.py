@@ -1,8 +1,4 @@
-"""The training-data loader: which source `--data` names, and endless resumable batches of it.
-
-Above both sources (tritonsagan.data's folder and built-in streams, tritonsagan.packed's packed
-datasets), so neither imports the other or this.
-"""
+"""The training-data loader: which source `--data` names, and endless resumable batches of it."""
 
 from __future__ import annotations
 
@@ -13,9 +9,17 @@ from torch.utils.data import DataLoader, Sampler
 
 from tritonsagan.models.config import IMAGE_SIZE
 
-from .data import BuiltinPhotoStream, DataError, ImageFolderStream, ImageLimits, ImageStream
-from .packed import PackedDataset, is_packed_dataset
-from .stop_signals import ignore_stop_signals
+from ..stop_signals import ignore_stop_signals
+from .builtin import BuiltinPhotoStream
+from .decode import (
+    ImageLimits,
+)
+from .folder import ImageFolderStream
+from .packed_reader import (
+    PackedDataset,
+    is_packed_dataset,
+)
+from .stream import DataError, ImageStream
 
 
 def make_dataset(
