@@ -126,69 +126,53 @@ def run(device: torch.device, floor: dict, quick: bool = False, variants: list[V
     flops = flops_per_image(ch)
     rows = []
     for variant in variants or VARIANTS:
-        row = {
-            "id": variant.id,
-            "variant": f"({variant.id}) {variant.name}",
-            "ch": ch,
-            "batch": batch,
-            "backend": variant.backend,
-            "compile": variant.compile,
-            "bf16": variant.bf16,
-            "tf32": variant.tf32,
-            "diffaug": variant.diffaug,
-            "tuning": variant.tuning,
-        }
+        row = {"id": variant.id, "variant": f"({variant.id}) {variant.name}", "ch": ch, "batch": batch}
+        row.update(backend=variant.backend, compile=variant.compile, bf16=variant.bf16, tf32=variant.tf32)
+        row.update(diffaug=variant.diffaug, tuning=variant.tuning)
         if variant.bf16 and not on_cuda:
             rows.append({**row, "available": False, "reason": "bf16 autocast is a CUDA path"})
             continue
-        with _tf32(variant.tf32 and on_cuda):
-            cfg = TrainConfig(
-                ch=ch,
-                batch_size=batch,
-                compile=variant.compile,
-                bf16=variant.bf16,
-                diffaug=variant.diffaug,
-                workers=0,
-                device=str(device),
-                **variant.tuning,
-            )
-            try:
-                training_step = TrainingStep.fresh(cfg, device=str(device))
-                real = torch.rand(batch, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
-                steps = itertools.count()
-
-                def step():
-                    with use_backend(variant.backend):
-                        training_step(next(steps), [(real, None)])
-
-                ms = median_ms(step, device, quick)
-                peak = peak_extra_bytes(step, device)
-            except Exception as err:  # out of memory, or a compile mode this torch refuses: reported, not fatal
-                rows.append(
-                    {
-                        **row,
-                        "available": False,
-                        "reason": f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}",
-                    }
-                )
-                continue
-            finally:
-                if on_cuda:
-                    torch._dynamo.reset()  # each variant compiles afresh; free the last one's graphs
-                    torch.cuda.empty_cache()
+        try:
+            ms, peak = _time_step(variant, device, ch, batch, quick)
+        except Exception as err:  # out of memory, or a compile mode this torch refuses: reported, not fatal
+            reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:200]}"
+            rows.append({**row, "available": False, "reason": reason})
+            continue
         images_per_s = batch / (ms * 1e-3)
-        rows.append(
-            {
-                **row,
-                "available": True,
-                "step_ms": ms,
-                "images_per_s": images_per_s,
-                "peak_extra_bytes": peak,
-                "flops_per_image": flops,
-                "pct_of_floor": 100 * images_per_s * flops / floor["flops_per_s"],
-            }
-        )
+        pct_of_floor = 100 * images_per_s * flops / floor["flops_per_s"]
+        rows.append({**row, "available": True, "step_ms": ms, "images_per_s": images_per_s, "peak_extra_bytes": peak})
+        rows[-1].update(flops_per_image=flops, pct_of_floor=pct_of_floor)
     return rows
+
+
+def _time_step(variant: Variant, device: torch.device, ch: int, batch: int, quick: bool) -> tuple[float, int | None]:
+    """The median time of one training step of `variant` (ms) and its peak extra memory (bytes)."""
+    on_cuda = device.type == "cuda"
+    cfg = TrainConfig(
+        ch=ch,
+        batch_size=batch,
+        compile=variant.compile,
+        bf16=variant.bf16,
+        diffaug=variant.diffaug,
+        workers=0,
+        device=str(device),
+        **variant.tuning,
+    )
+    with _tf32(variant.tf32 and on_cuda):
+        try:
+            training_step = TrainingStep.fresh(cfg, device=str(device))
+            real = torch.rand(batch, IMAGE_CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=device) * 2 - 1
+            steps = itertools.count()
+
+            def step():
+                with use_backend(variant.backend):
+                    training_step(next(steps), [(real, None)])
+
+            return median_ms(step, device, quick), peak_extra_bytes(step, device)
+        finally:
+            if on_cuda:
+                torch._dynamo.reset()  # each variant compiles afresh; free the last one's graphs
+                torch.cuda.empty_cache()
 
 
 def merge_rows(earlier: list[dict], later: list[dict]) -> list[dict]:

@@ -332,55 +332,16 @@ def power_iteration_grouped_launch(
     t = torch.empty(tables.total_rows, device=weights[0].device, dtype=torch.float32)
     s = torch.empty(tables.total_cols, device=weights[0].device, dtype=torch.float32)
     w_typed = weights[0]  # typed pointer for the addresses in the tables
+    shapes = (rows, cols, t_offsets)
+    row_args = (w_ptrs, v_ptrs, *shapes, *tables.row_programs, t, w_typed)
+    column_args = (w_ptrs, *shapes, s_offsets, *tables.column_programs, t, s, w_typed)
+    finish_args = (u_ptrs, v_ptrs, sigma_ptrs, *shapes, s_offsets, t, s, w_typed, sigmas[0], eps)
+    row_blocks = {"BLOCK_R": GROUP_ROWS_BLOCK[0], "BLOCK_C": GROUP_ROWS_BLOCK[1], "num_warps": GROUP_WARPS}
+    column_blocks = {"BLOCK_R": GROUP_COLUMNS_BLOCK[0], "BLOCK_C": GROUP_COLUMNS_BLOCK[1], "num_warps": GROUP_WARPS}
     for _ in range(n_power_iterations):
-        launch(
-            _sn_group_rows_kernel,
-            (tables.row_programs.shape[1],),
-            w_ptrs,
-            v_ptrs,
-            rows,
-            cols,
-            t_offsets,
-            *tables.row_programs,
-            t,
-            w_typed,
-            BLOCK_R=GROUP_ROWS_BLOCK[0],
-            BLOCK_C=GROUP_ROWS_BLOCK[1],
-            num_warps=GROUP_WARPS,
-        )
-        launch(
-            _sn_group_cols_kernel,
-            (tables.column_programs.shape[1],),
-            w_ptrs,
-            rows,
-            cols,
-            t_offsets,
-            s_offsets,
-            *tables.column_programs,
-            t,
-            s,
-            w_typed,
-            BLOCK_R=GROUP_COLUMNS_BLOCK[0],
-            BLOCK_C=GROUP_COLUMNS_BLOCK[1],
-            num_warps=GROUP_WARPS,
-        )
-        launch(
-            _sn_group_finish_kernel,
-            (len(weights),),
-            u_ptrs,
-            v_ptrs,
-            sigma_ptrs,
-            rows,
-            cols,
-            t_offsets,
-            s_offsets,
-            t,
-            s,
-            w_typed,
-            sigmas[0],
-            eps,
-            BLOCK=FINISH_BLOCK,
-        )
+        launch(_sn_group_rows_kernel, (tables.row_programs.shape[1],), *row_args, **row_blocks)
+        launch(_sn_group_cols_kernel, (tables.column_programs.shape[1],), *column_args, **column_blocks)
+        launch(_sn_group_finish_kernel, (len(weights),), *finish_args, BLOCK=FINISH_BLOCK)
 
 
 def scale_launch(w: torch.Tensor, sigma: torch.Tensor, out: torch.Tensor) -> None:

@@ -11,9 +11,10 @@ from PIL import Image
 from tritonsagan.checkpoint import list_checkpoints
 from tritonsagan.cli import device_name
 from tritonsagan.curves import read_metrics
-from tritonsagan.export import main, model_card, training_segments
+from tritonsagan.export import main, training_segments
 from tritonsagan.fixed_pattern import fixed_pattern
 from tritonsagan.generate import generate
+from tritonsagan.model_card import model_card
 from tritonsagan.photo_match import generator_photo_match
 from tritonsagan.photo_variety import generator_photo_variety
 from tritonsagan.run_directory import RunDirectory, load_generator

@@ -11,8 +11,8 @@ from tritonsagan.models.pretrained import WEIGHTS_NAME
 
 import tritonsagan.shipped as shipped
 from tritonsagan import generate, load_generator
-from tritonsagan.export import card_table, model_card
 from tritonsagan.generate import main
+from tritonsagan.model_card import card_table, model_card
 from tritonsagan.photo_match import generator_photo_match
 from tritonsagan.photo_variety import generator_photo_variety
 from tritonsagan.shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME, SHIPPED_FILES, shipped_names

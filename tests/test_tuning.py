@@ -2,14 +2,13 @@
 autocast-dtype spectral-norm kernels are tested in test_spectral_norm_triton.py), and training runs
 with each switch on (the same losses as the default run, and bitwise exact resumes)."""
 
-import json
-
 import pytest
 import torch
 from helpers import rel_err
 from tritonsagan.kernels import use_backend
 from tritonsagan.models import Discriminator, Generator, TuningConfig, set_tuning
 
+from tritonsagan.step import TrainingStep
 from tritonsagan.train import TrainConfig, train
 
 MODEL_SWITCHES = ["channels_last", "fused_qkv", "grouped_sn"]
@@ -92,9 +91,8 @@ TRAIN_SWITCHES = {
 }
 
 
-def _run(out, steps: int, **overrides) -> list[dict]:
+def _run(out, steps: int, **overrides) -> None:
     train(TrainConfig(out=str(out), steps=steps, **{**TINY, **overrides}))
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _checkpoint(run) -> dict[str, torch.Tensor]:
@@ -105,9 +103,16 @@ def _checkpoint(run) -> dict[str, torch.Tensor]:
     return load_file(latest_checkpoint(run / "checkpoints"))
 
 
+def _step_losses(steps: int, **overrides) -> list[dict[str, float]]:
+    """The losses of a fresh run's first steps, taken by TrainingStep alone on fixed real batches."""
+    step = TrainingStep.fresh(TrainConfig(**{**TINY, **overrides}))
+    real = torch.rand(steps, TINY["batch_size"], 3, 128, 128, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return [{key: float(value) for key, value in step(n, [(real[n], None)]).items()} for n in range(steps)]
+
+
 @pytest.fixture(scope="module")
-def default_losses(tmp_path_factory) -> list[dict]:
-    return _run(tmp_path_factory.mktemp("default"), 2)
+def default_losses() -> list[dict]:
+    return _step_losses(2)
 
 
 @pytest.mark.parametrize("switch", TRAIN_SWITCHES)
@@ -116,14 +121,15 @@ def test_training_switch_matches_default_and_resumes_exactly(switch, default_los
         # aot_eager: dynamo and AOTAutograd trace the whole step as inductor would get it, in seconds on a CPU.
         compile_fn = torch.compile
         monkeypatch.setattr(torch, "compile", lambda fn, mode=None: compile_fn(fn, backend="aot_eager"))
-    straight = _run(tmp_path / "straight", 2, **TRAIN_SWITCHES[switch])
+    switched = _step_losses(2, **TRAIN_SWITCHES[switch])
     # float32 with another summation order: step 1 agrees to rounding, and Adam's first update
     # (about lr * sign(grad)) carries that into step 2 at ~1e-4 relative.
-    for got, want in zip(straight, default_losses, strict=True):
+    for n, (got, want) in enumerate(zip(switched, default_losses, strict=True)):
         for key in ("loss_d", "loss_g", "d_real", "d_fake"):
-            assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-5), (got["step"], key)
+            assert got[key] == pytest.approx(want[key], rel=1e-3, abs=1e-5), (n, key)
     if "compile" in TRAIN_SWITCHES[switch]:
         return  # on the CPU the step scope resumes through the very code of the default scope (draws on the CPU either way)
+    _run(tmp_path / "straight", 2, **TRAIN_SWITCHES[switch])
     _run(tmp_path / "split", 1, **TRAIN_SWITCHES[switch])
     _run(tmp_path / "split", 2, **TRAIN_SWITCHES[switch])
     first, second = _checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "split")
@@ -131,12 +137,12 @@ def test_training_switch_matches_default_and_resumes_exactly(switch, default_los
 
 
 @pytest.mark.parametrize("mode", ["max-autotune", "reduce-overhead"])
-def test_compile_mode_and_scope_reach_torch_compile(mode, tmp_path, monkeypatch):
+def test_compile_mode_and_scope_reach_torch_compile(mode, monkeypatch):
     compiled = []
     monkeypatch.setattr(
         torch, "compile", lambda fn, mode=None: compiled.append((getattr(fn, "__name__", ""), mode)) or fn
     )
-    _run(tmp_path, 1, compile=True, compile_scope="step", compile_mode=mode)
+    TrainingStep.fresh(TrainConfig(**{**TINY, "compile": True, "compile_scope": "step", "compile_mode": mode}))
     assert compiled == [(name, mode) for name in ("_d_losses", "_g_loss", "step", "step", "average")]
 
 

@@ -28,10 +28,10 @@ kept in card.json and drawn in that picture.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,19 +42,21 @@ from tritonsagan.models.pretrained import WEIGHTS_NAME
 
 from .atomic_write import atomic_write_bytes, atomic_write_json
 from .checkpoint import list_checkpoints, read_sidecar
-from .cli import add_device_argument, resolve_device, run_command
-from .curves import HAS_MATPLOTLIB, read_metrics
+from .cli import resolve_device, run_command
+from .config_flags import REQUIRED, add_config_argument, add_config_flags, build_config, config_field
+from .curves import read_metrics
 from .data import ImageStream, make_dataset
 from .errors import ConfigError
 from .feature_network import EvalError, FeatureNetwork, extract_features, find_feature_weights
 from .fixed_pattern import fixed_pattern
 from .generate import generate
 from .metrics import kernel_inception_distance
+from .model_card import curve_figure, model_card, require_matplotlib
 from .photo_match import generator_photo_match, reference_crops
 from .photo_variety import generator_photo_variety
 from .run_directory import RunDirectory, generator_from_checkpoint
+from .shared_fields import device_field, fid_weights_field
 from .shipped import CARD_FIGURES_NAME, MODEL_CARD_NAME
-from .train_config import describe_device_settings
 
 KID_N = 340  # 20 images of each of the 17 built-in photos
 REAL_SEED = 1  # the real images' stream: other crops than a training stream of the default seed (0) draws
@@ -186,102 +188,51 @@ def learning_curve(run: RunDirectory, measure: Measurer, up_to: int, device: tor
     ]
 
 
-def _require_matplotlib() -> None:
-    if not HAS_MATPLOTLIB:
-        raise ConfigError(
-            "drawing the learning curve needs matplotlib: pip install matplotlib (the package's plot extra)"
-        )
+@dataclass(kw_only=True)
+class ExportConfig:
+    """tritonsagan-export's settings."""
 
-
-def curve_figure(card: dict, path: str | Path) -> Path:
-    """The learning curve in card.json as a PNG: photo_match, photo_variety, KID and the fixed pattern
-    of G_ema by step, each beside what real images score."""
-    _require_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    curve = card["curve"]
-    steps = [point["step"] for point in curve]
-    panels = []
-    if card["photo_match"]:
-        panels.append(
-            (
-                "photo match",
-                [p["photo_match"]["accuracy"] for p in curve],
-                card["photo_match"]["fresh_crops"],
-                "fresh real crops",
-                (0, 1),
-            )
-        )
-    if card.get("photo_variety"):  # cards exported before it was measured lack it
-        panels.append(("photo variety", [p["photo_variety"]["variety"] for p in curve], 1.0, "real crops", (0, None)))
-    if "kid" in card["kid"]:
-        panels.append(
-            (
-                f"KID (n={card['kid']['n']})",
-                [p["kid"]["kid"] for p in curve],
-                card["kid"]["real_vs_real"],
-                "real vs real",
-                (None, None),
-            )
-        )
-    panels.append(
-        (
-            "fixed pattern",
-            [p["fixed_pattern"]["generated"] for p in curve],
-            card["fixed_pattern"]["real"],
-            "real crops",
-            (0, None),
-        )
+    run: str = config_field(REQUIRED, "the training run directory (tritonsagan-train --out)", positional=True)
+    out: str = config_field(REQUIRED, "the folder to write (created; its files are replaced)", required=True)
+    checkpoint: str | None = config_field(None, "the run's checkpoint to export (default: its newest)")
+    name: str | None = config_field(None, "the model's name in its card (default: the --out folder's name)")
+    kid_n: int = config_field(
+        KID_N, f"generated and real images for KID and the fixed pattern (0: no KID, the fixed pattern on {KID_N})"
     )
-    figure = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")
-    FigureCanvasAgg(figure)
-    for ax, (title, values, real, real_label, ylim) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
-        ax.plot(steps, values, "o-", label="G_ema")
-        ax.axhline(real, color="green", lw=0.8, label=real_label)
-        ax.set(xlabel="step", title=title, ylim=ylim)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    figure.suptitle(card["name"])
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    atomic_write_bytes(path, buffer.getvalue())
-    return Path(path)
+    fid_weights: str = fid_weights_field()
+    curve: str | None = config_field(
+        None,
+        "also measure G_ema at every checkpoint the run kept (card.json keeps the figures) and draw them in this PNG",
+    )
+    device: str = device_field()
 
 
-def export(
-    run_dir: str | Path,
-    out: str | Path,
-    checkpoint: str | Path | None = None,
-    name: str | None = None,
-    kid_n: int = KID_N,
-    fid_weights: str | None = None,
-    device: str = "cpu",
-    curve: str | Path | None = None,
-) -> dict:
-    """Write `out` from the run's newest checkpoint (or `checkpoint`): G_ema in float16, config.json,
-    the model card README.md and its figures card.json; return the figures. With `curve` (a .png
+def export(cfg: ExportConfig) -> dict:
+    """Write cfg.out from the run's newest checkpoint (or cfg.checkpoint): G_ema in float16, config.json,
+    the model card README.md and its figures card.json; return the figures. With cfg.curve (a .png
     path), also the figures of every checkpoint the run kept up to it, drawn there."""
-    run, out = RunDirectory(run_dir), Path(out)
+    run, out, curve = RunDirectory(cfg.run), Path(cfg.out), cfg.curve
     if curve:
-        _require_matplotlib()  # before any file is written
+        require_matplotlib()  # before any file is written
     if not run.config_history.is_file():
         raise ConfigError(f"{run.root}: not a training run (no {run.config_history.name})")
-    checkpoint = Path(checkpoint) if checkpoint else run.latest_checkpoint()
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else run.latest_checkpoint()
     if checkpoint is None or not checkpoint.is_file():
         raise ConfigError(
             f"{checkpoint or run.checkpoints}: no checkpoint to export"
-            + ("" if checkpoint else " (train at least to the first --save-every)")
+            + ("" if cfg.checkpoint else " (train at least to the first --save-every)")
         )
     step = read_sidecar(checkpoint)["step"]
     config = json.loads(run.config.read_text())
     G = generator_from_checkpoint(checkpoint)
     G.half().save_pretrained(out)
-    G = Generator.from_pretrained(out, device).eval()  # measured as shipped: the float16 weights, computed in float32
-    measure = Measurer(config, G.config.image_size, kid_n, fid_weights, G.conv_out.weight.device)
+    G = Generator.from_pretrained(
+        out, resolve_device(cfg.device)
+    ).eval()  # measured as shipped: the float16 weights, computed in float32
+    measure = Measurer(config, G.config.image_size, cfg.kid_n, cfg.fid_weights or None, G.conv_out.weight.device)
     segments = training_segments(run, step)
     card = {
-        "name": name or out.name,
+        "name": cfg.name or out.name,
         "step": step,
         "batch_size": config["batch_size"],
         "config": config,
@@ -299,142 +250,20 @@ def export(
     return card
 
 
-def _percent(share: float) -> str:
-    return f"{share:.0%}"
-
-
-def card_table(card: dict) -> str:
-    """The model card's table of figures (markdown), from card.json; the README shows the shipped ones'."""
-    config, generator, match, kid, pattern = (
-        card["config"],
-        card["generator"],
-        card["photo_match"],
-        card["kid"],
-        card["fixed_pattern"],
-    )
-    classes, side = generator["num_classes"], generator["image_size"]
-    rows = [
-        (
-            "model",
-            f"Generator, {side}x{side}, ch {generator['ch']}, z_dim {generator['z_dim']}, attention at {generator['attn_res']}x{generator['attn_res']}, "
-            f"{classes or 'no'} classes; stored in float16 ({card['weights_bytes'] / 2**20:.1f} MiB)",
-        ),
-        (
-            "data",
-            "the 17 photos bundled in scikit-image's wheel (`--data builtin`), random square crops, each photo a class"
-            if config["data"] == "builtin"
-            else f"{config['data']}",
-        ),
-        (
-            "training",
-            f"{card['step']:,} steps at batch {card['batch_size']} ({card['step'] * card['batch_size']:,} images), lr G {config['lr_g']:g}, "
-            f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}; "
-            + describe_device_settings(config["compile"], config["bf16"], config["diffaug"]),
-        ),
-        ("device", "; ".join(sorted({s["device"] for s in card["segments"]}))),
-        (
-            "wall-clock",
-            f"{card['training_seconds'] / 60:.1f} minutes of training in {len(card['segments'])} process(es), sampling and checkpoints included",
-        ),
-    ]
-    if match:
-        rows.append(
-            (
-                "photo match",
-                f"{_percent(match['accuracy'])} of {match['images']} generated images are nearest in colour to crops of their own "
-                f"class's photo (fresh real crops: {_percent(match['fresh_crops'])}; chance: 1 in {classes}); tritonsagan.photo_match",
-            )
-        )
-    variety = card.get("photo_variety")
-    if variety:
-        rows.append(
-            (
-                "photo variety",
-                f"{variety['variety']:.2f}: how far each class's {variety['images'] // classes} generated images differ from each other, "
-                "over how far real crops of its photo do, the mean over classes (real crops: about 1; one image per class "
-                "whatever the latent: 0); tritonsagan.photo_variety",
-            )
-        )
-    if "not_measured" in kid:
-        rows.append(("KID", f"not measured: {kid['not_measured']}"))
-    else:
-        rows.append(
-            (
-                "KID",
-                f"{kid['kid']:.4f}: {kid['n']} generated images against {kid['n']} real ones (one estimate over all pairs); "
-                f"{kid['n']} other real images against the same score {kid['real_vs_real']:.4f}; "
-                f"feature network {kid['network']} (sha256 {kid['network_sha256'][:12]})",
-            )
-        )
-    rows.append(
-        (
-            "fixed pattern",
-            f"{pattern['generated']:.2f} for {pattern['n']} generated images, {pattern['real']:.2f} for as many real ones "
-            "(frames and grids every image repeats; about 0 for real crops); tritonsagan.fixed_pattern",
-        )
-    )
-    return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {text} |" for key, text in rows)
-
-
-def model_card(card: dict) -> str:
-    """README.md of an exported folder, from its figures (card.json)."""
-    classes, side = card["generator"]["num_classes"], card["generator"]["image_size"]
-    call = f"classes=list(range({classes}))" if classes else "classes=None"
-    return f"""# {card["name"]}
-
-A SAGAN generator (G_ema, the moving average of G's weights) trained with tritonsagan, exported from
-step {card["step"]:,} of its run by `tritonsagan-export`. Every figure below is read from that run or
-measured on these weights.
-
-```python
-import tritonsagan
-
-G = tritonsagan.load_generator("path/to/{card["name"]}")
-images = tritonsagan.generate(G, {classes or 8}, {call})  # uint8 (n, 3, {side}, {side})
-```
-
-{card_table(card)}
-"""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-export", description=__doc__.split("\n\n")[0].split(": ", 1)[1])
-    parser.add_argument("run", help="the training run directory (tritonsagan-train --out)")
-    parser.add_argument("--out", required=True, help="the folder to write (created; its files are replaced)")
-    parser.add_argument("--checkpoint", help="the run's checkpoint to export (default: its newest)")
-    parser.add_argument("--name", help="the model's name in its card (default: the --out folder's name)")
-    parser.add_argument(
-        "--kid-n",
-        type=int,
-        default=KID_N,
-        help=f"generated and real images for KID and the fixed pattern (0: no KID, the fixed pattern on {KID_N}; default: {KID_N})",
-    )
-    parser.add_argument(
-        "--fid-weights", help="TorchScript feature network for KID (default: as tritonsagan-eval finds it)"
-    )
-    parser.add_argument(
-        "--curve",
-        help="also measure G_ema at every checkpoint the run kept (card.json keeps the figures) and draw them in this PNG",
-    )
-    add_device_argument(parser)
+    add_config_argument(parser)
+    add_config_flags(parser, ExportConfig)
     return parser
 
 
-def _run(args: argparse.Namespace) -> str:
-    if args.kid_n < 0 or args.kid_n == 1:
-        raise ConfigError(f"--kid-n {args.kid_n}: give 0 (no KID) or at least 2")
-    if args.curve and not args.curve.lower().endswith(".png"):
-        raise ConfigError(f"--curve {args.curve}: the learning curve is drawn as a PNG; give a path ending in .png")
-    card = export(
-        args.run,
-        args.out,
-        args.checkpoint,
-        args.name,
-        args.kid_n,
-        args.fid_weights,
-        resolve_device(args.device),
-        args.curve,
-    )
+def run_export(cfg: ExportConfig) -> str:
+    """tritonsagan-export: the folder written, and its figures said in a line."""
+    if cfg.kid_n < 0 or cfg.kid_n == 1:
+        raise ConfigError(f"--kid-n {cfg.kid_n}: give 0 (no KID) or at least 2")
+    if cfg.curve and not cfg.curve.lower().endswith(".png"):
+        raise ConfigError(f"--curve {cfg.curve}: the learning curve is drawn as a PNG; give a path ending in .png")
+    card = export(cfg)
     kid = card["kid"]
     said = (
         f"KID {kid['kid']:.4f} (real vs real {kid['real_vs_real']:.4f})"
@@ -446,11 +275,11 @@ def _run(args: argparse.Namespace) -> str:
         if card["photo_match"]
         else ""
     )
-    return f"exported step {card['step']} of {args.run} to {args.out}: {said}{match}; model card {Path(args.out) / MODEL_CARD_NAME}"
+    return f"exported step {card['step']} of {cfg.run} to {cfg.out}: {said}{match}; model card {Path(cfg.out) / MODEL_CARD_NAME}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), _run, argv)
+    return run_command(build_parser(), lambda args: run_export(build_config(ExportConfig, args)), argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from tritonsagan.models.pretrained import CONFIG_NAME, WEIGHTS_NAME
 
 SHIPPED_ROOT = Path(__file__).resolve().parent / "pretrained"
-MODEL_CARD_NAME = "README.md"
+MODEL_CARD_NAME = "README.md"  # written by tritonsagan.model_card
 CARD_FIGURES_NAME = "card.json"  # the model card's figures, for tables made from them
 SHIPPED_FILES = (WEIGHTS_NAME, CONFIG_NAME, MODEL_CARD_NAME, CARD_FIGURES_NAME)
 

@@ -1,0 +1,179 @@
+"""The model card of an exported or shipped weights folder: README.md, written from card.json (the
+figures tritonsagan-export reads from the run and measures on the weights), and its learning-curve
+picture. Shipped weights (tritonsagan.shipped) carry both files beside the weights."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from .atomic_write import atomic_write_bytes
+from .curves import HAS_MATPLOTLIB
+from .errors import ConfigError
+from .train_config import describe_device_settings
+
+
+def model_card(card: dict) -> str:
+    """README.md of an exported folder, from its figures (card.json)."""
+    classes, side = card["generator"]["num_classes"], card["generator"]["image_size"]
+    call = f"classes=list(range({classes}))" if classes else "classes=None"
+    return f"""# {card["name"]}
+
+A SAGAN generator (G_ema, the moving average of G's weights) trained with tritonsagan, exported from
+step {card["step"]:,} of its run by `tritonsagan-export`. Every figure below is read from that run or
+measured on these weights.
+
+```python
+import tritonsagan
+
+G = tritonsagan.load_generator("path/to/{card["name"]}")
+images = tritonsagan.generate(G, {classes or 8}, {call})  # uint8 (n, 3, {side}, {side})
+```
+
+{card_table(card)}
+"""
+
+
+def _percent(share: float) -> str:
+    return f"{share:.0%}"
+
+
+def card_table(card: dict) -> str:
+    """The model card's table of figures (markdown), from card.json; the README shows the shipped ones'."""
+    rows = _training_rows(card) + _measured_rows(card)
+    return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {text} |" for key, text in rows)
+
+
+def _training_rows(card: dict) -> list[tuple[str, str]]:
+    """The card's rows read from the run: the model, data, training, device and wall-clock."""
+    config, generator = card["config"], card["generator"]
+    classes, side = generator["num_classes"], generator["image_size"]
+    builtin = (
+        "the 17 photos bundled in scikit-image's wheel (`--data builtin`), random square crops, each photo a class"
+    )
+    return [
+        (
+            "model",
+            f"Generator, {side}x{side}, ch {generator['ch']}, z_dim {generator['z_dim']}, attention at {generator['attn_res']}x{generator['attn_res']}, "
+            f"{classes or 'no'} classes; stored in float16 ({card['weights_bytes'] / 2**20:.1f} MiB)",
+        ),
+        ("data", builtin if config["data"] == "builtin" else f"{config['data']}"),
+        (
+            "training",
+            f"{card['step']:,} steps at batch {card['batch_size']} ({card['step'] * card['batch_size']:,} images), lr G {config['lr_g']:g}, "
+            f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}; "
+            + describe_device_settings(config["compile"], config["bf16"], config["diffaug"]),
+        ),
+        ("device", "; ".join(sorted({s["device"] for s in card["segments"]}))),
+        (
+            "wall-clock",
+            f"{card['training_seconds'] / 60:.1f} minutes of training in {len(card['segments'])} process(es), sampling and checkpoints included",
+        ),
+    ]
+
+
+def _measured_rows(card: dict) -> list[tuple[str, str]]:
+    """The card's rows measured on the weights: photo match and variety (built-in photos), KID, the fixed pattern."""
+    match, kid, pattern = card["photo_match"], card["kid"], card["fixed_pattern"]
+    classes = card["generator"]["num_classes"]
+    rows = []
+    if match:
+        rows.append(
+            (
+                "photo match",
+                f"{_percent(match['accuracy'])} of {match['images']} generated images are nearest in colour to crops of their own "
+                f"class's photo (fresh real crops: {_percent(match['fresh_crops'])}; chance: 1 in {classes}); tritonsagan.photo_match",
+            )
+        )
+    variety = card.get("photo_variety")
+    if variety:
+        rows.append(
+            (
+                "photo variety",
+                f"{variety['variety']:.2f}: how far each class's {variety['images'] // classes} generated images differ from each other, "
+                "over how far real crops of its photo do, the mean over classes (real crops: about 1; one image per class "
+                "whatever the latent: 0); tritonsagan.photo_variety",
+            )
+        )
+    if "not_measured" in kid:
+        rows.append(("KID", f"not measured: {kid['not_measured']}"))
+    else:
+        rows.append(
+            (
+                "KID",
+                f"{kid['kid']:.4f}: {kid['n']} generated images against {kid['n']} real ones (one estimate over all pairs); "
+                f"{kid['n']} other real images against the same score {kid['real_vs_real']:.4f}; "
+                f"feature network {kid['network']} (sha256 {kid['network_sha256'][:12]})",
+            )
+        )
+    rows.append(
+        (
+            "fixed pattern",
+            f"{pattern['generated']:.2f} for {pattern['n']} generated images, {pattern['real']:.2f} for as many real ones "
+            "(frames and grids every image repeats; about 0 for real crops); tritonsagan.fixed_pattern",
+        )
+    )
+    return rows
+
+
+def require_matplotlib() -> None:
+    if not HAS_MATPLOTLIB:
+        raise ConfigError(
+            "drawing the learning curve needs matplotlib: pip install matplotlib (the package's plot extra)"
+        )
+
+
+def curve_figure(card: dict, path: str | Path) -> Path:
+    """The learning curve in card.json as a PNG: photo_match, photo_variety, KID and the fixed pattern
+    of G_ema by step, each beside what real images score."""
+    require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curve = card["curve"]
+    steps = [point["step"] for point in curve]
+    panels = []
+    if card["photo_match"]:
+        panels.append(
+            (
+                "photo match",
+                [p["photo_match"]["accuracy"] for p in curve],
+                card["photo_match"]["fresh_crops"],
+                "fresh real crops",
+                (0, 1),
+            )
+        )
+    if card.get("photo_variety"):  # cards exported before it was measured lack it
+        panels.append(("photo variety", [p["photo_variety"]["variety"] for p in curve], 1.0, "real crops", (0, None)))
+    if "kid" in card["kid"]:
+        panels.append(
+            (
+                f"KID (n={card['kid']['n']})",
+                [p["kid"]["kid"] for p in curve],
+                card["kid"]["real_vs_real"],
+                "real vs real",
+                (None, None),
+            )
+        )
+    panels.append(
+        (
+            "fixed pattern",
+            [p["fixed_pattern"]["generated"] for p in curve],
+            card["fixed_pattern"]["real"],
+            "real crops",
+            (0, None),
+        )
+    )
+    figure = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    for ax, (title, values, real, real_label, ylim) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        ax.plot(steps, values, "o-", label="G_ema")
+        ax.axhline(real, color="green", lw=0.8, label=real_label)
+        ax.set(xlabel="step", title=title, ylim=ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    figure.suptitle(card["name"])
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
