@@ -43,8 +43,13 @@ def _positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
-def test_quick_report_has_every_section(tmp_path):
-    report = _bench(tmp_path)
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory) -> dict:
+    return _bench(tmp_path_factory.mktemp("quick"))
+
+
+def test_quick_report_has_the_environment_floor_and_attention(quick_report):
+    report = quick_report
     assert report["quick"] is True
     assert report["environment"]["torch"] == torch.__version__
     assert _positive(report["floor"]["flops_per_s"]) and _positive(report["floor"]["bytes_per_s"])
@@ -60,14 +65,18 @@ def test_quick_report_has_every_section(tmp_path):
                 _positive(row[key]) for key in ("fwd_ms", "fwd_bwd_ms", "fwd_bwd_tflops", "fwd_bwd_pct_of_floor")
             )
 
-    sn = report["spectral_norm"]
+
+def test_quick_report_has_spectral_norm_per_layer_and_in_total(quick_report):
+    sn = quick_report["spectral_norm"]
     assert {r["impl"] for r in sn["layers"] if r["available"]} == {"torch parametrization", "torch path (ours)"}
     assert not any(r["available"] for r in sn["layers"] if r["impl"] == "triton fused")
     for impl, total in sn["totals"].items():
         expected = sum(r["fwd_bwd_ms"] * r["layers"] for r in sn["layers"] if r["impl"] == impl)
         assert math.isclose(total["fwd_bwd_ms"], expected, rel_tol=1e-9)
 
-    train = {r["id"]: r for r in report["train_step"]}
+
+def test_quick_report_has_every_training_step_variant(quick_report):
+    train = {r["id"]: r for r in quick_report["train_step"]}
     assert list(train) == VARIANT_IDS and {
         "a",
         "a'",
@@ -99,7 +108,9 @@ def test_quick_report_has_every_section(tmp_path):
         if train[key]["bf16"]:
             assert train[key]["available"] is False and "CUDA" in train[key]["reason"]
 
-    data = report["data"]
+
+def test_quick_report_has_the_data_path_and_the_targets(quick_report):
+    data = quick_report["data"]
     assert [r["files"] for r in data["folder"]] == [100, 200_000] and all(
         _positive(r["ms_per_sample"]) for r in data["folder"]
     )
@@ -108,7 +119,7 @@ def test_quick_report_has_every_section(tmp_path):
         _positive(r["images_per_s"]) for r in data["loader"]
     )
 
-    targets = report["targets"]
+    targets = quick_report["targets"]
     gpu_targets, data_targets = targets[:-2], targets[-2:]
     assert len(gpu_targets) == 12 and all(
         t["status"] == "not measured" and t["met"] is None for t in gpu_targets
@@ -118,6 +129,9 @@ def test_quick_report_has_every_section(tmp_path):
         for t in data_targets
     )
 
+
+def test_quick_report_makes_a_summary_row(quick_report):
+    report, train = quick_report, {r["id"]: r for r in quick_report["train_step"]}
     table = summary_markdown(
         [("cpu.json", report), ("learning.json", {"environment": report["environment"], "learning": {}})]
     ).splitlines()

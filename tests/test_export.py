@@ -42,24 +42,8 @@ def builtin_run(tmp_path_factory):
 def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(builtin_run, tmp_path):
     network = stand_in_network(tmp_path / "standin.pt")
     out, curve = tmp_path / "tiny-photos", tmp_path / "curve.png"
-    assert (
-        main(
-            [
-                str(builtin_run),
-                "--out",
-                str(out),
-                "--kid-n",
-                "40",
-                "--fid-weights",
-                str(network),
-                "--device",
-                "cpu",
-                "--curve",
-                str(curve),
-            ]
-        )
-        == 0
-    )
+    flags = ["--kid-n", "40", "--fid-weights", str(network), "--device", "cpu", "--curve", str(curve)]
+    assert main([str(builtin_run), "--out", str(out), *flags]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(SHIPPED_FILES)
     tensors, _ = load_safetensors(out / "model.safetensors")
     assert {t.dtype for t in tensors.values() if t.is_floating_point()} == {torch.float16}

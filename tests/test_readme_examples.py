@@ -174,6 +174,7 @@ def test_every_readme_example_runs(tmp_path, monkeypatch):
         "tritonsagan-eval",
         "tritonsagan-prepare",
         "tritonsagan-export",
+        "tritonsagan-bench",
         "torchrun",
     ):
         assert program in examples.ran, program
