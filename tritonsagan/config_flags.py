@@ -25,10 +25,8 @@ REQUIRED = dataclasses.MISSING  # the default of a positional or required field
 
 
 def config_field(default: Any, help: str, **metadata: Any) -> Any:
-    """A config field: its default (REQUIRED for none; a list is copied per instance), its help text,
-    and how its flag parses (see the module's docstring)."""
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata={"help": help, **metadata})
+    """A config field: its default (REQUIRED for none), its help text, and how its flag parses (see the
+    module's docstring)."""
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
@@ -86,15 +84,14 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls: type) -> None:
 
 def field_help(f: dataclasses.Field) -> str:
     """A field's help with its default appended, unless the help already says what the default is
-    (one decided by the device, or an empty string that stands for a fallback), or it has none."""
+    (one decided by the device, or an empty string that stands for a fallback), or there is none (a
+    required field, or None: not given)."""
     text = f.metadata.get("help", "")
     if not text:
         raise TypeError(f"config field {f.name} has no help text")  # every flag is explained
-    no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    if "default" in text or no_default or f.default is None:
+    if "default" in text or f.default is dataclasses.MISSING or f.default is None:
         return text
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-    shown = on_off(default) if isinstance(default, bool) else default
+    shown = on_off(f.default) if isinstance(f.default, bool) else f.default
     return f"{text} (default: {shown})"
 
 

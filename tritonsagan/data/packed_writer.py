@@ -176,7 +176,7 @@ class PrepareConfig:
     )
 
     @property
-    def limits(self) -> ImageLimits:
+    def image_limits(self) -> ImageLimits:
         return ImageLimits(self.min_image_side, self.max_aspect_ratio)
 
 
@@ -188,7 +188,7 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     check_image_size("--image-size", cfg.image_size)
     # The file list, the classes, and their checks.
     source = ImageFolderStream(
-        cfg.src, seed=0, conditional=cfg.conditional, limits=cfg.limits, image_size=cfg.image_size
+        cfg.src, seed=0, conditional=cfg.conditional, limits=cfg.image_limits, image_size=cfg.image_size
     )
     dest = Path(cfg.dest)
     manifest = _expected_manifest(source, cfg.conditional, cfg.crop)
@@ -224,7 +224,7 @@ def _pack_shard(
 ) -> dict:
     """Shard `index`: its files decoded (by `decode`, a map), written atomically; its manifest entry."""
     files = source.files[index * SHARD_FILES : (index + 1) * SHARD_FILES]
-    jobs = [(str(path), cfg.crop, cfg.limits, cfg.image_size) for path, _ in files]
+    jobs = [(str(path), cfg.crop, cfg.image_limits, cfg.image_size) for path, _ in files]
     images, labels, skipped = [], [], {}
     for (path, label), image in zip(files, decode(_decode, jobs)):
         if isinstance(image, str):
