@@ -134,7 +134,7 @@ def test_default_policy_per_data_source(tmp_path):
     assert step.cfg.diffaug == "color,translation,cutout" and step.diffaug == ("color", "translation", "cutout")
 
 
-def test_augmentation_free_draws_are_the_latents_alone(tmp_path):
+def test_augmentation_free_draws_are_the_latents_alone():
     """Without DiffAugment nothing extra is drawn or applied: the latents are the ones drawn before the feature."""
     plain = TrainingStep.fresh(TrainConfig(diffaug="", conditional=True, **TINY), num_classes=3)
     augmented = TrainingStep.fresh(TrainConfig(diffaug="color,cutout", conditional=True, **TINY), num_classes=3)

@@ -130,7 +130,7 @@ def test_evaluation_reads_real_images_at_the_generators_size(run64, tmp_path, ca
     assert "draws 64x64 images" in capsys.readouterr().err
 
 
-def test_diffaugment_draws_for_the_models_size(tmp_path):
+def test_diffaugment_draws_for_the_models_size():
     step = tiny_step(num_classes=3, image_size=SIZE, conditional=True, diffaug="translation,cutout")
     draws = [step.draws(0, slot, 8)[2] for slot in range(4)]
     assert max(int(d["cutout"].max()) for d in draws) < SIZE  # square centres inside 64 (at 128 they reach 127)

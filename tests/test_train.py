@@ -223,7 +223,7 @@ def test_max_minutes_stops_with_a_checkpoint_and_the_same_command_continues(tmp_
 
 
 @pytest.mark.parametrize("d_sn_in_g_step", [False, True])
-def test_the_g_step_updates_ds_spectral_norm_vectors_only_when_asked(tmp_path, d_sn_in_g_step):
+def test_the_g_step_updates_ds_spectral_norm_vectors_only_when_asked(d_sn_in_g_step):
     """Off (the official code): D's power iteration runs in the D step only; on (BigGAN-PyTorch): in both."""
     step = tiny_step(d_sn_in_g_step=d_sn_in_g_step, diffaug="")
     layer, changed = step.D.blocks[1].conv1, []
