@@ -202,10 +202,10 @@ def prepare(cfg: PrepareConfig, progress: bool = True) -> dict:
     task = bar.add_task("files", total=len(source.files), completed=min(len(shards) * SHARD_FILES, len(source.files)))
     workers = max(1, cfg.workers)
     pool = concurrent.futures.ProcessPoolExecutor(workers) if workers > 1 else None
+    decode = functools.partial(pool.map, chunksize=32) if pool else map
     try:
         with bar:
             for index in range(len(shards), total_shards):
-                decode = functools.partial(pool.map, chunksize=32) if pool else map
                 shards.append(_pack_shard(cfg, source, index, decode, lambda: bar.advance(task)))
                 _write_manifest(dest, manifest, shards, complete=index == total_shards - 1)
     finally:
