@@ -32,10 +32,12 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def builtin_run(tmp_path_factory):
-    """A tiny class-conditional run on the built-in photos at 32x32, trained in two processes (0 -> 4, 4 -> 6)."""
+    """A tiny class-conditional run on the built-in photos at 32x32 with the mode-seeking term, trained in
+    two processes (0 -> 4, 4 -> 6)."""
     run = tmp_path_factory.mktemp("export") / "run"
-    train(tiny_config(run, conditional=True, image_size=32, attn_res=16, steps=4, log_every=1))
-    train(tiny_config(run, conditional=True, image_size=32, attn_res=16, steps=6, log_every=1))
+    settings = dict(conditional=True, image_size=32, attn_res=16, mode_seeking=1.0, log_every=1)
+    train(tiny_config(run, steps=4, **settings))
+    train(tiny_config(run, steps=6, **settings))
     return run
 
 
@@ -84,6 +86,7 @@ def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(b
     for said in (
         f"| device | {device_name(torch.device('cpu'))} |",
         "6 steps at batch 4 (24 images)",
+        "from step 20,000, mode-seeking term weight 1; compile off",
         "in 2 process(es)",
         f"{card['photo_match']['accuracy']:.0%} of 136 generated images",
         f"KID | {kid['kid']:.4f}: 40 generated",

@@ -405,6 +405,8 @@ def test_torchrun_restarts_a_killed_rank_and_resumes_to_the_same_weights(tmp_pat
         (["--fid-every", "2", "--fid-weights", "/nonexistent/inception.pt"], "/nonexistent/inception.pt"),
         (["--min-image-side", "0"], "--min-image-side must be >= 1"),
         (["--image-size", "100"], "--image-size must be one of 32, 64, 128, 256, got 100"),
+        (["--mode-seeking", "-1"], "--mode-seeking must be a number >= 0, got -1.0"),
+        (["--mode-seeking", "1", "--batch-size", "3"], "--batch-size 3 gives 3 per rank, which must be even"),
     ],
 )
 def test_bad_flags_are_named_before_the_run_directory_is_made(tmp_path, capsys, flags, named):

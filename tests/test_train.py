@@ -18,6 +18,7 @@ from tritonsagan.models import Discriminator, Generator
 
 import tritonsagan.step as step_module
 from tritonsagan.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from tritonsagan.step import MODE_SEEKING_EPS, mode_seeking_penalty
 from tritonsagan.train import TrainingDiverged, main, train
 
 
@@ -233,3 +234,29 @@ def test_the_g_step_updates_ds_spectral_norm_vectors_only_when_asked(d_sn_in_g_s
     )
     step(0, [(torch.rand(4, 3, 128, 128) * 2 - 1, None)])
     assert changed == [True, d_sn_in_g_step]  # the D step's forward, then the G step's
+
+
+def test_mode_seeking_penalty_is_latent_distance_over_image_distance():
+    fake, z = torch.randn(6, 3, 5, 5, dtype=torch.float64), torch.randn(6, 7, dtype=torch.float64)
+    ratio = (fake[:3] - fake[3:]).abs().mean() / (z[:3] - z[3:]).abs().mean()
+    assert float(mode_seeking_penalty(fake, z)) == pytest.approx(float(1 / (ratio + MODE_SEEKING_EPS)), rel=1e-6)
+    # a G that draws one image whatever the latent pays the most
+    assert float(mode_seeking_penalty(fake[:3].repeat(2, 1, 1, 1), z)) == pytest.approx(1 / MODE_SEEKING_EPS)
+
+
+def test_mode_seeking_pairs_the_g_batchs_classes_and_adds_its_weighted_term(monkeypatch):
+    step = tiny_step(num_classes=5, mode_seeking=0.5, diffaug="", batch_size=6)
+    g_labels, d_logits, penalties = [], [], []
+    step.G.register_forward_hook(lambda module, args, out: g_labels.append(args[1].clone()))
+    step.D.register_forward_hook(lambda module, args, out: d_logits.append(out.detach()))
+    monkeypatch.setattr(
+        step_module,
+        "mode_seeking_penalty",
+        lambda fake, z: penalties.append(mode_seeking_penalty(fake, z)) or penalties[-1],
+    )
+    losses = step(0, [(torch.rand(6, 3, 128, 128) * 2 - 1, torch.randint(5, (6,)))])
+    g_step_labels = g_labels[-1]  # the D step's fake batch first, then the G step's
+    assert torch.equal(g_step_labels[:3], g_step_labels[3:])
+    assert len(penalties) == 1 and float(losses["loss_g"]) == pytest.approx(
+        float(-d_logits[-1].mean() + 0.5 * penalties[0].detach()), rel=1e-6
+    )

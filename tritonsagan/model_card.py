@@ -61,7 +61,9 @@ def _training_rows(card: dict) -> list[tuple[str, str]]:
         (
             "training",
             f"{card['step']:,} steps at batch {card['batch_size']} ({card['step'] * card['batch_size']:,} images), lr G {config['lr_g']:g}, "
-            f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}; "
+            f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}"
+            + (f", mode-seeking term weight {config['mode_seeking']:g}" if config.get("mode_seeking") else "")
+            + "; "
             + describe_device_settings(config["compile"], config["bf16"], config["diffaug"]),
         ),
         ("device", "; ".join(sorted({s["device"] for s in card["segments"]}))),

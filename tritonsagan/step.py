@@ -1,5 +1,5 @@
 """The training step: n_dis discriminator updates, one generator update and the EMA of G, with the
-hinge losses, the latent and DiffAugment draws and the compile wrapping.
+hinge losses (and, when asked, MSGAN's mode-seeking term), the latent and DiffAugment draws and the compile wrapping.
 
 It is built from the models, their optimisers and a resolved TrainConfig (train_config.resolve_config);
 it knows nothing of run directories, checkpoints or datasets: `step(n, batches)` takes the real batches
@@ -28,6 +28,7 @@ from .train_config import TrainConfig, model_configs, resolve_config
 RealBatch = tuple[torch.Tensor, torch.Tensor | None]  # images in [-1, 1] and their labels (None: unconditional)
 
 LATENT_STREAM = 3  # the last counter of a step's latent and DiffAugment stream (tritonsagan.seeding)
+MODE_SEEKING_EPS = 1e-5  # MSGAN's: the penalty stays finite for a G that ignores its latent entirely
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -36,6 +37,16 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
+
+
+def mode_seeking_penalty(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """MSGAN's term (Mao et al. 2019) over a batch whose two halves share their labels: 1 / (how far
+    paired images are apart over how far their latents are), large where G draws one image whatever
+    the latent."""
+    images_a, images_b = fake.float().chunk(2)
+    z_a, z_b = z.float().chunk(2)
+    ratio = (images_a - images_b).abs().mean() / (z_a - z_b).abs().mean()
+    return 1.0 / (ratio + MODE_SEEKING_EPS)
 
 
 @dataclass
@@ -128,6 +139,8 @@ class TrainingStep:
             self.opt_d_step()
 
         z, fake_y, augmentation = self.draws(step, len(batches), augmented_images=self.per_rank_batch)
+        if self.cfg.mode_seeking and fake_y is not None:
+            fake_y = fake_y.chunk(2)[0].repeat(2)  # image i and i + B/2: one class, two latents
         # D in train mode updates its spectral-norm vectors here too (BigGAN-PyTorch's); in eval mode not (the official code's).
         self.D.train(self.cfg.d_sn_in_g_step).requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
@@ -173,4 +186,8 @@ class TrainingStep:
 
     def _g_loss(self, z, fake_y, augmentation):
         with self._autocast():
-            return hinge_g_loss(self.D(augment(self.G_train(z, fake_y), augmentation), fake_y).float())
+            fake = self.G_train(z, fake_y)
+            loss = hinge_g_loss(self.D(augment(fake, augmentation), fake_y).float())
+        if self.cfg.mode_seeking:
+            loss = loss + self.cfg.mode_seeking * mode_seeking_penalty(fake, z)
+        return loss

@@ -92,6 +92,11 @@ class TrainConfig:
     beta1: float = config_field(0.0, "Adam beta1")
     beta2: float = config_field(0.9, "Adam beta2")
     n_dis: int = config_field(1, "discriminator steps per generator step")
+    mode_seeking: float = config_field(
+        0.0,
+        "weight of MSGAN's mode-seeking term in G's loss (Mao et al. 2019): the G batch's halves share their classes, "
+        "and G is penalised by 1 / (paired images' mean distance over their latents'); 0: off, the paper's SAGAN",
+    )
     ema_decay: float = config_field(0.9999, "decay of the moving average of G's weights")
     ema_start: int = config_field(20_000, "step from which G_ema averages; before it, G_ema copies G")
     seed: int = config_field(0, "seed of the initialisation, the data stream, the latents")
@@ -183,7 +188,7 @@ RUN_IDENTITY = (
     "max_aspect_ratio",
 )
 # What a checkpoint written before a setting existed ran with.
-BEFORE_SETTING = {"image_size": IMAGE_SIZE, "bias_init": "zeros"}
+BEFORE_SETTING = {"image_size": IMAGE_SIZE, "bias_init": "zeros", "mode_seeking": 0.0}
 INVOCATION = ("out", "resume")  # how a command reaches the run, not what the run does
 
 
@@ -271,6 +276,8 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
     for name in ("beta1", "beta2", "ema_decay"):
         if not 0.0 <= getattr(cfg, name) < 1.0:
             problems.append(f"{flag_name(name)} must be in [0, 1), got {getattr(cfg, name)}")
+    if not 0 <= cfg.mode_seeking < math.inf:
+        problems.append(f"--mode-seeking must be a number >= 0, got {cfg.mode_seeking}")
     if not cfg.max_minutes >= 0:
         problems.append(f"--max-minutes must be >= 0, got {cfg.max_minutes}")
     if cfg.fid_n < 2:
@@ -283,6 +290,11 @@ def _setting_problems(cfg: TrainConfig, world: Distributed) -> list[str]:
     problems = []
     if cfg.batch_size % world.world_size:
         problems.append(f"--batch-size {cfg.batch_size} must divide evenly over {world.world_size} ranks")
+    elif cfg.mode_seeking and (cfg.batch_size // world.world_size) % 2:
+        problems.append(
+            f"--mode-seeking pairs the images of each rank's batch: --batch-size {cfg.batch_size} gives "
+            f"{cfg.batch_size // world.world_size} per rank, which must be even"
+        )
     if cfg.sync_bn and world.device.type != "cuda":
         problems.append("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation)")
     if Path(cfg.out).exists() and not Path(cfg.out).is_dir():
