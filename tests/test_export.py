@@ -2,7 +2,9 @@
 run's own record and from figures measured on the exported weights."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import image_folder, stand_in_network, tiny_config
@@ -130,6 +132,46 @@ def test_export_of_an_earlier_checkpoint_counts_the_training_up_to_it(builtin_ru
     assert card["curve"] is None
 
 
+def _has_orange(png: Path) -> bool:
+    """Whether matplotlib's second line colour (C1, #ff7f0e) is drawn: a second curve in a panel."""
+    pixels = np.asarray(Image.open(png).convert("RGB")).reshape(-1, 3).astype(int)
+    return bool((np.abs(pixels - [255, 127, 14]).max(1) < 20).any())
+
+
+def test_beside_draws_another_exports_curve_in_the_same_panels(builtin_run, tmp_path, capsys):
+    export = ["--kid-n", "0", "--device", "cpu"]
+    assert main([str(builtin_run), "--out", str(tmp_path / "before"), "--curve", str(tmp_path / "a.png"), *export]) == 0
+    alone, together = tmp_path / "a.png", tmp_path / "b.png"
+    before = tmp_path / "before" / "card.json"
+    assert (
+        main(
+            [
+                str(builtin_run),
+                "--out",
+                str(tmp_path / "after"),
+                "--curve",
+                str(together),
+                "--beside",
+                str(before),
+                *export,
+            ]
+        )
+        == 0
+    )
+    assert not _has_orange(alone) and _has_orange(together)
+    # a card exported without --curve has none to draw: said before anything is measured
+    assert main([str(builtin_run), "--out", str(tmp_path / "bare"), *export]) == 0
+    bare = tmp_path / "bare" / "card.json"
+    assert (
+        main(
+            [str(builtin_run), "--out", str(tmp_path / "c"), "--curve", str(tmp_path / "c.png"), "--beside", str(bare)]
+        )
+        == 1
+    )
+    assert f"--beside {bare}: its card has no learning curve" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
 def test_a_small_folder_gives_two_disjoint_real_sets(tmp_path):
     run = tmp_path / "run"
     train(
@@ -178,6 +220,8 @@ def test_a_run_of_segments_with_steps_lost_to_a_kill(tmp_path):
         (["--kid-n", "1"], "--kid-n 1: give 0 (no KID) or at least 2"),
         (["--checkpoint", "nowhere.safetensors"], "nowhere.safetensors: no checkpoint to export"),
         (["--curve", "curve.jpg"], "--curve curve.jpg: the learning curve is drawn as a PNG"),
+        (["--beside", "card.json"], "--beside draws other learning curves in the --curve PNG: give --curve too"),
+        (["--curve", "c.png", "--beside", "nowhere.json"], "--beside nowhere.json: not a readable card.json"),
     ],
 )
 def test_bad_requests_are_named(builtin_run, tmp_path, capsys, args, said):

@@ -1,6 +1,6 @@
 """tritonsagan-export: a training run's G_ema as a folder to share or ship, with its model card.
 
-    tritonsagan-export RUN --out FOLDER [--checkpoint PATH] [--name NAME] [--kid-n N] [--curve PNG]
+    tritonsagan-export RUN --out FOLDER [--checkpoint PATH] [--name NAME] [--kid-n N] [--curve PNG [--beside CARD.json ...]]
 
 The folder holds what save_pretrained writes (model.safetensors, G_ema in float16, and config.json),
 which load_generator and `tritonsagan-generate --weights FOLDER` read; README.md, its model card; and
@@ -22,7 +22,8 @@ float16 weights:
   many ways training showed it or one way whatever the latent.
 
 With --curve PNG, the same figures of G_ema at every checkpoint the run kept: its learning curve,
-kept in card.json and drawn in that picture.
+kept in card.json and drawn in that picture, with --beside the curves of other exports' card.json
+drawn in the same panels (the run before a change, say).
 """
 
 from __future__ import annotations
@@ -204,7 +205,26 @@ class ExportConfig:
         None,
         "also measure G_ema at every checkpoint the run kept (card.json keeps the figures) and draw them in this PNG",
     )
+    beside: list[str] | None = config_field(
+        None,
+        "card.json files of other exports (made with --curve) whose learning curves the --curve PNG draws beside this "
+        "run's, each labelled by its file's name (its folder's for a card.json)",
+        nargs="+",
+    )
     device: str = device_field()
+
+
+def read_card(path: Path) -> tuple[str, dict]:
+    """(label, figures) of an export's card.json given to --beside: labelled by its file's name, or its folder's."""
+    try:
+        card = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--beside {path}: not a readable card.json ({err})") from None
+    if not isinstance(card, dict) or "name" not in card or "curve" not in card:
+        raise ConfigError(f"--beside {path}: not a model card's figures (tritonsagan-export writes card.json)")
+    if not card["curve"]:
+        raise ConfigError(f"--beside {path}: its card has no learning curve (export that run with --curve)")
+    return (path.parent.name if path.name == CARD_FIGURES_NAME else path.name.removesuffix(".json")), card
 
 
 def export(cfg: ExportConfig) -> dict:
@@ -214,6 +234,7 @@ def export(cfg: ExportConfig) -> dict:
     run, out, curve = RunDirectory(cfg.run), Path(cfg.out), cfg.curve
     if curve:
         require_matplotlib()  # before any file is written
+    beside = [read_card(Path(path)) for path in cfg.beside or ()]
     if not run.config_history.is_file():
         raise ConfigError(f"{run.root}: not a training run (no {run.config_history.name})")
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else run.latest_checkpoint()
@@ -245,7 +266,7 @@ def export(cfg: ExportConfig) -> dict:
     }
     atomic_write_json(out / CARD_FIGURES_NAME, card)
     if curve:
-        curve_figure(card, curve)
+        curve_figure(card, curve, beside)
     atomic_write_bytes(out / MODEL_CARD_NAME, model_card(card).encode())
     return card
 
@@ -261,6 +282,8 @@ def run_export(cfg: ExportConfig) -> str:
     """tritonsagan-export: the folder written, and its figures said in a line."""
     if cfg.kid_n < 0 or cfg.kid_n == 1:
         raise ConfigError(f"--kid-n {cfg.kid_n}: give 0 (no KID) or at least 2")
+    if cfg.beside and not cfg.curve:
+        raise ConfigError("--beside draws other learning curves in the --curve PNG: give --curve too")
     if cfg.curve and not cfg.curve.lower().endswith(".png"):
         raise ConfigError(f"--curve {cfg.curve}: the learning curve is drawn as a PNG; give a path ending in .png")
     card = export(cfg)

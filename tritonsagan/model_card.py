@@ -5,6 +5,7 @@ picture. Shipped weights (tritonsagan.shipped) carry both files beside the weigh
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .atomic_write import atomic_write_bytes
@@ -125,56 +126,48 @@ def require_matplotlib() -> None:
         )
 
 
-def curve_figure(card: dict, path: str | Path) -> Path:
+def _curve_panels(card: dict) -> list[tuple[str, Callable[[dict], float], float, str, tuple]]:
+    """The panels a card's learning curve has: (title, its figure at a curve point, what real images
+    score, what to call them, y limits)."""
+    panels = []
+    if card["photo_match"]:
+        fresh = card["photo_match"]["fresh_crops"]
+        panels.append(("photo match", lambda p: p["photo_match"]["accuracy"], fresh, "fresh real crops", (0, 1)))
+    if card.get("photo_variety"):  # cards exported before it was measured lack it
+        panels.append(("photo variety", lambda p: p["photo_variety"]["variety"], 1.0, "real crops", (0, None)))
+    if "kid" in card["kid"]:
+        kid = card["kid"]
+        panels.append(
+            (f"KID (n={kid['n']})", lambda p: p["kid"]["kid"], kid["real_vs_real"], "real vs real", (None, None))
+        )
+    fixed = card["fixed_pattern"]["real"]
+    panels.append(("fixed pattern", lambda p: p["fixed_pattern"]["generated"], fixed, "real crops", (0, None)))
+    return panels
+
+
+def curve_figure(card: dict, path: str | Path, beside: Sequence[tuple[str, dict]] = ()) -> Path:
     """The learning curve in card.json as a PNG: photo_match, photo_variety, KID and the fixed pattern
-    of G_ema by step, each beside what real images score."""
+    of G_ema by step, each beside what real images score, and beside the same figures of the
+    (label, card) pairs in `beside` (other runs' exports) where they have them."""
     require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    curve = card["curve"]
-    steps = [point["step"] for point in curve]
-    panels = []
-    if card["photo_match"]:
-        panels.append(
-            (
-                "photo match",
-                [p["photo_match"]["accuracy"] for p in curve],
-                card["photo_match"]["fresh_crops"],
-                "fresh real crops",
-                (0, 1),
-            )
-        )
-    if card.get("photo_variety"):  # cards exported before it was measured lack it
-        panels.append(("photo variety", [p["photo_variety"]["variety"] for p in curve], 1.0, "real crops", (0, None)))
-    if "kid" in card["kid"]:
-        panels.append(
-            (
-                f"KID (n={card['kid']['n']})",
-                [p["kid"]["kid"] for p in curve],
-                card["kid"]["real_vs_real"],
-                "real vs real",
-                (None, None),
-            )
-        )
-    panels.append(
-        (
-            "fixed pattern",
-            [p["fixed_pattern"]["generated"] for p in curve],
-            card["fixed_pattern"]["real"],
-            "real crops",
-            (0, None),
-        )
-    )
+    panels = _curve_panels(card)
     figure = Figure(figsize=(5 * len(panels), 3.6), layout="constrained")
     FigureCanvasAgg(figure)
-    for ax, (title, values, real, real_label, ylim) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
-        ax.plot(steps, values, "o-", label="G_ema")
+    for ax, (title, value, real, real_label, ylim) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for label, shown in ((card["name"] if beside else "G_ema", card), *beside):
+            try:
+                values = [value(point) for point in shown["curve"]]
+            except (KeyError, TypeError):  # a card without this figure (not measured, or an older export)
+                continue
+            ax.plot([point["step"] for point in shown["curve"]], values, "o-", label=label)
         ax.axhline(real, color="green", lw=0.8, label=real_label)
         ax.set(xlabel="step", title=title, ylim=ylim)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    figure.suptitle(card["name"])
+    figure.suptitle(card["name"] + "".join(f" beside {label}" for label, _ in beside))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
     atomic_write_bytes(path, buffer.getvalue())
