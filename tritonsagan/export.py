@@ -156,9 +156,8 @@ class Measurer:
         classes = list(range(G.config.num_classes)) or None
         generated = generate(G, self.n, classes=classes, seed=GENERATE_SEED)
         kid = dict(self.kid)
-        if (
-            self.network is not None
-        ):  # its own draw when fewer: a slice of `generated` would hold only the first classes
+        if self.network is not None:
+            # its own draw when fewer: a slice of `generated` would hold only the first classes
             for_kid = (
                 generated if self.kid_n == self.n else generate(G, self.kid_n, classes=classes, seed=GENERATE_SEED)
             )
