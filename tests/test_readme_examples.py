@@ -82,6 +82,9 @@ class Examples:
 
     def run(self, argv: list[str]) -> None:
         argv = [self.paths.get(arg, arg) for arg in argv]
+        if "--beside" in argv:  # the cards drawn beside are committed reports, read from the repository
+            at = argv.index("--beside") + 1
+            argv[at:] = [str(ROOT / arg) if (ROOT / arg).is_file() else arg for arg in argv[at:]]
         program = Path(argv[0]).name
         self.ran.append(program if program != "make" else " ".join(argv[:2]))
         if argv[:2] == ["make", "demo"]:
