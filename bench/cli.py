@@ -1,9 +1,9 @@
 """tritonsagan-bench: attention, spectral norm and the training step, side by side with the alternatives;
-(--hopper) every Triton kernel compiled for Hopper, which needs no GPU; and (--only learning) how
-well a short training run learns.
+(--only compile) every Triton kernel compiled for each checked NVIDIA generation, which needs no GPU;
+and (--only learning) how well a short training run learns.
 
 This module only assembles: each section's module (attention, spectral_norm, train_step, data,
-hopper, targets, learning) runs its measurements and owns its implementation names, its table and its cells.
+compile_check, targets, learning) runs its measurements and owns its implementation names, its table and its cells.
 """
 
 from __future__ import annotations
@@ -22,12 +22,16 @@ from rich.console import Console
 
 from tritonsagan.atomic_write import atomic_write_bytes
 from tritonsagan.cli import add_device_argument, device_name, resolve_device, run_command
-from tritonsagan.errors import ConfigError
+from tritonsagan.errors import ConfigError, TritonsaganError
 
-from . import attention, data, floor, hopper, learning, spectral_norm, targets, train_step
+from . import attention, compile_check, data, floor, learning, spectral_norm, targets, train_step
 
 TIMED_SECTIONS = ("attention", "sn", "train", "data")
-ALL_SECTIONS = (*TIMED_SECTIONS, "hopper", "learning")
+ALL_SECTIONS = (*TIMED_SECTIONS, "compile", "learning")
+
+
+class CompileCheckFailed(TritonsaganError, RuntimeError):
+    """A config the package offers on a checked GPU generation spills, overflows shared memory or fails to compile."""
 
 
 def environment(device: torch.device) -> dict:
@@ -83,12 +87,13 @@ def run(
     variants: list[train_step.Variant],
     console: Console,
     learning_options: dict | None = None,
+    compile_targets: list[str] | None = None,
 ) -> dict:
     report: dict = {"environment": environment(device), "quick": quick}
     console.print(environment_line(report["environment"], quick), highlight=False)
-    if "hopper" in sections:
-        report["hopper"] = hopper.compile_report()
-        console.print(hopper.report_table(report["hopper"]))
+    if "compile" in sections:
+        report["compile"] = compile_check.compile_report(compile_targets or list(compile_check.TARGETS))
+        console.print(compile_check.report_table(report["compile"]))
     if "learning" in sections:
         report["learning"] = learning.run(
             device, quick, **(learning_options or {}), log=lambda line: console.print(line, highlight=False)
@@ -130,15 +135,26 @@ def merge_reports(earlier: dict, later: dict) -> dict:
     return merged
 
 
-def parse_sections(text: str | None, with_hopper: bool) -> set[str]:
-    """--only's comma list (default: every timed section), plus hopper with --hopper."""
+def parse_sections(text: str | None) -> set[str]:
+    """--only's comma list (default: every timed section)."""
     sections = {
         part.strip() for part in (text or ",".join(TIMED_SECTIONS)).split(",") if part.strip()
     }  # learning only when named
     unknown = sorted(sections - set(ALL_SECTIONS))
     if unknown:
         raise ConfigError(f"--only: unknown section {', '.join(unknown)}; sections: {', '.join(ALL_SECTIONS)}")
-    return sections | ({"hopper"} if with_hopper else set())
+    return sections
+
+
+def parse_targets(text: str) -> list[str]:
+    """--targets' comma list, each a checked generation."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in compile_check.TARGETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown target {', '.join(unknown) or repr(text)}; the checked targets: {', '.join(compile_check.TARGETS)}"
+        )
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,10 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         "learning trains for about 30 minutes on two CPU cores)",
     )
     parser.add_argument(
-        "--hopper",
-        action="store_true",
-        help="also compile every Triton kernel for Hopper (sm_90a, no GPU needed): "
-        "registers, spills, shared memory, dot instructions per autotune config",
+        "--targets",
+        type=parse_targets,
+        help=f"compile: the GPU generations to compile every Triton kernel for, no GPU needed (comma list of "
+        f"{', '.join(compile_check.TARGETS)}; default: all); registers, spills, shared memory and dot instructions "
+        "per offered autotune config; exits 1 when one fails",
     )
     parser.add_argument(
         "--variants",
@@ -186,7 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> str | None:
     device = torch.device(resolve_device(args.device))
-    sections, variants = parse_sections(args.only, args.hopper), train_step.select_variants(args.variants)
+    sections, variants = parse_sections(args.only), train_step.select_variants(args.variants)
+    if args.targets and "compile" not in sections:
+        raise ConfigError("--targets chooses what --only compile compiles for: add compile to --only")
     # Off a terminal (a log file, CI) rich would wrap the tables at 80 columns.
     console = Console() if sys.stdout.isatty() else Console(width=200)
     learning_options = {
@@ -195,16 +214,29 @@ def _run(args: argparse.Namespace) -> str | None:
         "every": args.learning_every,
         "samples": Path(args.samples) if args.samples else None,
     }
-    report = run(device, sections, args.quick, variants, console, learning_options)
-    if not args.json:
-        return None
-    path = Path(args.json)
-    if args.json.endswith("/") or path.is_dir():
-        path = path / report_name(report)
-    if args.merge and path.is_file():
-        report = merge_reports(json.loads(path.read_text()), report)
-    atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
-    return f"wrote {path}"
+    report = run(device, sections, args.quick, variants, console, learning_options, args.targets)
+    written = None
+    if args.json:
+        path = Path(args.json)
+        if args.json.endswith("/") or path.is_dir():
+            path = path / report_name(report)
+        if args.merge and path.is_file():
+            report = merge_reports(json.loads(path.read_text()), report)
+        atomic_write_bytes(path, (json.dumps(report, indent=2) + "\n").encode())
+        written = f"wrote {path}"
+    failed = compile_check.failures(report["compile"]) if "compile" in sections else []
+    if failed:
+        listed = "; ".join(
+            f"{r['target']} {r['kernel']} [{r['shape']}, {r['dtype']}] {r['config']}: {', '.join(r['problems'])}"
+            for r in failed[:5]
+        )
+        raise CompileCheckFailed(
+            f"the compile check failed for {len(failed)} offered config(s)"
+            + (f" (report {path})" if written else "")
+            + f": {listed}"
+            + (" ..." if len(failed) > 5 else "")
+        )
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,7 +152,7 @@ def _time_step(variant: Variant, device: torch.device, ch: int, batch: int, quic
         ch=ch,
         batch_size=batch,
         compile=variant.compile,
-        bf16=variant.bf16,
+        precision="bf16" if variant.bf16 else "fp32",
         diffaug=variant.diffaug,
         workers=0,
         device=str(device),

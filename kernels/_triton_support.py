@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,83 @@ def check_triton_device(op: str, t: torch.Tensor) -> None:
         raise RuntimeError(f"{op}: triton is not installed")
     if not triton_can_run(t):
         raise ValueError(f"{op}: needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got {t.device}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """An NVIDIA GPU generation the compile check (tritonsagan.bench.compile_check) compiles for."""
+
+    target: str  # triton's compile target
+    capability: tuple[int, int]
+    shared_bytes: int  # shared memory one block may use (the opt-in limit)
+    gpus: str
+    tensor_dot: str  # the instruction half-precision dots must become: wgmma or mma
+    triton: bool  # whether the Triton kernels are offered there; False: the torch paths run
+
+
+# Each generation's configs and its triton flag come from the compile check's report.
+GENERATIONS = (
+    Generation("sm_75", (7, 5), 65536, "T4, RTX 20xx", "mma", triton=False),
+    Generation("sm_80", (8, 0), 166912, "A100, A30", "mma", triton=True),
+    Generation("sm_86", (8, 6), 101376, "RTX 30xx, A10, A40", "mma", triton=True),
+    Generation("sm_89", (8, 9), 101376, "RTX 40xx, L4, L40S", "mma", triton=True),
+    Generation("sm_90a", (9, 0), 232448, "H100, H200", "wgmma", triton=True),
+)
+_generation_by_device: dict[int, Generation | None] = {}
+_compile_target: Generation | None = None
+
+
+def generation_of(capability: tuple[int, int], shared_bytes: int) -> Generation | None:
+    """The newest checked generation a GPU can run the configs of: at or below its compute capability,
+    within its shared memory per block (e.g. an RTX 50xx, 12.0 with 99 KiB, runs sm_89's); None below sm_75."""
+    fitting = [g for g in GENERATIONS if g.capability <= capability and g.shared_bytes <= shared_bytes]
+    return fitting[-1] if fitting else None
+
+
+def device_generation(device: torch.device) -> Generation | None:
+    """The generation whose configs a CUDA device runs (read from the device once; inside
+    `compile_target`, that target's). The first time a GPU gets no Triton kernels, one line says so."""
+    if _compile_target is not None:
+        return _compile_target
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _generation_by_device:
+        properties = torch.cuda.get_device_properties(index)
+        capability = (properties.major, properties.minor)
+        # An older torch without the opt-in limit: the capability alone decides.
+        shared_bytes = getattr(properties, "shared_memory_per_block_optin", None) or 2**31
+        generation = generation_of(capability, shared_bytes)
+        _generation_by_device[index] = generation
+        if generation is None or not generation.triton:
+            print(
+                f"note: {properties.name} (compute capability {capability[0]}.{capability[1]}): the Triton kernels are not "
+                "offered on this GPU generation; attention and spectral norm run their torch paths",
+                file=sys.stderr,
+                flush=True,
+            )
+    return _generation_by_device[index]
+
+
+def triton_offered(t: torch.Tensor) -> bool:
+    """Whether the "auto" backend runs the Triton kernels on t: on CUDA, where its GPU's generation
+    offers them (on CPU tensors under TRITON_INTERPRET=1 too)."""
+    if not triton_can_run(t):
+        return False
+    if not t.is_cuda:
+        return True
+    generation = device_generation(t.device)
+    return generation is not None and generation.triton
+
+
+@contextlib.contextmanager
+def compile_target(generation: Generation) -> Iterator[None]:
+    """Inside this block the autotuners offer `generation`'s configs whatever the tensors' device: the
+    compile check records the launches on meta tensors for each target."""
+    global _compile_target
+    previous, _compile_target = _compile_target, generation
+    try:
+        yield
+    finally:
+        _compile_target = previous
 
 
 def dot_precision(dtype: torch.dtype) -> str:

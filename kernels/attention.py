@@ -16,7 +16,7 @@ import warnings
 
 import torch
 
-from ._triton_support import HAS_TRITON, check_triton_device, triton_can_run
+from ._triton_support import HAS_TRITON, check_triton_device, triton_offered
 from .backend import selected_backend
 
 if HAS_TRITON:
@@ -145,7 +145,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float = 
     CUDA too, with a warning (in eager mode). `tritonsagan.kernels.use_backend(...)` overrides the choice.
     """
     backend = selected_backend()
-    if backend == "auto" and q.is_cuda and triton_can_run(q):
+    if backend == "auto" and q.is_cuda and triton_offered(q):
         if attention_kernels.head_dims_supported(q.shape[2], v.shape[2]):
             return attention_triton(q, k, v, scale)
         if not torch.compiler.is_compiling():  # a warning inside a compiled region would break the graph

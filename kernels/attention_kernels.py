@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_support import INTERPRET, dot_precision, launch
+from ._triton_support import INTERPRET, device_generation, dot_precision, launch
 
 LOG2E: tl.constexpr = tl.constexpr(math.log2(math.e))
 LN2: tl.constexpr = tl.constexpr(math.log(2.0))
@@ -34,7 +34,7 @@ MAX_D_V = 256
 # serves every head-dim pair it covers; the compile check (tests/test_hopper_compile.py) compiles
 # each list at the tier's SAGAN shapes.
 HEAD_DIM_TIERS = ((16, 64), (32, 128), (64, 256))
-CONFIG_TABLE: dict[str, dict[str, dict[int, list[tuple[int, int, int, int]]]]] = {
+HOPPER_CONFIGS: dict[str, dict[str, dict[int, list[tuple[int, int, int, int]]]]] = {
     "forward": {
         "half": {
             64: [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 2)],
@@ -84,6 +84,15 @@ CONFIG_TABLE: dict[str, dict[str, dict[int, list[tuple[int, int, int, int]]]]] =
     },
 }
 
+CONFIG_TABLES = {"sm_80": HOPPER_CONFIGS, "sm_86": HOPPER_CONFIGS, "sm_89": HOPPER_CONFIGS, "sm_90a": HOPPER_CONFIGS}
+
+
+def _generation_configs(device: torch.device) -> dict:
+    """The config table of the device's GPU generation; on one without (the Triton path forced with
+    use_backend("triton")), the oldest generation's."""
+    generation = device_generation(device)
+    return CONFIG_TABLES.get(generation.target if generation else "", CONFIG_TABLES["sm_80"])
+
 
 def head_dims_supported(d_qk: int, d_v: int) -> bool:
     return d_qk <= MAX_D_QK and d_v <= MAX_D_V
@@ -102,11 +111,19 @@ def _autotune(kernel: str):
     """@triton.autotune over every config of the kernel's table, pruned to the launch's row of it."""
     if INTERPRET:  # the interpreter would "time" every config on the CPU; one is enough
         return triton.autotune(configs=[triton.Config({"BLOCK_M": 64, "BLOCK_N": 64})], key=[])
-    table = CONFIG_TABLE[kernel]
-    every = sorted({entry for family in table.values() for tier in family.values() for entry in tier})
+    every = sorted(
+        {
+            entry
+            for tables in CONFIG_TABLES.values()
+            for family in tables[kernel].values()
+            for tier in family.values()
+            for entry in tier
+        }
+    )
     configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in every]
 
     def offered(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        table = _generation_configs(named_args["Q"].device)[kernel]
         family = _precision_family(named_args["Q"].dtype, kwargs["PRECISION"])
         wanted = set(table[family][_tier(kwargs["BLOCK_DQK"], kwargs["BLOCK_DV"])])
         return [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._triton_support import HAS_TRITON, check_triton_device, triton_can_run
+from ._triton_support import HAS_TRITON, check_triton_device, triton_offered
 from .backend import selected_backend
 
 if HAS_TRITON:
@@ -58,7 +58,7 @@ def check_spectral_norm_inputs(weight: torch.Tensor, u: torch.Tensor, v: torch.T
 
 def _triton_path(weight: torch.Tensor) -> bool:
     backend = selected_backend()
-    return backend == "triton" or (backend == "auto" and weight.is_cuda and triton_can_run(weight))
+    return backend == "triton" or (backend == "auto" and weight.is_cuda and triton_offered(weight))
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:

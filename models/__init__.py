@@ -3,7 +3,17 @@
 from .config import DiscriminatorConfig, GeneratorConfig, TuningConfig
 from .discriminator import Discriminator
 from .generator import Generator
-from .layers import ClassBatchNorm2d, DBlock, GBlock, SelfAttention, SNConv2d, SNEmbedding, SNLinear, set_tuning
+from .layers import (
+    ClassBatchNorm2d,
+    DBlock,
+    GBlock,
+    SelfAttention,
+    SNConv2d,
+    SNEmbedding,
+    SNLinear,
+    frozen_spectral_norm,
+    set_tuning,
+)
 
 __all__ = [
     "ClassBatchNorm2d",
@@ -18,5 +28,6 @@ __all__ = [
     "SNEmbedding",
     "SNLinear",
     "TuningConfig",
+    "frozen_spectral_norm",
     "set_tuning",
 ]

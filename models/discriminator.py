@@ -15,7 +15,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import D_DOWNSAMPLES, IMAGE_CHANNELS, DiscriminatorConfig, TuningConfig
-from .layers import DBlock, SelfAttention, SNEmbedding, SNLinear, initialize, model_power_iteration_grouped
+from .layers import (
+    DBlock,
+    SelfAttention,
+    SNEmbedding,
+    SNLinear,
+    initialize,
+    model_power_iteration_grouped,
+    updates_spectral_norm,
+)
 from .pretrained import PretrainedMixin
 from .validation import check_labels
 
@@ -48,7 +56,7 @@ class Discriminator(PretrainedMixin, nn.Module):
                 f"got {tuple(x.shape)}"
             )
         check_labels("Discriminator", y, x.shape[0], cfg.num_classes)
-        if self.training and self.tuning.grouped_sn:
+        if self.tuning.grouped_sn and updates_spectral_norm(self):
             model_power_iteration_grouped(self)
         h = x.contiguous(memory_format=torch.channels_last) if self.tuning.channels_last else x
         for i, block in enumerate(self.blocks):

@@ -14,7 +14,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import IMAGE_CHANNELS, GeneratorConfig, TuningConfig
-from .layers import GBlock, SelfAttention, SNConv2d, SNLinear, initialize, model_power_iteration_grouped
+from .layers import (
+    GBlock,
+    SelfAttention,
+    SNConv2d,
+    SNLinear,
+    initialize,
+    model_power_iteration_grouped,
+    updates_spectral_norm,
+)
 from .pretrained import PretrainedMixin
 from .validation import check_labels
 
@@ -43,7 +51,7 @@ class Generator(PretrainedMixin, nn.Module):
         if z.ndim != 2 or z.shape[1] != cfg.z_dim:
             raise ValueError(f"Generator: z must have shape (B, {cfg.z_dim}), got {tuple(z.shape)}")
         check_labels("Generator", y, z.shape[0], cfg.num_classes)
-        if self.training and self.tuning.grouped_sn:
+        if self.tuning.grouped_sn and updates_spectral_norm(self):
             model_power_iteration_grouped(self)
         x = self.linear(z).view(z.shape[0], -1, 4, 4)
         if self.tuning.channels_last:

@@ -9,6 +9,9 @@ torch's uniform biases).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,6 +44,7 @@ class SpectralNormMixin:
         # sigma of the last grouped update (derived from weight, u, v, so not saved)
         self.register_buffer("weight_sigma", torch.ones((), dtype=torch.float32), persistent=False)
         self.sn_grouped = self.sn_autocast_dtype = False  # set by set_tuning
+        self.sn_frozen = False  # set by frozen_spectral_norm
 
     def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.weight)
@@ -54,8 +58,9 @@ class SpectralNormMixin:
             self.sn_grouped and self.training
         ):  # the model's model_power_iteration_grouped ran at the start of its forward
             return spectral_norm_after_update(self.weight, self.weight_u, self.weight_v, self.weight_sigma, out_dtype)
+        update = self.training and not self.sn_frozen
         return spectral_norm(
-            self.weight, self.weight_u, self.weight_v, self.n_power_iterations, self.sn_eps, self.training, out_dtype
+            self.weight, self.weight_u, self.weight_v, self.n_power_iterations, self.sn_eps, update, out_dtype
         )
 
     @torch.no_grad()
@@ -117,6 +122,25 @@ def model_power_iteration(model: nn.Module, n_power_iterations: int = 1) -> None
         return
     for module in spectral_norm_layers(model):
         module.power_iteration(n_power_iterations)
+
+
+def updates_spectral_norm(model: nn.Module) -> bool:
+    """Whether a G or D's forward updates its layers' power-iteration vectors: in train mode, unless frozen."""
+    return model.training and not getattr(model, "sn_frozen", False)
+
+
+@contextlib.contextmanager
+def frozen_spectral_norm(*models: nn.Module) -> Iterator[None]:
+    """Inside this block the models' SN layers normalise by the vectors they hold, in train mode too
+    (no power iteration): the later micro-batches of an accumulated step, whose first updated them."""
+    modules = [m for model in models for m in (model, *spectral_norm_layers(model))]
+    for module in modules:
+        module.sn_frozen = True
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.sn_frozen = False
 
 
 def set_tuning(model: nn.Module, tuning: TuningConfig) -> None:

@@ -3,6 +3,7 @@ tiny training runs, a stand-in FID network."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,10 @@ def stand_in_network(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     torch.jit.script(StandIn()).save(str(path))
     return path
+
+
+def free_port() -> int:
+    """A TCP port on localhost nothing listens on (for a torchrun rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        return probe.getsockname()[1]

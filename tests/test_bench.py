@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from tritonsagan.bench import hopper
+from tritonsagan.bench import compile_check
 from tritonsagan.bench.cells import number as format_number
 from tritonsagan.bench.cli import main as bench_main
 from tritonsagan.bench.cli import report_name
@@ -241,9 +241,10 @@ def test_bad_device_is_a_clear_error(device, message, capsys):
     assert err.startswith(f"error: --device {device}") and message in err and "Traceback" not in err
 
 
-def test_hopper_section_is_printed_and_saved(tmp_path, monkeypatch, capsys):
-    """--only hopper: the compile report (faked here; tests/test_hopper_compile.py builds the real one)."""
-    row = {
+def _compile_row(target: str, dot: str, problems: list[str], offered: bool = True) -> dict:
+    return {
+        "target": target,
+        "offered": offered,
         "op": "attention forward",
         "kernel": "_attention_fwd_kernel",
         "shape": "G ch 64: d_qk 32, d_v 128",
@@ -253,17 +254,68 @@ def test_hopper_section_is_printed_and_saved(tmp_path, monkeypatch, capsys):
         "registers": 168,
         "spill_bytes": 0,
         "shared_bytes": 45056,
-        "dot": "wgmma",
-        "problems": [],
+        "dot": dot,
+        "problems": problems,
     }
-    fake = {"triton": "3.x", "target": "cuda sm_90a", "shared_limit_bytes": 232448, "all_configs": False, "rows": [row]}
-    monkeypatch.setattr(hopper, "compile_report", lambda: fake)
+
+
+def _fake_compile_report(rows: list[dict]) -> dict:
+    targets = {
+        name: {
+            "capability": "x",
+            "shared_limit_bytes": 1,
+            "gpus": f"GPUs of {name}",
+            "tensor_dot": "mma",
+            "triton_kernels": True,
+        }
+        for name in {row["target"] for row in rows}
+    }
+    return {"triton": "3.x", "targets": targets, "all_configs": False, "quick": False, "rows": rows}
+
+
+def test_compile_section_is_printed_and_saved_for_the_targets_asked(tmp_path, monkeypatch, capsys):
+    """--only compile --targets: the compile report (faked here; tests/test_compile_check.py builds the real one)."""
+    asked = []
+    fake = _fake_compile_report(
+        [_compile_row("sm_90a", "wgmma", []), _compile_row("sm_75", "fma", ["spills"], offered=False)]
+    )
+    monkeypatch.setattr(compile_check, "compile_report", lambda targets: asked.append(targets) or fake)
     out = tmp_path / "report.json"
-    assert bench_main(["--only", "hopper", "--device", "cpu", "--json", str(out)]) == 0
+    assert bench_main(["--only", "compile", "--targets", "sm_90a,sm_75", "--device", "cpu", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["hopper"] == fake and "attention" not in report and "floor" not in report
+    assert asked == [["sm_90a", "sm_75"]] and report["compile"] == fake and "attention" not in report
     printed = capsys.readouterr().out
-    assert "Hopper compile check" in printed and "_attention_fwd_kernel" in printed and "wgmma" in printed
+    assert "Compile check" in printed and "_attention_fwd_kernel" in printed and "wgmma" in printed
+    assert "GPUs of sm_90a" in printed and "not offered (torch paths); 1 of 1 unusable" in printed
+
+
+def test_compile_check_exits_1_naming_each_offered_config_that_fails(tmp_path, monkeypatch, capsys):
+    fake = _fake_compile_report(
+        [_compile_row("sm_86", "mma", ["spills 132 B/thread"]), _compile_row("sm_80", "mma", [])]
+    )
+    monkeypatch.setattr(compile_check, "compile_report", lambda targets: fake)
+    out = tmp_path / "report.json"
+    assert bench_main(["--only", "compile", "--device", "cpu", "--json", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the compile check failed for 1 offered config(s)") and f"(report {out})" in err
+    assert "sm_86 _attention_fwd_kernel [G ch 64: d_qk 32, d_v 128, bfloat16] BLOCK_M 64" in err and "spills 132" in err
+    assert json.loads(out.read_text())["compile"] == fake  # the report is written all the same
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--only", "compile", "--targets", "sm_70"], "unknown target sm_70; the checked targets: sm_75, sm_80"),
+        (["--targets", "sm_80"], "--targets chooses what --only compile compiles for"),
+    ],
+)
+def test_compile_targets_are_checked(flags, message, capsys):
+    code = None
+    try:
+        code = bench_main([*flags, "--device", "cpu"])
+    except SystemExit as exit:  # argparse's own error
+        code = exit.code
+    assert code in (1, 2) and message in capsys.readouterr().err
 
 
 def test_learning_section_measures_each_step_and_draws_its_curves(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli_flags, final_weights, tiny_config
+from helpers import cli_flags, final_weights, free_port, tiny_config
 from safetensors.torch import load_file
 
 import tritonsagan.step as step_module
@@ -393,6 +393,49 @@ def test_torchrun_restarts_a_killed_rank_and_resumes_to_the_same_weights(tmp_pat
     assert _differing(final_weights(tmp_path / "straight"), final_weights(killed)) == []
 
 
+def _two_agents(out: Path, steps: int, log: Path) -> None:
+    """Two torchrun agents, one CPU process each, as on two machines: they meet at a c10d rendezvous on
+    localhost and train to `steps` (4 images per step, 2 per rank), writing to one shared run directory."""
+    endpoint = f"localhost:{free_port()}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc-per-node",
+        "1",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        endpoint,
+        "--rdzv-id",
+        out.name,
+        "-m",
+        "tritonsagan.train",
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        *cli_flags(log_every=1, save_every=2),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with log.open("a") as output:
+        agents = [subprocess.Popen(cmd, stdout=output, stderr=subprocess.STDOUT, cwd=SRC, env=env) for _ in range(2)]
+        codes = [agent.wait(timeout=300) for agent in agents]
+    assert codes == [0, 0], log.read_text()
+
+
+def test_two_torchrun_agents_rendezvous_train_and_resume_to_the_same_weights(tmp_path):
+    """The README's multi-node command on one machine: two agents, two ranks in all."""
+    log = tmp_path / "agents.log"
+    _two_agents(tmp_path / "straight", steps=4, log=log)
+    _two_agents(tmp_path / "split", steps=2, log=log)
+    _two_agents(tmp_path / "split", steps=4, log=log)
+    assert "x 2 ranks" in log.read_text() and "resumed from" in log.read_text()
+    assert _differing(final_weights(tmp_path / "straight"), final_weights(tmp_path / "split")) == []
+
+
 # ---- flags and files named in one line -----------------------------------------------------------------
 
 
@@ -406,7 +449,10 @@ def test_torchrun_restarts_a_killed_rank_and_resumes_to_the_same_weights(tmp_pat
         (["--min-image-side", "0"], "--min-image-side must be >= 1"),
         (["--image-size", "100"], "--image-size must be one of 32, 64, 128, 256, got 100"),
         (["--mode-seeking", "-1"], "--mode-seeking must be a number >= 0, got -1.0"),
-        (["--mode-seeking", "1", "--batch-size", "3"], "--batch-size 3 gives 3 per rank, which must be even"),
+        (
+            ["--mode-seeking", "1", "--batch-size", "3"],
+            "--batch-size 3 with --accumulate 1 gives 3 per rank and micro-batch",
+        ),
     ],
 )
 def test_bad_flags_are_named_before_the_run_directory_is_made(tmp_path, capsys, flags, named):
@@ -436,3 +482,47 @@ def test_config_file_that_is_not_an_object(tmp_path, capsys, content, message):
     assert train_main(["--config", str(config)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: --config {config}: {message}") and "Traceback" not in err
+
+
+# ---- out of memory -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, remedy",
+    [
+        ([], "try --accumulate 2 (micro-batches of 2 images, the same batch of 4)"),
+        (["--accumulate", "2"], "try --accumulate 4 (micro-batches of 1 image, the same batch of 4)"),
+        (["--mode-seeking", "0.1"], "try --accumulate 2 (micro-batches of 2 images, the same batch of 4)"),
+        (["--accumulate", "4"], "each rank's batch is already split as far as it goes: lower --batch-size"),
+    ],
+)
+def test_out_of_memory_is_one_line_with_a_batch_that_fits_and_the_last_checkpoint(
+    tmp_path, capsys, monkeypatch, flags, remedy
+):
+    step_call = step_module.TrainingStep.__call__
+
+    def out_of_memory_at_step_3(self, step, batches):
+        if step == 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return step_call(self, step, batches)
+
+    monkeypatch.setattr(step_module.TrainingStep, "__call__", out_of_memory_at_step_3)
+    run = tmp_path / "run"
+    assert train_main(["--out", str(run), "--steps", "4", *cli_flags(), *flags]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: out of memory at step 3: batch 4 (4 per rank, ")
+    assert "ch 8, 128x128, precision fp32, on " in err and " GiB; " in err and remedy in err
+    assert (
+        f"The last checkpoint is {run / 'checkpoints' / 'step_0000002.safetensors'}: the command with the new flag continues from it"
+        in err
+    )
+
+
+def test_out_of_memory_before_any_checkpoint_says_so(tmp_path, capsys, monkeypatch):
+    def out_of_memory(self, step, batches):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(step_module.TrainingStep, "__call__", out_of_memory)
+    assert train_main(["--out", str(tmp_path / "run"), "--steps", "4", *cli_flags()]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory at step 1: " in err and err.rstrip().endswith("No checkpoint was written yet")

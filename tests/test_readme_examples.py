@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from helpers import cli_flags, image_folder, stand_in_network
+from helpers import cli_flags, free_port, image_folder, stand_in_network
 from tritonsagan.bench import learning
 
 from tritonsagan.checkpoint import list_checkpoints
@@ -139,21 +139,32 @@ class Examples:
         assert extras <= set(PYPROJECT["project"]["optional-dependencies"]), extras
 
     def _torchrun(self, args: list[str]) -> None:
+        """Two CPU ranks (gloo): two processes under one agent, or for a multi-node command one process
+        under each of its agents, which meet at its rendezvous moved to a free port on localhost."""
         module = args.index("-m")
         launcher = args[:module]
-        launcher[launcher.index("--nproc-per-node") + 1] = "2"  # two CPU processes (gloo)
+        nodes = int(launcher[launcher.index("--nnodes") + 1]) if "--nnodes" in launcher else 1
+        launcher[launcher.index("--nproc-per-node") + 1] = "2" if nodes == 1 else "1"
+        if nodes == 1:
+            launcher.insert(0, "--standalone")
+        else:
+            launcher[launcher.index("--rdzv-endpoint") + 1] = f"localhost:{free_port()}"
         command = [
             sys.executable,
             "-m",
             "torch.distributed.run",
-            "--standalone",
             *launcher,
             *args[module:],
             *TORCHRUN_TINY,
             *self._two_more_steps(args),
         ]
-        result = subprocess.run(command, cwd=self.scratch, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
+        agents = [
+            subprocess.Popen(command, cwd=self.scratch, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for _ in range(nodes)
+        ]
+        for agent in agents:
+            _, stderr = agent.communicate(timeout=300)
+            assert agent.returncode == 0, stderr[-3000:]
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -190,11 +201,11 @@ def test_the_demo_trains_the_defaults_for_minutes_on_cuda():
     train, *_ = demo_commands("HAS_CUDA=1")
     cfg = build_config(TrainConfig, build_parser().parse_args(train[1:]))
     default = TrainConfig()
-    assert (cfg.ch, cfg.batch_size, cfg.compile, cfg.bf16) == (
+    assert (cfg.ch, cfg.batch_size, cfg.compile, cfg.precision) == (
         default.ch,
         default.batch_size,
         default.compile,
-        default.bf16,
+        default.precision,
     )
     assert cfg.conditional and 0 < cfg.max_minutes <= 5 and cfg.steps > cfg.ema_start
 

@@ -32,7 +32,7 @@ def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (
         f"training on cpu ({torch.get_num_threads()} threads): 128x128, ch 8, batch 4, steps 0 -> 4; data builtin (17 images, 17 classes); "
-        f"compile off, bf16 off, DiffAugment color,translation,cutout; outputs in {run}/ (samples/, generator/, curves.png, metrics.jsonl)"
+        f"compile off, precision fp32, DiffAugment color,translation,cutout; outputs in {run}/ (samples/, generator/, curves.png, metrics.jsonl)"
     )
     progress = [line for line in lines if line.startswith("step ")]
     assert [line.split()[1] for line in progress] == ["2/4", "4/4"] and all(
@@ -45,7 +45,7 @@ def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     assert (
         config["device"] == "cpu"
         and config["compile"] is False
-        and config["bf16"] is False
+        and config["precision"] == "fp32"
         and config["diffaug"] == "color,translation,cutout"
     )
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

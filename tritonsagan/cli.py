@@ -73,6 +73,13 @@ def device_name(device: torch.device) -> str:
     return f"{_cpu_model()}, {torch.get_num_threads()} threads"
 
 
+def device_memory_bytes(device: torch.device) -> int:
+    """The device's memory: the GPU's, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -15,6 +15,7 @@ import json
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
@@ -123,11 +124,14 @@ def read_config_file(path: str) -> dict[str, Any]:
     return values
 
 
-def build_config(config_cls: type[C], args: argparse.Namespace) -> C:
-    """Merge defaults, the --config file and the explicit flags into a config instance."""
+def build_config(config_cls: type[C], args: argparse.Namespace, upgrade: Callable[[dict], dict] | None = None) -> C:
+    """Merge defaults, the --config file and the explicit flags into a config instance. `upgrade`
+    renames what an earlier version's config file holds."""
     values: dict[str, Any] = {}
     if getattr(args, "config", None):
         values.update(read_config_file(args.config))
+        if upgrade is not None:
+            values = upgrade(values)
     field_names = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - field_names)
     if unknown:

@@ -11,7 +11,7 @@ from pathlib import Path
 from .atomic_write import atomic_write_bytes
 from .curves import HAS_MATPLOTLIB
 from .errors import ConfigError
-from .train_config import describe_device_settings
+from .train_config import describe_device_settings, upgrade_saved_config
 
 
 def model_card(card: dict) -> str:
@@ -65,7 +65,7 @@ def _training_rows(card: dict) -> list[tuple[str, str]]:
             f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}"
             + (f", mode-seeking term weight {config['mode_seeking']:g}" if config.get("mode_seeking") else "")
             + "; "
-            + describe_device_settings(config["compile"], config["bf16"], config["diffaug"]),
+            + describe_device_settings(config["compile"], upgrade_saved_config(config)["precision"], config["diffaug"]),
         ),
         ("device", "; ".join(sorted({s["device"] for s in card["segments"]}))),
         (

@@ -51,7 +51,10 @@ class RunClock:
 
 
 def metrics_record(run: TrainingRun, out: dict[str, torch.Tensor], images_per_s: float) -> dict:
-    """One line of metrics.jsonl: the step's losses and D's mean logits, the attention gammas, speed."""
+    """One line of metrics.jsonl: the step's losses and D's mean logits, the attention gammas, speed,
+    and under fp16 the optimiser steps loss scaling skipped."""
+    loss_scaling = run.training_step.loss_scaling
+    skipped = {f"skipped_steps_{name.lower()}": n for name, n in loss_scaling.skipped_steps.items()}
     return {
         "step": run.step,
         **{k: float(out[k]) for k in ("loss_d", "loss_g", "d_real", "d_fake")},
@@ -61,6 +64,7 @@ def metrics_record(run: TrainingRun, out: dict[str, torch.Tensor], images_per_s:
         "lr_g": run.opt_g.param_groups[0]["lr"],
         "lr_d": run.opt_d.param_groups[0]["lr"],
         "skipped_images": run.skipped_images,
+        **(skipped if loss_scaling.enabled else {}),  # optimiser steps fp16's loss scaling skipped, so far
     }
 
 
@@ -76,7 +80,7 @@ def start_line(run: TrainingRun) -> str:
     classes = f", {run.num_classes} classes" if run.num_classes else ", unconditional"
     return (
         f"training on {device}{ranks}: {cfg.image_size}x{cfg.image_size}, ch {cfg.ch}, batch {cfg.batch_size}, steps {run.step} -> {cfg.steps}; "
-        f"data {cfg.data} ({len(dataset)} images{classes}); {describe_device_settings(cfg.compile, cfg.bf16, cfg.diffaug)}; "
+        f"data {cfg.data} ({len(dataset)} images{classes}); {describe_device_settings(cfg.compile, cfg.precision, cfg.diffaug)}; "
         f"outputs in {run.directory.root}/ (samples/, generator/, curves.png, metrics.jsonl)"
     )
 

@@ -25,8 +25,11 @@ from .config_flags import flag_name
 from .distributed import Distributed
 from .errors import ConfigError, TritonsaganError
 from .run_directory import GENERATOR_CONFIG, RunDirectory
+from .step import LossScaling
 from .train_config import TrainConfig, settings_changed_on_resume
 from .weights_io import WeightsError
+
+LOSS_SCALING = "loss_scaling"  # the checkpoint's record of the fp16 loss scalers (step.LossScaling)
 
 
 class CheckpointWriteError(TritonsaganError, OSError):
@@ -44,8 +47,10 @@ class RunCheckpoints:
         world: Distributed,
         modules: dict[str, torch.nn.Module],
         optimizers: dict[str, torch.optim.Optimizer],
+        loss_scaling: LossScaling,
     ) -> None:
         self.cfg, self.run, self.world, self.modules, self.optimizers = cfg, run, world, modules, optimizers
+        self.loss_scaling = loss_scaling
         self.last_good: Path | None = None  # the newest checkpoint known to pass its checksum
         self.changed_settings: dict[str, tuple] = {}  # what this run segment changed from its checkpoint
 
@@ -73,6 +78,8 @@ class RunCheckpoints:
             )
         self.changed_settings = settings_changed_on_resume(path, meta["config"], dataclasses.asdict(cfg))
         step, rng = restore_checkpoint(path, tensors, meta, self.modules, self.optimizers)
+        if LOSS_SCALING in meta:  # absent from checkpoints written before fp16 training existed
+            self.loss_scaling.load_state_dict(meta[LOSS_SCALING])
         lrs = {"opt_G": cfg.lr_g, "opt_D": cfg.lr_d}
         for name, optimizer in self.optimizers.items():
             for (
@@ -117,7 +124,11 @@ class RunCheckpoints:
         if self.world.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.world.device)
         G_config = self.modules["G"].config
-        return rng, {"config": dataclasses.asdict(self.cfg), GENERATOR_CONFIG: dataclasses.asdict(G_config)}
+        return rng, {
+            "config": dataclasses.asdict(self.cfg),
+            GENERATOR_CONFIG: dataclasses.asdict(G_config),
+            LOSS_SCALING: self.loss_scaling.state_dict(),
+        }
 
     def save(self, step: int, G_ema: Generator | None) -> None:
         """The step's checkpoint and G_ema's weights (None off rank 0), written by rank 0 while the others wait. A failed

@@ -9,21 +9,22 @@ and returns the losses. tritonsagan.train's loop feeds it; benchmarks and tests 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from tritonsagan.models import Discriminator, Generator, set_tuning
+from tritonsagan.kernels import device_generation
+from tritonsagan.models import Discriminator, Generator, frozen_spectral_norm, set_tuning
 
 from .diffaug import augment, draw, parse_policy
 from .distributed import Distributed
 from .ema import EMA
 from .errors import ConfigError
 from .seeding import stream_generator
-from .train_config import TrainConfig, model_configs, resolve_config
+from .train_config import AUTOCAST_DTYPES, TrainConfig, model_configs, resolve_config
 
 RealBatch = tuple[torch.Tensor, torch.Tensor | None]  # images in [-1, 1] and their labels (None: unconditional)
 
@@ -49,15 +50,71 @@ def mode_seeking_penalty(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return 1.0 / (ratio + MODE_SEEKING_EPS)
 
 
+def micro_batches(t: torch.Tensor, n: int, halves: int = 1) -> list[torch.Tensor]:
+    """t's rows in n micro-batches, in order. With halves=2 each micro-batch takes its share of both
+    halves (the real and the fake images of D's pass; the latent pairs of the mode-seeking term)."""
+    if n == 1:
+        return [t]
+    parts = [half.chunk(n) for half in t.chunk(halves)]
+    return [torch.cat([part[k] for part in parts]) for k in range(n)]
+
+
+class LossScaling:
+    """fp16's loss scaling: a torch.amp.GradScaler for D and one for G (disabled, and so doing nothing,
+    at other precisions), and how many optimiser steps each skipped for an Inf or NaN gradient."""
+
+    NAMES = ("D", "G")
+
+    def __init__(self, device_type: str, enabled: bool) -> None:
+        self.scalers = {name: torch.amp.GradScaler(device_type, enabled=enabled) for name in self.NAMES}
+        self.skipped_steps = dict.fromkeys(self.NAMES, 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.scalers["D"].is_enabled()
+
+    def scale(self, name: str, loss: torch.Tensor) -> torch.Tensor:
+        return self.scalers[name].scale(loss)
+
+    def step(self, name: str, optimizer: torch.optim.Optimizer, optimizer_step: Callable[[], object]) -> None:
+        """The optimiser's step (`optimizer_step`, maybe compiled), or under fp16 the scaler's, which
+        calls the optimiser itself (uncompiled): unscaled gradients, the step skipped when one is not
+        finite, the scale updated. A skip is a scale that fell."""
+        scaler = self.scalers[name]
+        if not scaler.is_enabled():
+            optimizer_step()
+            return
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        self.skipped_steps[name] += scaler.get_scale() < scale
+
+    def state_dict(self) -> dict[str, dict]:
+        """JSON-ready: each scaler's state (while enabled) and its skipped steps."""
+        return {
+            name: {**scaler.state_dict(), "skipped_steps": self.skipped_steps[name]}
+            for name, scaler in self.scalers.items()
+        }
+
+    def load_state_dict(self, state: dict[str, dict]) -> None:
+        """A checkpoint's state; a scaler saved by a run at another precision (no scale) starts afresh."""
+        for name, scaler in self.scalers.items():
+            saved = dict(state[name])
+            self.skipped_steps[name] = saved.pop("skipped_steps")
+            if saved and scaler.is_enabled():
+                scaler.load_state_dict(saved)
+
+
 @dataclass
 class TrainingModels:
-    """What a step trains: G, D, G's moving average and the two Adam optimisers."""
+    """What a step trains: G, D, G's moving average, the two Adam optimisers and their loss scaling."""
 
     G: Generator
     D: Discriminator
     ema: EMA
     opt_g: torch.optim.Adam
     opt_d: torch.optim.Adam
+    loss_scaling: LossScaling
 
     @classmethod
     def build(cls, cfg: TrainConfig, num_classes: int, world: Distributed) -> TrainingModels:
@@ -78,7 +135,7 @@ class TrainingModels:
             torch.optim.Adam(model.parameters(), lr=lr, betas=(cfg.beta1, cfg.beta2), **implementation)
             for model, lr in ((G, cfg.lr_g), (D, cfg.lr_d))
         )
-        return cls(G, D, ema, opt_g, opt_d)
+        return cls(G, D, ema, opt_g, opt_d, LossScaling(world.device.type, enabled=cfg.precision == "fp16"))
 
 
 class TrainingStep:
@@ -87,11 +144,15 @@ class TrainingStep:
     after every step."""
 
     def __init__(self, cfg: TrainConfig, models: TrainingModels, world: Distributed) -> None:
-        if cfg.compile is None or cfg.bf16 is None or cfg.diffaug == "auto":
+        if cfg.compile is None or cfg.precision == "auto" or cfg.diffaug == "auto":
             raise ConfigError("TrainingStep takes a resolved config: pass it through train_config.resolve_config")
         self.cfg, self.world = cfg, world
         G, D, ema, opt_g, opt_d = models.G, models.D, models.ema, models.opt_g, models.opt_d
         self.G, self.D, self.ema, self.opt_g, self.opt_d = G, D, ema, opt_g, opt_d
+        self.loss_scaling = models.loss_scaling
+        if world.device.type == "cuda":  # read once before torch.compile traces the kernels' dispatch
+            device_generation(world.device)
+        self.autocast_dtype = AUTOCAST_DTYPES.get(cfg.precision)
         self.per_rank_batch = cfg.batch_size // self.world.world_size
         self.num_classes = G.config.num_classes
         self.diffaug = parse_policy(cfg.diffaug)
@@ -131,22 +192,43 @@ class TrainingStep:
         loss and mean logits and the G loss, on the device."""
         if self.cfg.compile and self.cfg.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are done with: CUDA graphs may reuse their memory
+        n = self.cfg.accumulate
         for slot, (real, real_y) in enumerate(batches):
             z, fake_y, augmentation = self.draws(step, slot, augmented_images=2 * self.per_rank_batch)  # real and fake
             self.opt_d.zero_grad(set_to_none=True)
-            loss_d, d_real, d_fake = self.d_losses(real, real_y, z, fake_y, augmentation)
-            loss_d.backward()
-            self.opt_d_step()
+            parts = zip(
+                micro_batches(real, n),
+                self._split(real_y, n),
+                micro_batches(z, n),
+                self._split(fake_y, n),
+                self._split_each(augmentation, n, halves=2),
+            )
+            d_outputs = []
+            for part, inputs in enumerate(parts):
+                with self._micro_batch(part, self.D_train):
+                    outputs = self.d_losses(*inputs)
+                    self.loss_scaling.scale("D", outputs[0] / n).backward()
+                d_outputs.append([t.detach().clone() for t in outputs])  # CUDA graphs may reuse the outputs' memory
+            loss_d, d_real, d_fake = (sum(values) / n for values in zip(*d_outputs))
+            self.loss_scaling.step("D", self.opt_d, self.opt_d_step)
 
         z, fake_y, augmentation = self.draws(step, len(batches), augmented_images=self.per_rank_batch)
+        pairs = 1
         if self.cfg.mode_seeking and fake_y is not None:
             fake_y = fake_y.chunk(2)[0].repeat(2)  # image i and i + B/2: one class, two latents
+            pairs = 2  # each micro-batch keeps its pairs
         # D in train mode updates its spectral-norm vectors here too (BigGAN-PyTorch's); in eval mode not (the official code's).
         self.D.train(self.cfg.d_sn_in_g_step).requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g = self.g_loss(z, fake_y, augmentation)
-        loss_g.backward()
-        self.opt_g_step()
+        g_losses = []
+        parts = zip(micro_batches(z, n, pairs), self._split(fake_y, n, pairs), self._split_each(augmentation, n, pairs))
+        for part, inputs in enumerate(parts):
+            with self._micro_batch(part, self.G_train):
+                loss = self.g_loss(*inputs)
+                self.loss_scaling.scale("G", loss / n).backward()
+            g_losses.append(loss.detach().clone())
+        loss_g = sum(g_losses) / n
+        self.loss_scaling.step("G", self.opt_g, self.opt_g_step)
         self.D.train().requires_grad_(True)
 
         self.world.broadcast_buffers(self.G, self.D)  # SN vectors already agree; BN statistics may not
@@ -168,9 +250,31 @@ class TrainingStep:
         device = self.world.device
         return z.to(device), None if y is None else y.to(device), {k: v.to(device) for k, v in augmentation.items()}
 
+    @staticmethod
+    def _split(t: torch.Tensor | None, n: int, halves: int = 1) -> list[torch.Tensor | None]:
+        return [None] * n if t is None else micro_batches(t, n, halves)
+
+    @staticmethod
+    def _split_each(params: dict[str, torch.Tensor], n: int, halves: int) -> list[dict[str, torch.Tensor]]:
+        """DiffAugment's per-image parameters, split as the images they go with."""
+        split = {name: micro_batches(t, n, halves) for name, t in params.items()}
+        return [{name: parts[k] for name, parts in split.items()} for k in range(n)]
+
+    @contextlib.contextmanager
+    def _micro_batch(self, part: int, trained: torch.nn.Module) -> Iterator[None]:
+        """Micro-batch `part` of a step: after the first, the spectral norms use the vectors the first
+        updated (one power iteration per step, as without accumulation); under DDP, gradients are
+        reduced over the ranks once, after the last."""
+        with contextlib.ExitStack() as stack:
+            if part > 0:
+                stack.enter_context(frozen_spectral_norm(self.G, self.D))
+            if part < self.cfg.accumulate - 1 and isinstance(trained, DistributedDataParallel):
+                stack.enter_context(trained.no_sync())
+            yield
+
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.bf16:
-            return torch.autocast(self.world.device.type, dtype=torch.bfloat16)
+        if self.autocast_dtype is not None:
+            return torch.autocast(self.world.device.type, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     def _d_losses(self, real, real_y, z, fake_y, augmentation):

@@ -20,17 +20,25 @@ import sys
 import torch
 import torch.distributed as dist
 
-from .cli import device_name, run_command
+from .cli import device_memory_bytes, device_name, run_command
 from .config_flags import add_config_flags, build_config
 from .curves import MetricsLog
 from .errors import TritonsaganError
 from .evaluate import FidMonitor
 from .progress import ProgressDisplay, RunClock, due, metrics_record, start_line
 from .stop_signals import StopRequests
-from .train_config import TrainConfig
+from .train_config import TrainConfig, upgrade_saved_config
 from .training_run import TrainingRun
 
-__all__ = ["TrainConfig", "TrainingDiverged", "TrainingInterrupted", "main", "train", "training_loop"]
+__all__ = [
+    "TrainConfig",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "TrainingOutOfMemory",
+    "main",
+    "train",
+    "training_loop",
+]
 
 
 class TrainingDiverged(TritonsaganError, RuntimeError):
@@ -45,11 +53,17 @@ class TrainingInterrupted(TritonsaganError):
         self.exit_code = 128 + signum
 
 
+class TrainingOutOfMemory(TritonsaganError, RuntimeError):
+    """The device ran out of memory at a step; the message says what would fit and what was saved."""
+
+
 def train(cfg: TrainConfig) -> TrainingRun:
     """Train to cfg.steps (resuming when a checkpoint is there); return the run with its models."""
     run = TrainingRun(cfg)
     try:
         training_loop(run)
+    except torch.OutOfMemoryError:
+        raise TrainingOutOfMemory(out_of_memory_message(run)) from None
     except KeyboardInterrupt:  # a second Ctrl-C (the first asks for a clean stop), or one before the steps began
         raise TrainingInterrupted(
             f"stopped at once by Ctrl-C at step {run.step}; nothing after the last checkpoint "
@@ -59,6 +73,42 @@ def train(cfg: TrainConfig) -> TrainingRun:
     finally:
         run.release()
     return run
+
+
+def fitting_accumulation(per_rank_batch: int, accumulate: int, paired: bool) -> int | None:
+    """The next --accumulate after `accumulate` that splits each rank's batch evenly (into even
+    micro-batches when the mode-seeking term pairs their images), at least twice as many
+    micro-batches; None when none is left."""
+    for n in range(2 * accumulate, per_rank_batch + 1):
+        micro, remainder = divmod(per_rank_batch, n)
+        if not remainder and not (paired and micro % 2):
+            return n
+    return None
+
+
+def out_of_memory_message(run: TrainingRun) -> str:
+    """One line: the step, what it computed and on what, an --accumulate that would fit, the last checkpoint."""
+    cfg, world = run.cfg, run.world
+    per_rank = cfg.batch_size // world.world_size
+    memory = device_memory_bytes(world.device) / 2**30
+    where = f"{device_name(world.device)} with {memory:.1f} GiB"
+    computed = (
+        f"batch {cfg.batch_size} ({per_rank} per rank, {cfg.accumulate} micro-batch(es) of {per_rank // cfg.accumulate}), "
+        f"ch {cfg.ch}, {cfg.image_size}x{cfg.image_size}, precision {cfg.precision}"
+    )
+    fitting = fitting_accumulation(per_rank, cfg.accumulate, paired=bool(cfg.mode_seeking))
+    if fitting is None:
+        remedy = "each rank's batch is already split as far as it goes: lower --batch-size, --ch or --image-size"
+    else:
+        micro = per_rank // fitting
+        remedy = f"try --accumulate {fitting} (micro-batches of {micro} image{'s' * (micro > 1)}, the same batch of {cfg.batch_size})"
+    last = run.checkpoints.last_good
+    saved = (
+        f"The last checkpoint is {last}: the command with the new flag continues from it"
+        if last
+        else "No checkpoint was written yet"
+    )
+    return f"out of memory at step {run.step + 1}: {computed}, on {where}; {remedy}. {saved}"
 
 
 def training_loop(run: TrainingRun) -> None:
@@ -167,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> None:
     try:
-        train(build_config(TrainConfig, args))
+        train(build_config(TrainConfig, args, upgrade_saved_config))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from tritonsagan.models import DiscriminatorConfig, GeneratorConfig, TuningConfig
 from tritonsagan.models.config import (
     ATTENTION_RESOLUTION,
@@ -43,6 +45,9 @@ from .shared_fields import (
 DIFFAUG_BUILTIN = "color,translation,cutout"
 COMPILE_SCOPES = ("loss", "step")
 COMPILE_MODES = ("default", "max-autotune", "reduce-overhead")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # fp32: no autocast
+BF16_CAPABILITY = (8, 0)  # the first NVIDIA generation with bfloat16 (Ampere)
 
 
 @dataclass
@@ -102,7 +107,18 @@ class TrainConfig:
     seed: int = config_field(0, "seed of the initialisation, the data stream, the latents")
     device: str = device_field()
     compile: bool | None = config_field(None, "torch.compile the loss computations (default: on for CUDA, off for CPU)")
-    bf16: bool | None = config_field(None, "bfloat16 autocast (default: on for CUDA, off for CPU)")
+    precision: str = config_field(
+        "auto",
+        "the step's arithmetic: bf16 (bfloat16 autocast), fp16 (float16 autocast with loss scaling: torch.amp.GradScaler "
+        "for G and D, skipped steps counted in metrics.jsonl) or fp32; auto: bf16 on GPUs that have it "
+        "(compute capability 8.0 and up), fp16 on older GPUs, fp32 on the CPU",
+        choices=PRECISIONS,
+    )
+    accumulate: int = config_field(
+        1,
+        "compute each D and G step in this many micro-batches of each rank's batch, summing their gradients: the same "
+        "batch in less memory (G's batch-norm statistics are then per micro-batch)",
+    )
     crop: str = config_field(
         "random", "crop of folder images after the shorter-side resize", choices=("random", "center")
     )
@@ -188,7 +204,7 @@ RUN_IDENTITY = (
     "max_aspect_ratio",
 )
 # What a checkpoint written before a setting existed ran with.
-BEFORE_SETTING = {"image_size": IMAGE_SIZE, "bias_init": "zeros", "mode_seeking": 0.0}
+BEFORE_SETTING = {"image_size": IMAGE_SIZE, "bias_init": "zeros", "mode_seeking": 0.0, "accumulate": 1}
 INVOCATION = ("out", "resume")  # how a command reaches the run, not what the run does
 
 
@@ -226,12 +242,16 @@ def model_configs(cfg: TrainConfig, num_classes: int) -> tuple[GeneratorConfig, 
 
 def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     """The config checked (every problem named at once, by its flag, before anything is written)
-    with what it leaves to the device or the data decided: the device, compile and bf16 on for CUDA,
-    the --diffaug policy. config.json records these resolved values."""
+    with what it leaves to the device or the data decided: the device, compile on for CUDA, the
+    precision, the --diffaug policy. config.json records these resolved values."""
     problems = _range_problems(cfg) + _setting_problems(cfg, world)
-    diffaug = cfg.diffaug
+    diffaug, precision = cfg.diffaug, cfg.precision
     try:
         diffaug = resolve_diffaug(cfg.diffaug, cfg.data)
+    except ConfigError as err:
+        problems.append(str(err))
+    try:
+        precision = resolve_precision(cfg.precision, world.device)
     except ConfigError as err:
         problems.append(str(err))
     if problems:
@@ -243,15 +263,48 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
         cfg,
         device=device,
         compile=on_cuda if cfg.compile is None else cfg.compile,
-        bf16=on_cuda if cfg.bf16 is None else cfg.bf16,
+        precision=precision,
         diffaug=diffaug,
     )
+
+
+def has_bf16(device: torch.device) -> bool:
+    """Whether the device computes in bfloat16: the CPU does, NVIDIA GPUs from Ampere on."""
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= BF16_CAPABILITY
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """--precision auto as the device decides it: bf16 on GPUs that have it, fp16 on older GPUs, fp32
+    on the CPU; bf16 asked of a GPU without it is a ConfigError."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if has_bf16(device) else "fp16"
+    if precision == "bf16" and not has_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConfigError(
+            f"--precision bf16: {torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no bfloat16; "
+            "use --precision fp16 (loss-scaled) or auto"
+        )
+    return precision
+
+
+def upgrade_saved_config(values: dict) -> dict:
+    """A config saved before --precision (config.json, a checkpoint, a --config file) as this version
+    reads it: its bf16 (on, off or None: decided by the device) as the precision."""
+    if "bf16" not in values:
+        return values
+    values = dict(values)
+    bf16 = values.pop("bf16")
+    values.setdefault("precision", "auto" if bf16 is None else "bf16" if bf16 else "fp32")
+    return values
 
 
 POSITIVE = (
     "steps",
     "batch_size",
     "n_dis",
+    "accumulate",
     "log_every",
     "sample_every",
     "save_every",
@@ -288,12 +341,19 @@ def _range_problems(cfg: TrainConfig) -> list[str]:
 def _setting_problems(cfg: TrainConfig, world: Distributed) -> list[str]:
     """Each setting the ranks, the device, the installed packages or the other settings rule out."""
     problems = []
+    per_rank = cfg.batch_size // world.world_size
+    micro = per_rank // cfg.accumulate if cfg.accumulate >= 1 else per_rank
     if cfg.batch_size % world.world_size:
         problems.append(f"--batch-size {cfg.batch_size} must divide evenly over {world.world_size} ranks")
-    elif cfg.mode_seeking and (cfg.batch_size // world.world_size) % 2:
+    elif cfg.accumulate >= 1 and per_rank % cfg.accumulate:
         problems.append(
-            f"--mode-seeking pairs the images of each rank's batch: --batch-size {cfg.batch_size} gives "
-            f"{cfg.batch_size // world.world_size} per rank, which must be even"
+            f"--accumulate {cfg.accumulate} must divide each rank's batch: --batch-size {cfg.batch_size} gives {per_rank} "
+            f"per rank ({world.world_size} rank(s))"
+        )
+    elif cfg.mode_seeking and micro % 2:
+        problems.append(
+            f"--mode-seeking pairs the images of each micro-batch: --batch-size {cfg.batch_size} with --accumulate "
+            f"{cfg.accumulate} gives {micro} per rank and micro-batch ({world.world_size} rank(s)), which must be even"
         )
     if cfg.sync_bn and world.device.type != "cuda":
         problems.append("--sync-bn needs CUDA (SyncBatchNorm has no CPU implementation)")
@@ -319,7 +379,7 @@ def _setting_problems(cfg: TrainConfig, world: Distributed) -> list[str]:
 def settings_changed_on_resume(checkpoint: Path, saved: dict, current: dict) -> dict[str, tuple]:
     """{setting: (checkpoint's value, this run's)} for each setting that differs; a ConfigError naming
     every RUN_IDENTITY setting that does."""
-    saved = {**BEFORE_SETTING, **saved}
+    saved = {**BEFORE_SETTING, **upgrade_saved_config(saved)}
     fixed = [name for name in RUN_IDENTITY if saved.get(name) != current[name]]
     if fixed:
         differences = ", ".join(
@@ -336,6 +396,6 @@ def settings_changed_on_resume(checkpoint: Path, saved: dict, current: dict) -> 
     }
 
 
-def describe_device_settings(compile: bool, bf16: bool, diffaug: str) -> str:
+def describe_device_settings(compile: bool, precision: str, diffaug: str) -> str:
     """The settings decided for the device (config.json records them resolved), as logs and model cards say them."""
-    return f"compile {on_off(compile)}, bf16 {on_off(bf16)}, DiffAugment {diffaug or 'off'}"
+    return f"compile {on_off(compile)}, precision {precision}, DiffAugment {diffaug or 'off'}"

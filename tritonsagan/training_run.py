@@ -45,7 +45,7 @@ class TrainingRun:
         self.G, self.D, self.ema, self.opt_g, self.opt_d = models.G, models.D, models.ema, models.opt_g, models.opt_d
         modules = {"G": self.G, "D": self.D, EMA_GENERATOR: self.ema.model}
         self.checkpoints = RunCheckpoints(
-            cfg, self.directory, self.world, modules, {"opt_G": self.opt_g, "opt_D": self.opt_d}
+            cfg, self.directory, self.world, modules, {"opt_G": self.opt_g, "opt_D": self.opt_d}, models.loss_scaling
         )
         self.lock = RunLock(self.directory) if self.world.is_main else None
         if self.world.is_main and (stray := remove_temporary_files(self.directory.root)):

@@ -1,17 +1,23 @@
-"""Every Triton kernel of kernels/ compiled for Hopper (sm_90a) without a GPU: registers, spills,
-shared memory and the instruction its dots became, for every config its autotuner would try.
+"""Every Triton kernel of kernels/ compiled without a GPU for each NVIDIA generation the package
+checks (kernels._triton_support.GENERATIONS: sm_75 T4 to sm_90a H100): registers, spills, shared memory
+and the instruction its dots became, for every config its autotuner would offer there.
 
-Triton compiles for a GPU that is not there (`triton.compile` with `GPUTarget("cuda", 90, 32)` and
+Triton compiles for a GPU that is not there (`triton.compile` with `GPUTarget("cuda", 80, 32)` and
 the ptxas its wheel ships). The kernels are compiled exactly as the package launches them: the
-launch functions run on meta tensors laid out as the models lay them out, inside
-`record_launches`, and each recorded launch is specialised as triton's JIT would specialise it.
-From each compile: registers and local memory per thread (cuobjdump -res-usage; local memory in
-these kernels is spilled registers), shared memory per block (triton's metadata, against the H100's
-227 KiB) and the dot instruction in the SASS: HGMMA (wgmma), HMMA (mma.sync) or FFMA only.
+launch functions run on meta tensors laid out as the models lay them out, inside `record_launches`
+and `compile_target` (the autotuners offer that generation's configs), and each recorded launch is
+specialised as triton's JIT would specialise it. From each compile: registers and local memory per
+thread (cuobjdump -res-usage; local memory in these kernels is spilled registers), shared memory per
+block (triton's metadata, against the generation's limit) and the dot instruction in the SASS: HGMMA
+(wgmma), HMMA (mma.sync) or FFMA only. A generation that takes the torch paths (no Triton kernels
+offered) is compiled with the configs the next generation offers, as the evidence why: those rows
+are marked not offered and fail nothing.
 
 Kernels are decorated at import, interpreted under TRITON_INTERPRET=1, so the report is always
-built in a fresh process without it (`compile_report`); `python -m tritonsagan.bench.hopper`
-prints it. Compiles run in parallel and triton's on-disk cache makes a repeated run fast.
+built in a fresh process without it (`compile_report`); `python -m tritonsagan.bench.compile_check`
+prints it. Compiles run in parallel; each result is kept in compile_cache/ by the kernel file's
+source, the compile's arguments, the target and the triton version, so a run with nothing changed
+compiles nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import dataclasses
+import hashlib
 import importlib
 import json
 import multiprocessing
@@ -33,20 +41,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tritonsagan.kernels._triton_support import GENERATIONS, Generation, compile_target
 
+from tritonsagan.atomic_write import atomic_write_bytes, atomic_write_json
 from tritonsagan.errors import TritonsaganError
 
-SM90_SHARED_LIMIT = 232448  # bytes of shared memory one block may use on an H100/H200 (227 KiB)
+TARGETS = {generation.target: generation for generation in GENERATIONS}
+CACHE_DIR = Path(__file__).parent / "compile_cache"
 ATTENTION_WIDTHS = (32, 64, 128)  # base widths ch whose G and D attention shapes are compiled
 SN_WIDTH = 64  # base width whose SN weight shapes are compiled
 ATTENTION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-SN_DTYPES = (torch.float32, torch.bfloat16)
+SN_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REPORT_BATCH = 64  # the batch only enters the strides, which are multiples of 16 at any batch
 GROUPED_SHAPE = "all SN layers of G and D"
 
 
-class HopperCheckUnavailable(TritonsaganError, RuntimeError):
-    """This triton has no NVIDIA backend (or no ptxas/cuobjdump) to compile for sm_90 with."""
+class CompileCheckUnavailable(TritonsaganError, RuntimeError):
+    """This triton has no NVIDIA backend (or no ptxas/cuobjdump) to compile for NVIDIA GPUs with."""
 
 
 @dataclass(frozen=True)
@@ -59,12 +70,15 @@ class CompileJob:
     divisible: tuple[int, ...]  # argument indices triton marks divisible by 16
     num_warps: int
     num_stages: int
+    target: str  # a key of TARGETS
 
 
 @dataclass(frozen=True)
 class Case:
-    """A kernel launch as the package makes it: which kernel, for which layer shape and dtype."""
+    """A kernel launch as the package makes it on one target: which kernel, for which layer shape and dtype."""
 
+    target: str
+    offered: bool  # whether the package offers these configs on the target (else: the evidence why not)
     op: str
     shape: str
     dtype: str
@@ -146,6 +160,8 @@ def _cases_from(op: str, shape: str, dtype: torch.dtype, record: Callable[[], No
         configs = _offered_configs(launch.kernel, launch.args, launch.kwargs, pruned=not all_configs)
         cases.append(
             Case(
+                "",  # the target and whether it is offered there: set by cases_for
+                True,
                 op,
                 shape,
                 _dtype_name(dtype),
@@ -272,6 +288,27 @@ def spectral_norm_cases(
     return cases
 
 
+def _configs_source(generation: Generation) -> Generation:
+    """The generation whose configs a target is compiled with: its own, or for one that takes the
+    torch paths, those of the next generation that offers Triton kernels."""
+    if generation.triton:
+        return generation
+    return next(g for g in GENERATIONS if g.capability > generation.capability and g.triton)
+
+
+def cases_for(target: str, all_configs: bool = False, quick: bool = False) -> list[Case]:
+    """Every launch of the package's kernels as the autotuners offer it on `target`. quick: G and D
+    at ch 64 in bfloat16 and the SN layers in float32 only."""
+    generation = TARGETS[target]
+    with compile_target(_configs_source(generation)):
+        if quick:
+            cases = attention_cases((SN_WIDTH,), (torch.bfloat16,), all_configs)
+            cases += spectral_norm_cases(SN_WIDTH, (torch.float32,), all_configs)
+        else:
+            cases = attention_cases(all_configs=all_configs) + spectral_norm_cases(all_configs=all_configs)
+    return [dataclasses.replace(case, target=target, offered=generation.triton) for case in cases]
+
+
 # ---- compiling and reading the binary ---------------------------------------------------------------
 
 
@@ -280,16 +317,16 @@ def _tool(name: str) -> str:
 
     path = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     if not path.is_file():
-        raise HopperCheckUnavailable(f"this triton wheel has no {name} (no NVIDIA backend)")
+        raise CompileCheckUnavailable(f"this triton wheel has no {name} (no NVIDIA backend)")
     return str(path)
 
 
 def check_available() -> None:
-    """Raise HopperCheckUnavailable unless this triton can compile for sm_90 here."""
+    """Raise CompileCheckUnavailable unless this triton can compile for NVIDIA GPUs here."""
     try:
         import triton.backends.nvidia  # noqa: F401
     except ImportError as err:
-        raise HopperCheckUnavailable(f"triton has no NVIDIA backend: {err}") from None
+        raise CompileCheckUnavailable(f"triton has no NVIDIA backend: {err}") from None
     for tool in ("ptxas", "cuobjdump"):
         _tool(tool)
 
@@ -311,7 +348,7 @@ def _resources(cubin: bytes) -> tuple[int, int, str]:
 
 
 def compile_job(job: CompileJob) -> dict:
-    """Compile one job for sm_90a; its resources, or the compiler's error."""
+    """Compile one job for its target; its resources, or the compiler's error."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -321,7 +358,8 @@ def compile_job(job: CompileJob) -> dict:
     source = ASTSource(jit, dict(job.signature), dict(job.constexprs), attrs)
     options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
     try:
-        compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+        major, minor = TARGETS[job.target].capability
+        compiled = triton.compile(source, target=GPUTarget("cuda", 10 * major + minor, 32), options=options)
     except Exception as err:  # the compiler's own errors (e.g. out of resources at compile time)
         first_line = (str(err).strip().splitlines() or [""])[0][:300]
         return {"error": f"{type(err).__name__}: {first_line}"}
@@ -336,16 +374,16 @@ def compile_job(job: CompileJob) -> dict:
 
 
 def _verdict(row: dict) -> list[str]:
-    """What keeps a compiled config from being usable on an H100."""
+    """What keeps a compiled config from being usable on its target."""
     if "error" in row:
         return [row["error"]]
-    problems = []
+    generation, problems = TARGETS[row["target"]], []
     if row["spill_bytes"]:
         problems.append(f"spills {row['spill_bytes']} B/thread")
-    if row["shared_bytes"] > SM90_SHARED_LIMIT:
-        problems.append(f"shared memory {row['shared_bytes']} B > {SM90_SHARED_LIMIT} B")
-    if row["dot"] and row["dtype"] in ("float16", "bfloat16") and row["dot"] != "wgmma":
-        problems.append(f"{row['dtype']} dots became {row['dot']}, not wgmma")
+    if row["shared_bytes"] > generation.shared_bytes:
+        problems.append(f"shared memory {row['shared_bytes']} B > {generation.shared_bytes} B")
+    if row["dot"] and row["dtype"] in ("float16", "bfloat16") and row["dot"] != generation.tensor_dot:
+        problems.append(f"{row['dtype']} dots became {row['dot']}, not {generation.tensor_dot}")
     return problems
 
 
@@ -353,21 +391,63 @@ def _config_label(kwargs: tuple, warps: int, stages: int) -> str:
     return ", ".join([f"{k} {v}" for k, v in kwargs] + [f"warps {warps}", f"stages {stages}"])
 
 
-def build_report(cases: list[Case], workers: int) -> list[dict]:
-    """One row per (case, config); identical compiles run once."""
+class CompileCache:
+    """Compile results kept in CACHE_DIR/triton-<version>.json, keyed by the kernel file's source and
+    the job (arguments, config, target): a kernel edit or another triton compiles afresh."""
+
+    def __init__(self, triton_version: str) -> None:
+        self.path = CACHE_DIR / f"triton-{triton_version}.json"
+        self.triton_version = triton_version
+        try:
+            self.entries: dict[str, dict] = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet, or unreadable: compile everything
+            self.entries = {}
+        self.sources: dict[str, str] = {}
+
+    def key(self, job: CompileJob) -> str:
+        module = job.kernel.split(":")[0]
+        if module not in self.sources:
+            source = Path(importlib.import_module(module).__file__).read_bytes()
+            self.sources[module] = hashlib.sha256(source).hexdigest()
+        text = json.dumps([self.triton_version, self.sources[module], dataclasses.astuple(job)], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def save(self, used: dict[str, dict], complete: bool) -> None:
+        """Keep `used`; a complete run (every target, every case) drops what no job uses any more."""
+        entries = dict(sorted((used if complete else {**self.entries, **used}).items()))
+        if entries == self.entries:
+            return
+        try:
+            CACHE_DIR.mkdir(exist_ok=True)
+            atomic_write_json(self.path, entries)
+        except OSError as err:  # an installed package's folder may be read-only: the report stands without it
+            print(f"warning: compile cache not written: {err}", file=sys.stderr)
+
+
+def build_report(cases: list[Case], workers: int, cache: CompileCache, complete: bool) -> list[dict]:
+    """One row per (case, config); identical compiles run once, and those in the cache not at all."""
     jobs: dict[CompileJob, list[tuple[Case, str]]] = {}
     for case in cases:
         for kwargs, warps, stages in case.configs:
-            job = CompileJob(case.kernel, case.signature, case.constexprs + kwargs, case.divisible, warps, stages)
+            job = CompileJob(
+                case.kernel, case.signature, case.constexprs + kwargs, case.divisible, warps, stages, case.target
+            )
             jobs.setdefault(job, []).append((case, _config_label(kwargs, warps, stages)))
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        results = dict(zip(jobs, pool.map(compile_job, jobs)))
+    keys = {job: cache.key(job) for job in jobs}
+    results = {job: cache.entries[keys[job]] for job in jobs if keys[job] in cache.entries}
+    missing = [job for job in jobs if job not in results]
+    if missing:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            results.update(zip(missing, pool.map(compile_job, missing)))
+    cache.save({keys[job]: result for job, result in results.items()}, complete)
     rows = []
     for job, uses in jobs.items():
         for case, label in uses:
             precision = dict(case.constexprs).get("PRECISION")  # the dots' input precision, for kernels with dots
             row = {
+                "target": case.target,
+                "offered": case.offered,
                 "op": case.op,
                 "kernel": case.kernel.split(":")[1],
                 "shape": case.shape,
@@ -381,105 +461,141 @@ def build_report(cases: list[Case], workers: int) -> list[dict]:
     return rows
 
 
-def run_in_this_process(all_configs: bool = False, workers: int | None = None, quick: bool = False) -> dict:
+def run_in_this_process(
+    targets: Iterable[str] = TARGETS, all_configs: bool = False, workers: int | None = None, quick: bool = False
+) -> dict:
     """The report; only valid in a process where the kernels were not decorated for the interpreter.
     quick: G and D at ch 64 in bfloat16 and the SN layers in float32 only (a rehearsal's check)."""
     import triton
     from tritonsagan.kernels._triton_support import INTERPRET
 
     if INTERPRET:
-        raise RuntimeError("the Hopper compile report cannot be built under TRITON_INTERPRET=1; use compile_report()")
+        raise RuntimeError("the compile report cannot be built under TRITON_INTERPRET=1; use compile_report()")
+    targets = list(targets)
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ValueError(f"--targets: unknown {', '.join(unknown)}; the checked targets are {', '.join(TARGETS)}")
     check_available()
-    if quick:
-        cases = attention_cases((SN_WIDTH,), (torch.bfloat16,), all_configs) + spectral_norm_cases(
-            SN_WIDTH, (torch.float32,), all_configs
-        )
-    else:
-        cases = attention_cases(all_configs=all_configs) + spectral_norm_cases(all_configs=all_configs)
-    rows = build_report(cases, workers or os.cpu_count() or 1)
+    cases = [case for target in targets for case in cases_for(target, all_configs, quick)]
+    complete = set(targets) == set(TARGETS) and not (all_configs or quick)
+    rows = build_report(cases, workers or os.cpu_count() or 1, CompileCache(triton.__version__), complete)
     return {
         "triton": triton.__version__,
-        "target": "cuda sm_90a",
-        "shared_limit_bytes": SM90_SHARED_LIMIT,
+        "targets": {
+            target: {
+                "capability": "{}.{}".format(*TARGETS[target].capability),
+                "shared_limit_bytes": TARGETS[target].shared_bytes,
+                "gpus": TARGETS[target].gpus,
+                "tensor_dot": TARGETS[target].tensor_dot,
+                "triton_kernels": TARGETS[target].triton,
+            }
+            for target in targets
+        },
         "all_configs": all_configs,
         "quick": quick,
         "rows": rows,
     }
 
 
+def failures(report: dict) -> list[dict]:
+    """The rows that fail the check: configs the package offers that spill, overflow shared memory,
+    fail to compile, or whose half-precision dots miss the tensor cores."""
+    return [row for row in report["rows"] if row["offered"] and row["problems"]]
+
+
 def compile_report(
-    all_configs: bool = False, workers: int | None = None, timeout: float = 3600, quick: bool = False
+    targets: Iterable[str] = TARGETS,
+    all_configs: bool = False,
+    workers: int | None = None,
+    timeout: float = 3600,
+    quick: bool = False,
 ) -> dict:
-    """The report, built in a fresh process without TRITON_INTERPRET. Raises HopperCheckUnavailable
+    """The report, built in a fresh process without TRITON_INTERPRET. Raises CompileCheckUnavailable
     where triton cannot compile for NVIDIA GPUs."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when unset; 1 is its default
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "report.json"
-        command = [sys.executable, "-m", "tritonsagan.bench.hopper", "--json", str(out)]
-        command += (
-            ["--all-configs"] * all_configs + ["--quick"] * quick + (["--workers", str(workers)] if workers else [])
-        )
+        command = [sys.executable, "-m", "tritonsagan.bench.compile_check", "--json", str(out), "--quiet"]
+        command += ["--targets", ",".join(targets)] + ["--all-configs"] * all_configs + ["--quick"] * quick
+        command += ["--workers", str(workers)] if workers else []
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
         if result.returncode == UNAVAILABLE_EXIT:
-            raise HopperCheckUnavailable(result.stderr.strip().splitlines()[-1])
-        if result.returncode != 0:
-            raise RuntimeError(f"the Hopper compile report failed:\n{result.stderr[-4000:]}")
+            raise CompileCheckUnavailable(result.stderr.strip().splitlines()[-1])
+        if result.returncode not in (0, FAILED_EXIT):
+            raise RuntimeError(f"the compile report failed:\n{result.stderr[-4000:]}")
         return json.loads(out.read_text())
 
 
 UNAVAILABLE_EXIT = 3
+FAILED_EXIT = 1
 
 
 def report_table(report: dict):
+    """Per target and kernel: how many configs, the most registers, spills and shared memory any
+    uses, the dot instructions, and how many fail; the JSON report has every config's row."""
     from rich.table import Table
 
-    table = Table(
-        title=f"Hopper compile check (triton {report['triton']}, {report['target']}, shared limit {report['shared_limit_bytes']} B)"
-    )
-    for column in (
-        "op",
-        "kernel",
-        "shape",
-        "dtype",
-        "dot precision",
-        "config",
-        "regs",
-        "spill B",
-        "shared B",
-        "dot",
-        "verdict",
-    ):
+    table = Table(title=f"Compile check (triton {report['triton']}; offered configs, without a GPU)")
+    for column in ("target", "GPUs", "kernel", "configs", "max regs", "max spill B", "max shared B", "dots", "verdict"):
         table.add_column(column)
-    for r in report["rows"]:
-        cells = [
-            str(r[key]) if r.get(key) is not None else "-"
-            for key in ("precision", "config", "registers", "spill_bytes", "shared_bytes", "dot")
-        ]
-        table.add_row(r["op"], r["kernel"], r["shape"], r["dtype"], *cells, "; ".join(r["problems"]) or "ok")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in report["rows"]:
+        groups.setdefault((row["target"], row["kernel"]), []).append(row)
+    for (target, kernel), rows in groups.items():
+        compiled = [r for r in rows if "error" not in r]
+        worst = {
+            key: max((r[key] for r in compiled), default=0) for key in ("registers", "spill_bytes", "shared_bytes")
+        }
+        dots = ", ".join(sorted({r["dot"] for r in compiled if r["dot"]})) or "-"
+        bad = [r for r in rows if r["problems"]]
+        if not rows[0]["offered"]:
+            verdict = f"not offered (torch paths); {len(bad)} of {len(rows)} unusable"
+        else:
+            verdict = f"{len(bad)} fail" if bad else "ok"
+        cells = [str(len(rows)), *(str(worst[k]) for k in ("registers", "spill_bytes", "shared_bytes")), dots, verdict]
+        table.add_row(target, report["targets"][target]["gpus"], kernel, *cells)
     return table
 
 
+def write_report(path: Path, report: dict) -> None:
+    """The report as JSON with one row per line (bench/results/compile/ keeps one per triton)."""
+    head = json.dumps({key: value for key, value in report.items() if key != "rows"}, indent=1)
+    rows = ",\n".join(json.dumps(row) for row in report["rows"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, f'{head[:-2]},\n "rows": [\n{rows}\n ]\n}}\n'.encode())
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tritonsagan.bench.hopper", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tritonsagan.bench.compile_check", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--json", help="write the report to this file")
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma list (default: {','.join(TARGETS)})")
     parser.add_argument("--all-configs", action="store_true", help="every config of each autotuner, before pruning")
     parser.add_argument("--workers", type=int, help="parallel compiles (default: one per CPU)")
     parser.add_argument("--quiet", action="store_true", help="no table")
     parser.add_argument("--quick", action="store_true", help="G and D at ch 64 in bfloat16, SN in float32 only")
     args = parser.parse_args(argv)
     try:
-        report = run_in_this_process(args.all_configs, args.workers, args.quick)
-    except HopperCheckUnavailable as err:
+        report = run_in_this_process(args.targets.split(","), args.all_configs, args.workers, args.quick)
+    except CompileCheckUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return UNAVAILABLE_EXIT
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        write_report(Path(args.json), report)
     if not args.quiet:
         from rich.console import Console
 
         Console(width=200).print(report_table(report))
-    return 0
+    bad = failures(report)
+    for row in bad:
+        print(
+            f"FAIL {row['target']} {row['kernel']} [{row['shape']}, {row['dtype']}] {row['config']}: "
+            + "; ".join(row["problems"]),
+            file=sys.stderr,
+        )
+    return FAILED_EXIT if bad else 0
 
 
 if __name__ == "__main__":
