@@ -392,8 +392,9 @@ def _config_label(kwargs: tuple, warps: int, stages: int) -> str:
 
 
 class CompileCache:
-    """Compile results kept in CACHE_DIR/triton-<version>.json, keyed by the kernel file's source and
-    the job (arguments, config, target): a kernel edit or another triton compiles afresh."""
+    """Compile results kept in CACHE_DIR/triton-<version>.json, keyed by the kernel's source (triton's
+    own hash of the function, the jit functions it calls and the globals it reads) and the job
+    (arguments, config, target): a kernel edit or another triton compiles afresh."""
 
     def __init__(self, triton_version: str) -> None:
         self.path = CACHE_DIR / f"triton-{triton_version}.json"
@@ -402,14 +403,10 @@ class CompileCache:
             self.entries: dict[str, dict] = json.loads(self.path.read_text())
         except (OSError, ValueError):  # none yet, or unreadable: compile everything
             self.entries = {}
-        self.sources: dict[str, str] = {}
 
     def key(self, job: CompileJob) -> str:
-        module = job.kernel.split(":")[0]
-        if module not in self.sources:
-            source = Path(importlib.import_module(module).__file__).read_bytes()
-            self.sources[module] = hashlib.sha256(source).hexdigest()
-        text = json.dumps([self.triton_version, self.sources[module], dataclasses.astuple(job)], default=str)
+        source = _jit_function(_resolve(job.kernel)).cache_key
+        text = json.dumps([self.triton_version, source, dataclasses.astuple(job)], default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def save(self, used: dict[str, dict], complete: bool) -> None:

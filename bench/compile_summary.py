@@ -11,21 +11,36 @@ import sys
 from pathlib import Path
 
 
+def _resource_problems(row: dict) -> bool:
+    """A spill, a shared-memory overflow or a failed compile (not the dot instruction alone)."""
+    return any(not problem.endswith(("not wgmma", "not mma")) for problem in row["problems"])
+
+
 def _kernels_cell(target: str, reports: list[dict]) -> str:
-    """What runs on the generation, and the compile evidence under each triton."""
+    """What the compile check found on the generation under each triton: for one that runs the Triton
+    kernels, its offered configs; for one that takes the torch paths, why (the next generation's
+    configs compiled there)."""
     per_triton = []
     for report in reports:
         rows = [r for r in report["rows"] if r["target"] == target]
-        bad = [r for r in rows if r["problems"]]
-        dots = sorted({r["dot"] for r in rows if r["dot"] and r["dtype"] != "float32" and "error" not in r})
         if report["targets"][target]["triton_kernels"]:
+            bad = [r for r in rows if r["problems"]]
+            dots = sorted({r["dot"] for r in rows if r["dot"] and r["dtype"] != "float32"})
             verdict = "all clean" if not bad else f"{len(bad)} fail"
-            per_triton.append(f"triton {report['triton']}: {len(rows)} offered configs, {verdict}")
-        else:
             per_triton.append(
-                f"triton {report['triton']}: {len(bad)} of {len(rows)} of the next generation's configs unusable here"
+                f"triton {report['triton']}: {len(rows)} compiles of the offered configs, {verdict}; "
+                f"half-precision dots {'/'.join(dots)}"
             )
-        per_triton[-1] += f", half-precision dots {'/'.join(dots) or '-'}"
+            continue
+        half = [r for r in rows if r["kernel"].startswith("_attention") and r["dtype"] != "float32"]
+        off_tensor_cores = [r for r in half if r["dot"] != report["targets"][target]["tensor_dot"]]
+        resources = [r for r in half if _resource_problems(r)]
+        sn = [r for r in rows if r["kernel"].startswith("_sn")]
+        per_triton.append(
+            f"triton {report['triton']}: half-precision attention, {len(half)} compiles of the next generation's "
+            f"configs: dots off the tensor cores in {len(off_tensor_cores)}, spills or shared-memory overflow in "
+            f"{len(resources)}; spectral norm: {sum(not r['problems'] for r in sn)} of {len(sn)} clean"
+        )
     return "; ".join(per_triton)
 
 

@@ -159,7 +159,7 @@ def launch(kernel: Any, grid: Callable[[dict], tuple[int, ...]] | tuple[int, ...
 @contextlib.contextmanager
 def record_launches() -> Iterator[list[KernelLaunch]]:
     """Inside this block the launch functions collect their launches instead of running them, so
-    they can be called on meta tensors: the Hopper compile check compiles exactly what they launch."""
+    they can be called on meta tensors: the compile check compiles exactly what they launch."""
     global _recorded
     previous, _recorded = _recorded, []
     try:

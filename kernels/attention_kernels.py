@@ -19,72 +19,13 @@ import triton
 import triton.language as tl
 
 from ._triton_support import INTERPRET, device_generation, dot_precision, launch
+from .attention_configs import CONFIG_TABLES, HEAD_DIM_TIERS
 
 LOG2E: tl.constexpr = tl.constexpr(math.log2(math.e))
 LN2: tl.constexpr = tl.constexpr(math.log(2.0))
 MIN_DOT_BLOCK = 16  # tl.dot needs tiles of at least 16 along every dimension
 MAX_D_QK = 64  # head-dim limits of the kernels (SAGAN's d_qk = C/8, d_v = C/2: up to C = 512, G at ch 128)
 MAX_D_V = 256
-
-# Autotune configs (BLOCK_M, BLOCK_N, num_warps, num_stages), per kernel, dot precision and head-dim
-# tier, chosen from the Hopper compile report (`python -m tritonsagan.bench.hopper --all-configs`)
-# under triton 3.6 (the oldest supported) and the newest triton: none spills or exceeds shared memory,
-# and half-precision dots become wgmma (which needs the dot's M side, BLOCK_M or for dK/dV BLOCK_N,
-# of at least 64). ieee fp32 dots run on FMA and need small tiles. A tier (BLOCK_DQK, BLOCK_DV)
-# serves every head-dim pair it covers; the compile check (tests/test_hopper_compile.py) compiles
-# each list at the tier's SAGAN shapes.
-HEAD_DIM_TIERS = ((16, 64), (32, 128), (64, 256))
-HOPPER_CONFIGS: dict[str, dict[str, dict[int, list[tuple[int, int, int, int]]]]] = {
-    "forward": {
-        "half": {
-            64: [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 32, 4, 2)],
-            128: [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (128, 64, 8, 2), (128, 128, 8, 2), (64, 32, 4, 2)],
-            256: [(64, 32, 4, 2), (64, 32, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2)],
-        },
-        "tf32": {
-            64: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
-            128: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (128, 32, 8, 2)],
-            256: [(64, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
-        },
-        "ieee": {tier: [(32, 32, 8, 1), (16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1)] for tier in (64, 128, 256)},
-    },
-    "dkdv": {
-        "half": {
-            64: [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 4, 2), (32, 64, 8, 2), (64, 128, 8, 2)],
-            128: [(64, 64, 4, 2), (64, 64, 8, 2), (64, 64, 8, 3), (32, 64, 4, 2), (32, 64, 8, 2), (64, 128, 8, 2)],
-            256: [(32, 64, 8, 2), (32, 64, 8, 3), (16, 64, 8, 2), (16, 64, 4, 2), (32, 128, 8, 2), (16, 128, 8, 2)],
-        },
-        "tf32": {
-            64: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (32, 64, 8, 2)],
-            128: [(64, 64, 8, 2), (32, 64, 8, 2)],  # (64, 64, 4, 2) spills under triton 3.6's ptxas
-            256: [(64, 32, 8, 2)],
-        },
-        "ieee": {
-            64: [(32, 32, 8, 1), (16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1)],
-            128: [(16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1), (16, 16, 4, 1)],
-            256: [(16, 32, 8, 1), (16, 16, 8, 1), (16, 16, 4, 1)],
-        },
-    },
-    "dq": {
-        "half": {
-            64: [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 2), (64, 128, 8, 2), (128, 64, 4, 2)],
-            128: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 128, 8, 2), (128, 64, 4, 2)],
-            256: [(64, 32, 4, 2), (64, 32, 8, 2), (64, 64, 4, 2), (64, 64, 8, 2), (128, 32, 8, 2), (128, 32, 4, 2)],
-        },
-        "tf32": {
-            64: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 4, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
-            128: [(64, 64, 4, 2), (64, 64, 8, 2), (128, 64, 8, 2), (64, 32, 8, 2), (128, 32, 8, 2)],
-            256: [(64, 32, 4, 2), (64, 32, 8, 2)],
-        },
-        "ieee": {
-            64: [(32, 32, 8, 1), (16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1)],
-            128: [(16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1)],  # (32, 32, 8, 1) spills under triton 3.6's ptxas
-            256: [(32, 32, 8, 1), (16, 32, 8, 1), (32, 16, 8, 1), (16, 16, 8, 1)],
-        },
-    },
-}
-
-CONFIG_TABLES = {"sm_80": HOPPER_CONFIGS, "sm_86": HOPPER_CONFIGS, "sm_89": HOPPER_CONFIGS, "sm_90a": HOPPER_CONFIGS}
 
 
 def _generation_configs(device: torch.device) -> dict:

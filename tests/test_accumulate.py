@@ -20,9 +20,11 @@ def test_micro_batches_split_rows_in_order_and_halves_together():
     assert micro_batches(rows, 1, halves=2)[0] is rows
 
 
-def _d_gradients_of_one_step(accumulate: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _d_gradients_of_one_step(
+    accumulate: int, grouped_sn: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """D's gradients and SN vectors at its optimiser step, in one step on a fixed batch."""
-    step = tiny_step(num_classes=3, diffaug=DIFFAUG, accumulate=accumulate)
+    step = tiny_step(num_classes=3, diffaug=DIFFAUG, accumulate=accumulate, grouped_sn=grouped_sn)
     # G's batch norms on their running statistics: the fakes D sees are then the same in any micro-batch.
     for module in step.G.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -41,10 +43,10 @@ def _d_gradients_of_one_step(accumulate: int) -> tuple[dict[str, torch.Tensor], 
     return captured, vectors
 
 
-@pytest.mark.parametrize("accumulate", [2, 4])
-def test_accumulated_d_gradient_equals_the_full_batch_gradient(accumulate):
-    full, full_vectors = _d_gradients_of_one_step(1)
-    parts, part_vectors = _d_gradients_of_one_step(accumulate)
+@pytest.mark.parametrize("accumulate, grouped_sn", [(2, False), (4, False), (2, True)])
+def test_accumulated_d_gradient_equals_the_full_batch_gradient(accumulate, grouped_sn):
+    full, full_vectors = _d_gradients_of_one_step(1, grouped_sn)
+    parts, part_vectors = _d_gradients_of_one_step(accumulate, grouped_sn)
     assert full.keys() == parts.keys() and full
     errors = {name: rel_err(parts[name], full[name]) for name in full}
     assert max(errors.values()) < 1e-4, errors  # float32 sums in another order
