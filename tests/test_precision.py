@@ -5,12 +5,13 @@ import json
 
 import pytest
 import torch
-from helpers import cli_flags, final_weights, tiny_config, tiny_step
+from helpers import TINY, cli_flags, final_weights, tiny_config, tiny_step
 
 from tritonsagan.checkpoint import read_checkpoint
 from tritonsagan.config_flags import build_config
 from tritonsagan.errors import ConfigError
 from tritonsagan.run_directory import RunDirectory
+from tritonsagan.step import TrainingStep
 from tritonsagan.train import build_parser, train
 from tritonsagan.train_config import TrainConfig, resolve_precision, settings_changed_on_resume, upgrade_saved_config
 
@@ -131,3 +132,24 @@ def test_the_precision_flag_is_checked_by_argparse(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--precision", "fp8", *cli_flags()])
     assert "--precision: invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_cuda_step_at_each_half_precision_trains_with_the_kernels_its_gpu_offers(precision):
+    """On the GPU at hand: auto's choice resolves, the step runs (compiled, with loss scaling under
+    fp16) and its losses are finite; the generation the kernels' configs come from is known."""
+    from tritonsagan.kernels import device_generation
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    if precision == "bf16" and torch.cuda.get_device_capability(device) < (8, 0):
+        pytest.skip("this GPU has no bfloat16")
+    assert resolve_precision("auto", device) in ("bf16", "fp16")
+    step = TrainingStep.fresh(TrainConfig(**{**TINY, "precision": precision, "compile": True}), 3, device="cuda")
+    assert step.loss_scaling.enabled == (precision == "fp16")
+    real, labels = _real_batch()
+    for n in range(3):
+        losses = step(n, [(real.cuda(), labels.cuda())])
+    assert all(torch.isfinite(v).item() for v in losses.values())
+    generation = device_generation(device)
+    assert generation is None or generation.capability <= torch.cuda.get_device_capability(device)
