@@ -146,17 +146,6 @@ def parse_sections(text: str | None) -> set[str]:
     return sections
 
 
-def parse_targets(text: str) -> list[str]:
-    """--targets' comma list, each a checked generation."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in compile_check.TARGETS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown target {', '.join(unknown) or repr(text)}; the checked targets: {', '.join(compile_check.TARGETS)}"
-        )
-    return names
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tritonsagan-bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer shapes and repetitions (smaller models on CPU)")
@@ -167,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--targets",
-        type=parse_targets,
+        type=compile_check.parse_targets,
         help=f"compile: the GPU generations to compile every Triton kernel for, no GPU needed (comma list of "
         f"{', '.join(compile_check.TARGETS)}; default: all); registers, spills, shared memory and dot instructions "
         "per offered autotune config; exits 1 when one fails",
@@ -226,10 +215,7 @@ def _run(args: argparse.Namespace) -> str | None:
         written = f"wrote {path}"
     failed = compile_check.failures(report["compile"]) if "compile" in sections else []
     if failed:
-        listed = "; ".join(
-            f"{r['target']} {r['kernel']} [{r['shape']}, {r['dtype']}] {r['config']}: {', '.join(r['problems'])}"
-            for r in failed[:5]
-        )
+        listed = "; ".join(compile_check.describe_failure(row) for row in failed[:5])
         raise CompileCheckFailed(
             f"the compile check failed for {len(failed)} offered config(s)"
             + (f" (report {path})" if written else "")

@@ -15,9 +15,9 @@ are marked not offered and fail nothing.
 
 Kernels are decorated at import, interpreted under TRITON_INTERPRET=1, so the report is always
 built in a fresh process without it (`compile_report`); `python -m tritonsagan.bench.compile_check`
-prints it. Compiles run in parallel; each result is kept in compile_cache/ by the kernel file's
-source, the compile's arguments, the target and the triton version, so a run with nothing changed
-compiles nothing.
+prints it. Compiles run in parallel; each result is kept in compile_cache/ by the kernel's source,
+the compile's arguments, the target and the triton version, so a run with nothing changed compiles
+nothing.
 """
 
 from __future__ import annotations
@@ -243,8 +243,8 @@ def spectral_norm_cases(
     ch: int = SN_WIDTH, dtypes: Iterable[torch.dtype] = SN_DTYPES, all_configs: bool = False
 ) -> list[Case]:
     """Every launch of the fused spectral norm (training forward, eval sigma, backward; W / sigma
-    also written in bfloat16 from float32, as under autocast) for each SN weight shape of G and D at
-    width ch, and the grouped power iteration over all of them."""
+    also written in bfloat16 and float16 from float32, as under autocast) for each SN weight shape of
+    G and D at width ch, and the grouped power iteration over all of them."""
     from tritonsagan.kernels.spectral_norm_kernels import (
         power_iteration_grouped_launch,
         power_iteration_launch,
@@ -269,7 +269,8 @@ def spectral_norm_cases(
                 rows_launch(w, v, torch.empty(rows, device="meta"))
                 scale_launch(w, sigma, torch.empty_like(w))
                 if w.dtype == torch.float32:
-                    scale_launch(w, sigma, torch.empty_like(w, dtype=torch.bfloat16))
+                    for autocast_dtype in (torch.bfloat16, torch.float16):
+                        scale_launch(w, sigma, torch.empty_like(w, dtype=autocast_dtype))
                 scale_backward_launch(torch.empty_like(w), w, u, v, sigma, torch.empty_like(w))
 
             cases += _cases_from("spectral norm", f"{rows} x {cols}", dtype, record, all_configs)
@@ -469,9 +470,6 @@ def run_in_this_process(
     if INTERPRET:
         raise RuntimeError("the compile report cannot be built under TRITON_INTERPRET=1; use compile_report()")
     targets = list(targets)
-    unknown = [t for t in targets if t not in TARGETS]
-    if unknown:
-        raise ValueError(f"--targets: unknown {', '.join(unknown)}; the checked targets are {', '.join(TARGETS)}")
     check_available()
     cases = [case for target in targets for case in cases_for(target, all_configs, quick)]
     complete = set(targets) == set(TARGETS) and not (all_configs or quick)
@@ -492,6 +490,22 @@ def run_in_this_process(
         "quick": quick,
         "rows": rows,
     }
+
+
+def parse_targets(text: str) -> list[str]:
+    """A --targets comma list (an argparse type), each a checked generation."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in TARGETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown target {', '.join(unknown) or repr(text)}; the checked targets: {', '.join(TARGETS)}"
+        )
+    return names
+
+
+def describe_failure(row: dict) -> str:
+    """A failing row in one line: where, which launch and config, what is wrong."""
+    return f"{row['target']} {row['kernel']} [{row['shape']}, {row['dtype']}] {row['config']}: {'; '.join(row['problems'])}"
 
 
 def failures(report: dict) -> list[dict]:
@@ -568,14 +582,16 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tritonsagan.bench.compile_check", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--json", help="write the report to this file")
-    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma list (default: {','.join(TARGETS)})")
+    parser.add_argument(
+        "--targets", type=parse_targets, default=list(TARGETS), help=f"comma list (default: {','.join(TARGETS)})"
+    )
     parser.add_argument("--all-configs", action="store_true", help="every config of each autotuner, before pruning")
     parser.add_argument("--workers", type=int, help="parallel compiles (default: one per CPU)")
     parser.add_argument("--quiet", action="store_true", help="no table")
     parser.add_argument("--quick", action="store_true", help="G and D at ch 64 in bfloat16, SN in float32 only")
     args = parser.parse_args(argv)
     try:
-        report = run_in_this_process(args.targets.split(","), args.all_configs, args.workers, args.quick)
+        report = run_in_this_process(args.targets, args.all_configs, args.workers, args.quick)
     except CompileCheckUnavailable as err:
         print(f"error: {err}", file=sys.stderr)
         return UNAVAILABLE_EXIT
@@ -587,11 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         Console(width=200).print(report_table(report))
     bad = failures(report)
     for row in bad:
-        print(
-            f"FAIL {row['target']} {row['kernel']} [{row['shape']}, {row['dtype']}] {row['config']}: "
-            + "; ".join(row["problems"]),
-            file=sys.stderr,
-        )
+        print(f"FAIL {describe_failure(row)}", file=sys.stderr)
     return FAILED_EXIT if bad else 0
 
 

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 
-def _resource_problems(row: dict) -> bool:
+def _resource_problems(row: dict, shared_limit: int) -> bool:
     """A spill, a shared-memory overflow or a failed compile (not the dot instruction alone)."""
-    return any(not problem.endswith(("not wgmma", "not mma")) for problem in row["problems"])
+    return "error" in row or bool(row["spill_bytes"]) or row["shared_bytes"] > shared_limit
 
 
 def _kernels_cell(target: str, reports: list[dict]) -> str:
@@ -34,7 +34,7 @@ def _kernels_cell(target: str, reports: list[dict]) -> str:
             continue
         half = [r for r in rows if r["kernel"].startswith("_attention") and r["dtype"] != "float32"]
         off_tensor_cores = [r for r in half if r["dot"] != report["targets"][target]["tensor_dot"]]
-        resources = [r for r in half if _resource_problems(r)]
+        resources = [r for r in half if _resource_problems(r, report["targets"][target]["shared_limit_bytes"])]
         sn = [r for r in rows if r["kernel"].startswith("_sn")]
         per_triton.append(
             f"triton {report['triton']}: half-precision attention, {len(half)} compiles of the next generation's "
