@@ -35,11 +35,11 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def builtin_run(tmp_path_factory):
     """A tiny class-conditional run on the built-in photos at 32x32 with the mode-seeking term, trained in
-    two processes (0 -> 4, 4 -> 6)."""
+    two processes (0 -> 4, 4 -> 6), the second with lower learning rates and DiffAugment."""
     run = tmp_path_factory.mktemp("export") / "run"
     settings = dict(conditional=True, image_size=32, attn_res=16, mode_seeking=1.0, log_every=1)
-    train(tiny_config(run, steps=4, **settings))
-    train(tiny_config(run, steps=6, **settings))
+    train(tiny_config(run, steps=4, diffaug="", **settings))
+    train(tiny_config(run, steps=6, lr_g=5e-5, lr_d=2e-4, diffaug="translation", **settings))
     return run
 
 
@@ -83,12 +83,17 @@ def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(b
     assert card["training_seconds"] == pytest.approx(
         4 * 4 / by_step[4]["images_per_s"] + 2 * 4 / by_step[6]["images_per_s"]
     )
+    # what the resume changed of the recipe (its --steps too, which is no training setting)
+    assert card["config"]["lr_g"] == 5e-5 and card["recipe_changes"] == [
+        {"step": 4, "changed": {"lr_g": [1e-4, 5e-5], "lr_d": [4e-4, 2e-4], "diffaug": ["", "translation"]}}
+    ]
     readme = (out / "README.md").read_text()
     assert readme == model_card(card) and readme.startswith("# tiny-photos\n")
     for said in (
         f"| device | {device_name(torch.device('cpu'))} |",
         "6 steps at batch 4 (24 images)",
-        "from step 20,000, mode-seeking term weight 1; compile off",
+        "lr G 0.0001, lr D 0.0004, EMA decay 0.9999 from step 20,000, mode-seeking term weight 1; compile off, "
+        "precision fp32, DiffAugment off; from step 4: lr G 5e-05, lr D 0.0002, DiffAugment translation |",
         "in 2 process(es)",
         f"{card['photo_match']['accuracy']:.0%} of 136 generated images",
         f"KID | {kid['kid']:.4f}: 40 generated",
@@ -119,6 +124,8 @@ def test_export_of_an_earlier_checkpoint_counts_the_training_up_to_it(builtin_ru
         == 0
     )
     card = json.loads((out / "card.json").read_text())
+    # the settings it trained with: the first process's, not those the run changed to after step 4
+    assert card["config"]["lr_g"] == 1e-4 and card["recipe_changes"] == []
     assert (
         step == 2
         and card["step"] == 2
@@ -130,6 +137,14 @@ def test_export_of_an_earlier_checkpoint_counts_the_training_up_to_it(builtin_ru
         and "| KID | not measured: --kid-n 0 |" in (out / "README.md").read_text()
     )
     assert card["curve"] is None
+
+
+def test_curve_every_measures_the_checkpoints_at_its_multiples_and_the_exported_one(builtin_run, tmp_path):
+    out, curve = tmp_path / "sparse", tmp_path / "sparse.png"
+    flags = ["--kid-n", "0", "--curve", str(curve), "--curve-every", "4"]
+    assert main([str(builtin_run), "--out", str(out), *flags]) == 0
+    card = json.loads((out / "card.json").read_text())
+    assert [point["step"] for point in card["curve"]] == [4, 6]  # kept: 2, 4, 6
 
 
 def _has_orange(png: Path) -> bool:
@@ -221,6 +236,11 @@ def test_a_run_of_segments_with_steps_lost_to_a_kill(tmp_path):
         (["--checkpoint", "nowhere.safetensors"], "nowhere.safetensors: no checkpoint to export"),
         (["--curve", "curve.jpg"], "--curve curve.jpg: the learning curve is drawn as a PNG"),
         (["--beside", "card.json"], "--beside draws other learning curves in the --curve PNG: give --curve too"),
+        (
+            ["--curve-every", "2"],
+            "--curve-every chooses the checkpoints of the --curve learning curve: give --curve too",
+        ),
+        (["--curve", "c.png", "--curve-every", "-1"], "--curve-every -1: give a number of steps, or 0 for every"),
         (["--curve", "c.png", "--beside", "nowhere.json"], "--beside nowhere.json: not a readable card.json"),
     ],
 )

@@ -74,4 +74,6 @@ def test_shipped_weights_draw_their_photos_as_their_card_says(name):
     ), match
     assert generator_photo_variety(G)["variety"] == pytest.approx(card["photo_variety"]["variety"], rel=0.02)
     assert (folder / MODEL_CARD_NAME).read_text() == model_card(card)
-    assert card_table(card) in (ROOT / "README.md").read_text()  # the README shows the card's figures
+    readme = (ROOT / "README.md").read_text()
+    assert card_table(card) in readme  # the README shows the card's figures
+    assert f"in about {card['training_seconds'] / 60:.0f} minutes" in " ".join(readme.split())  # and says them

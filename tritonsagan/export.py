@@ -1,6 +1,7 @@
 """tritonsagan-export: a training run's G_ema as a folder to share or ship, with its model card.
 
-    tritonsagan-export RUN --out FOLDER [--checkpoint PATH] [--name NAME] [--kid-n N] [--curve PNG [--beside CARD.json ...]]
+    tritonsagan-export RUN --out FOLDER [--checkpoint PATH] [--name NAME] [--kid-n N]
+                       [--curve PNG [--curve-every N] [--beside CARD.json ...]]
 
 The folder holds what save_pretrained writes (model.safetensors, G_ema in float16, and config.json),
 which load_generator and `tritonsagan-generate --weights FOLDER` read; README.md, its model card; and
@@ -8,8 +9,9 @@ card.json, the card's figures. Every figure is read from the run or measured her
 float16 weights:
 
 - from the run (config_history.jsonl, metrics.jsonl): the data, steps, batch, learning rates and
-  EMA; the device of each start or resume; the training wall-clock, each process's steps over its
-  last logged images/s (the steps kept: work lost to a kill and done again is not counted);
+  EMA, and which of them a resume changed; the device of each start or resume; the training
+  wall-clock, each process's steps over its last logged images/s (the steps kept: work lost to a
+  kill and done again is not counted);
 - photo_match (tritonsagan.photo_match), when the run trained class-conditionally on the built-in
   photos;
 - KID of --kid-n generated images (every class in turn) against as many real images of the run's
@@ -21,9 +23,10 @@ float16 weights:
 - photo_variety (tritonsagan.photo_variety), with photo_match: whether each class draws its photo the
   many ways training showed it or one way whatever the latent.
 
-With --curve PNG, the same figures of G_ema at every checkpoint the run kept: its learning curve,
-kept in card.json and drawn in that picture, with --beside the curves of other exports' card.json
-drawn in the same panels (the run before a change, say).
+With --curve PNG, the same figures of G_ema at every checkpoint the run kept (with --curve-every N,
+at those a multiple of N steps in, and the exported one): its learning curve, kept in card.json and
+drawn in that picture, with --beside the curves of other exports' card.json drawn in the same panels
+(the run before a change, say).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from .feature_network import EvalError, FeatureNetwork, extract_features, find_f
 from .fixed_pattern import fixed_pattern
 from .generate import generate
 from .metrics import kernel_inception_distance
-from .model_card import curve_figure, model_card, require_matplotlib
+from .model_card import RECIPE_SETTINGS, curve_figure, model_card, require_matplotlib
 from .photo_match import generator_photo_match, reference_crops
 from .photo_variety import generator_photo_variety
 from .run_directory import RunDirectory, generator_from_checkpoint
@@ -87,6 +90,20 @@ def training_segments(run: RunDirectory, up_to: int) -> list[dict]:
             }
         )
     return segments
+
+
+def run_settings(run: RunDirectory, up_to: int) -> tuple[dict, list[dict]]:
+    """The run's config as it trained the steps before `up_to` (its last start or resume before them),
+    and the changes to training settings (model_card.RECIPE_SETTINGS) that resumes made before then:
+    [{"step", "changed": {name: [old, new]}}], oldest first."""
+    history = run.read_config_history()
+    before = [record for record in history if record["step"] < up_to] or history[:1]
+    changes = []
+    for record in before[1:]:
+        changed = {name: values for name, values in record["changed"].items() if name in RECIPE_SETTINGS}
+        if changed:
+            changes.append({"step": record["step"], "changed": changed})
+    return before[-1]["config"], changes
 
 
 def _real_images(dataset: ImageStream, start: int, n: int) -> torch.Tensor:
@@ -179,12 +196,13 @@ def _as_shipped(G: Generator) -> Generator:
     return G.half().float().eval()
 
 
-def learning_curve(run: RunDirectory, measure: Measurer, up_to: int, device: torch.device) -> list[dict]:
-    """The figures of G_ema at each checkpoint the run kept, up to step `up_to`."""
+def learning_curve(run: RunDirectory, measure: Measurer, up_to: int, every: int, device: torch.device) -> list[dict]:
+    """The figures of G_ema at each checkpoint the run kept up to step `up_to`: those at a multiple of
+    `every` steps (all for 0) and the one at `up_to`."""
     return [
         {"step": step, **measure(_as_shipped(generator_from_checkpoint(path)).to(device))}
         for step, path in list_checkpoints(run.checkpoints)
-        if step <= up_to
+        if step == up_to or (step < up_to and (every == 0 or step % every == 0))
     ]
 
 
@@ -203,6 +221,9 @@ class ExportConfig:
     curve: str | None = config_field(
         None,
         "also measure G_ema at every checkpoint the run kept (card.json keeps the figures) and draw them in this PNG",
+    )
+    curve_every: int = config_field(
+        0, "with --curve, measure only the checkpoints at a multiple of this many steps, and the exported one (0: all)"
     )
     beside: list[str] | None = config_field(
         None,
@@ -243,7 +264,7 @@ def export(cfg: ExportConfig) -> dict:
             + ("" if cfg.checkpoint else " (train at least to the first --save-every)")
         )
     step = read_sidecar(checkpoint)["step"]
-    config = json.loads(run.config.read_text())
+    config, changes = run_settings(run, step)
     G = generator_from_checkpoint(checkpoint)
     G.half().save_pretrained(out)
     G = Generator.from_pretrained(
@@ -260,8 +281,9 @@ def export(cfg: ExportConfig) -> dict:
         "weights_bytes": (out / WEIGHTS_NAME).stat().st_size,
         "segments": segments,
         "training_seconds": sum(s["seconds"] for s in segments),
+        "recipe_changes": changes,
         **measure(G),
-        "curve": learning_curve(run, measure, step, G.conv_out.weight.device) if curve else None,
+        "curve": learning_curve(run, measure, step, cfg.curve_every, G.conv_out.weight.device) if curve else None,
     }
     atomic_write_json(out / CARD_FIGURES_NAME, card)
     if curve:
@@ -281,6 +303,10 @@ def run_export(cfg: ExportConfig) -> str:
     """tritonsagan-export: the folder written, and its figures said in a line."""
     if cfg.kid_n < 0 or cfg.kid_n == 1:
         raise ConfigError(f"--kid-n {cfg.kid_n}: give 0 (no KID) or at least 2")
+    if cfg.curve_every < 0:
+        raise ConfigError(f"--curve-every {cfg.curve_every}: give a number of steps, or 0 for every checkpoint")
+    if cfg.curve_every and not cfg.curve:
+        raise ConfigError("--curve-every chooses the checkpoints of the --curve learning curve: give --curve too")
     if cfg.beside and not cfg.curve:
         raise ConfigError("--beside draws other learning curves in the --curve PNG: give --curve too")
     if cfg.curve and not cfg.curve.lower().endswith(".png"):

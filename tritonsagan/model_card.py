@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .atomic_write import atomic_write_bytes
+from .config_flags import on_off
 from .curves import HAS_MATPLOTLIB
 from .errors import ConfigError
 from .train_config import describe_device_settings, upgrade_saved_config
@@ -45,9 +46,59 @@ def card_table(card: dict) -> str:
     return "| | |\n|---|---|\n" + "\n".join(f"| {key} | {text} |" for key, text in rows)
 
 
+# The training settings a resume may change (train_config.RUN_IDENTITY are those it may not) that the
+# card's training row reports from the step a resume changed them (export.run_settings reads the changes).
+RECIPE_SETTINGS = {
+    "lr_g": "lr G",
+    "lr_d": "lr D",
+    "beta1": "Adam beta1",
+    "beta2": "Adam beta2",
+    "ema_decay": "EMA decay",
+    "ema_start": "EMA start step",
+    "mode_seeking": "mode-seeking term weight",
+    "accumulate": "micro-batches",
+    "d_sn_in_g_step": "D's spectral-norm update in G's step",
+    "compile": "compile",
+    "precision": "precision",
+    "diffaug": "DiffAugment",
+}
+
+
+def _setting_text(value: object) -> str:
+    if isinstance(value, bool):
+        return on_off(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value) or "off"
+
+
+def _recipe_changes_text(changes: list[dict]) -> str:
+    """'; from step 8,000: lr G 5e-05, lr D 0.0002' for each resume that changed training settings."""
+    return "".join(
+        f"; from step {change['step']:,}: "
+        + ", ".join(
+            f"{label} {_setting_text(change['changed'][name][1])}"
+            for name, label in RECIPE_SETTINGS.items()
+            if name in change["changed"]
+        )
+        for change in changes  # in the row's order: card.json's keys are sorted
+    )
+
+
+def _starting_config(config: dict, changes: list[dict]) -> dict:
+    """The settings the run started with: `config` (those of its last steps) before `changes`."""
+    config = dict(upgrade_saved_config(config))
+    for change in reversed(changes):
+        config.update({name: old for name, (old, _) in change["changed"].items()})
+    return config
+
+
 def _training_rows(card: dict) -> list[tuple[str, str]]:
     """The card's rows read from the run: the model, data, training, device and wall-clock."""
-    config, generator = card["config"], card["generator"]
+    changes = card.get("recipe_changes", [])  # cards exported before resumes' changes were recorded lack it
+    config, generator = _starting_config(card["config"], changes), card["generator"]
     classes, side = generator["num_classes"], generator["image_size"]
     builtin = (
         "the 17 photos bundled in scikit-image's wheel (`--data builtin`), random square crops, each photo a class"
@@ -65,7 +116,8 @@ def _training_rows(card: dict) -> list[tuple[str, str]]:
             f"lr D {config['lr_d']:g}, EMA decay {config['ema_decay']:g} from step {config['ema_start']:,}"
             + (f", mode-seeking term weight {config['mode_seeking']:g}" if config.get("mode_seeking") else "")
             + "; "
-            + describe_device_settings(config["compile"], upgrade_saved_config(config)["precision"], config["diffaug"]),
+            + describe_device_settings(config["compile"], config["precision"], config["diffaug"])
+            + _recipe_changes_text(changes),
         ),
         ("device", "; ".join(sorted({s["device"] for s in card["segments"]}))),
         (
