@@ -4,7 +4,8 @@
 (a') (a) under the same bf16 autocast and TF32 as (d): the reference at equal precision;
 (b) our kernels, eager; (c) our kernels under torch.compile; (d) (c) with bf16 autocast;
 (e), (f): (c), (d) with DiffAugment (color, translation, cutout), its cost;
-(d+...): (d) with one tuning switch (TrainConfig fields, off by default) or all of them.
+(d+...): (d) with one tuning switch (TrainConfig fields, off by default) or all of them;
+(b+channels_last): (b) with channels_last, the CPU's default.
 All are our own TrainingStep (tritonsagan.step), switched between kernel backends and options.
 """
 
@@ -67,6 +68,12 @@ ALL_SWITCHES = {
 }
 VARIANTS += [Variant(f"d+{name}", f"(d) + {name}", tuning=tuning) for name, tuning in TUNINGS.items()]
 VARIANTS.append(Variant("d+all", "(d) + every switch but the compile mode", tuning=ALL_SWITCHES))
+# The CPU's default memory format (train_config.resolve_config) beside (b), where (d) has no CPU path.
+VARIANTS.append(
+    Variant(
+        "b+channels_last", "(b) + channels_last", compile=False, bf16=False, tf32=False, tuning=TUNINGS["channels_last"]
+    )
+)
 VARIANT_IDS = [v.id for v in VARIANTS]
 VARIANT_GROUPS = {  # --variants may name a group, to run the variants in several commands
     "core": [v.id for v in VARIANTS if not v.tuning],
@@ -156,7 +163,7 @@ def _time_step(variant: Variant, device: torch.device, ch: int, batch: int, quic
         diffaug=variant.diffaug,
         workers=0,
         device=str(device),
-        **variant.tuning,
+        **{"channels_last": False, **variant.tuning},  # off unless the variant switches it on, on every device
     )
     with _tf32(variant.tf32 and on_cuda):
         try:
@@ -206,16 +213,18 @@ def results_table(rows: list[dict]) -> Table:
     return out
 
 
-SUMMARY_HEADER = "train step images/s: " + " / ".join(f"({i})" for i in VARIANT_GROUPS["core"])
+SUMMARY_VARIANTS = [*VARIANT_GROUPS["core"], "b+channels_last"]
+SUMMARY_HEADER = "train step images/s: " + " / ".join(f"({i})" for i in SUMMARY_VARIANTS)
 
 
 def summary_cell(rows: list[dict]) -> str:
-    """images/s of the core variants, at the report's width and batch."""
+    """images/s of the core variants and the CPU's default, at the report's width and batch: n/a where
+    the device has no such path, - where the report did not run it."""
     if not rows:
         return "-"
     by_id = {r["id"]: r for r in rows}
     speeds = [
-        number(by_id[i]["images_per_s"]) if i in by_id and by_id[i]["available"] else "n/a"
-        for i in VARIANT_GROUPS["core"]
+        "-" if i not in by_id else number(by_id[i]["images_per_s"]) if by_id[i]["available"] else "n/a"
+        for i in SUMMARY_VARIANTS
     ]
     return f"ch {rows[0]['ch']}, batch {rows[0]['batch']}: {' / '.join(speeds)}"

@@ -96,8 +96,9 @@ def test_quick_report_has_every_training_step_variant(quick_report):
         and train["a'"]["tf32"]
     )
     assert train["c"]["compile"] is True and train["d+channels_last"]["tuning"] == {"channels_last": True}
+    assert train["b"]["tuning"] == {} and train["b+channels_last"]["tuning"] == {"channels_last": True}
     assert train["e"]["diffaug"] == "color,translation,cutout" and all(train[k]["diffaug"] == "" for k in "abcd")
-    for key in ("a", "b", "c", "e"):
+    for key in ("a", "b", "c", "e", "b+channels_last"):
         assert (
             train[key]["available"] and _positive(train[key]["images_per_s"]) and _positive(train[key]["pct_of_floor"])
         )

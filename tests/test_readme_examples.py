@@ -233,3 +233,5 @@ def test_the_demo_on_a_cpu_trains_the_learning_benchmarks_recipe():
     cfg = build_config(TrainConfig, build_parser().parse_args(train[1:]))
     recipe = {key: getattr(cfg, key) for key in learning.RECIPE}
     assert recipe == learning.RECIPE and cfg.ema_start < cfg.steps
+    # At most 6 minutes of training on any CPU (the last log interval and checkpoint after the limit fit in the rest).
+    assert 0 < cfg.max_minutes <= 5.5

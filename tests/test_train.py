@@ -45,6 +45,7 @@ def test_end_to_end_run_writes_every_output(tmp_path, capsys):
     assert (
         config["device"] == "cpu"
         and config["compile"] is False
+        and config["channels_last"] is True
         and config["precision"] == "fp32"
         and config["diffaug"] == "color,translation,cutout"
     )

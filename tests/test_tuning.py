@@ -81,7 +81,18 @@ def test_models_with_every_switch_compile_without_graph_breaks():
 
 # ---- training with each switch --------------------------------------------------------------------
 
-TINY = dict(ch=8, batch_size=4, workers=0, num_samples=4, log_every=1, sample_every=100, save_every=1, compile=False)
+# channels_last off: the switches are measured against the NCHW path (the CPU's default is NHWC).
+TINY = dict(
+    ch=8,
+    batch_size=4,
+    workers=0,
+    num_samples=4,
+    log_every=1,
+    sample_every=100,
+    save_every=1,
+    compile=False,
+    channels_last=False,
+)
 # sn_autocast_dtype acts only under autocast on the Triton path (test_scale_written_in_another_dtype_...).
 TRAIN_SWITCHES = {
     "channels_last + fused_qkv": dict(channels_last=True, fused_qkv=True),
@@ -134,6 +145,13 @@ def test_training_switch_matches_default_and_resumes_exactly(switch, default_los
     _run(tmp_path / "split", 2, **TRAIN_SWITCHES[switch])
     first, second = _checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "split")
     assert [k for k in first if not torch.equal(first[k], second[k])] == []
+
+
+def test_channels_last_is_left_to_the_device_on_for_the_cpu():
+    for asked, used in ((None, True), (False, False)):
+        step = TrainingStep.fresh(TrainConfig(**{**TINY, "channels_last": asked}))
+        assert step.cfg.channels_last is used and step.G.tuning.channels_last is used
+        assert step.D.tuning.channels_last is used and step.ema.model.tuning.channels_last is used
 
 
 @pytest.mark.parametrize("mode", ["max-autotune", "reduce-overhead"])

@@ -144,7 +144,7 @@ class TrainingStep:
     after every step."""
 
     def __init__(self, cfg: TrainConfig, models: TrainingModels, world: Distributed) -> None:
-        if cfg.compile is None or cfg.precision == "auto" or cfg.diffaug == "auto":
+        if cfg.compile is None or cfg.channels_last is None or cfg.precision == "auto" or cfg.diffaug == "auto":
             raise ConfigError("TrainingStep takes a resolved config: pass it through train_config.resolve_config")
         self.cfg, self.world = cfg, world
         G, D, ema, opt_g, opt_d = models.G, models.D, models.ema, models.opt_g, models.opt_d

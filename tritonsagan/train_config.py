@@ -164,7 +164,11 @@ class TrainConfig:
         choices=COMPILE_MODES,
     )
     fused_adam: bool = config_field(False, "Adam's fused implementation on CUDA (foreach elsewhere)")
-    channels_last: bool = config_field(TuningConfig.channels_last, "convolutions on channels_last (NHWC) activations")
+    channels_last: bool | None = config_field(
+        None,
+        "convolutions on channels_last (NHWC) activations (default: on for the CPU, whose convolutions are faster so, "
+        "off for CUDA)",
+    )
     fused_qkv: bool = config_field(
         TuningConfig.fused_qkv,
         "the attention block's theta, phi, g 1x1 convolutions as one, each weight still normalised on its own",
@@ -242,8 +246,8 @@ def model_configs(cfg: TrainConfig, num_classes: int) -> tuple[GeneratorConfig, 
 
 def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
     """The config checked (every problem named at once, by its flag, before anything is written)
-    with what it leaves to the device or the data decided: the device, compile on for CUDA, the
-    precision, the --diffaug policy. config.json records these resolved values."""
+    with what it leaves to the device or the data decided: the device, compile on for CUDA,
+    channels_last on for the CPU, the precision, the --diffaug policy. config.json records these resolved values."""
     problems = _range_problems(cfg) + _setting_problems(cfg, world)
     diffaug, precision = cfg.diffaug, cfg.precision
     try:
@@ -263,6 +267,7 @@ def resolve_config(cfg: TrainConfig, world: Distributed) -> TrainConfig:
         cfg,
         device=device,
         compile=on_cuda if cfg.compile is None else cfg.compile,
+        channels_last=not on_cuda if cfg.channels_last is None else cfg.channels_last,
         precision=precision,
         diffaug=diffaug,
     )
