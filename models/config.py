@@ -112,6 +112,7 @@ class GeneratorConfig:
     init: str = INIT
     bias_init: str = BIAS_INIT
     class_bn_init: str = CLASS_BN_INIT
+    noise_inputs: bool = False  # layers.NoiseInput after each up-block conv3x3 (not in SAGAN)
 
     def __post_init__(self) -> None:
         check_image_size("Generator: image_size", self.image_size)

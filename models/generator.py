@@ -2,7 +2,8 @@
 
 z -> SNLinear -> 4x4 -> up-blocks doubling the resolution to image_size (at 128: 4x4x16ch, then
 8, 16, 32, 64, 128 with widths 16, 8, 4, 2, 1 x ch; config.G_WIDTHS has every size's table), with
-self-attention after the block at `attn_res` -> BN, ReLU, SNConv3x3 -> 3, tanh.
+self-attention after the block at `attn_res` -> BN, ReLU, SNConv3x3 -> 3, tanh. With `noise_inputs`
+(not in SAGAN), per-pixel noise after each up-block conv3x3 (layers.NoiseInput).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Generator(PretrainedMixin, nn.Module):
         widths = cfg.widths
         self.linear = SNLinear(cfg.z_dim, widths[0] * 4 * 4)
         self.blocks = nn.ModuleList(
-            GBlock(c_in, c_out, cfg.num_classes, cfg.class_bn_init) for c_in, c_out in zip(widths, widths[1:])
+            GBlock(c_in, c_out, cfg.num_classes, cfg.class_bn_init, cfg.noise_inputs)
+            for c_in, c_out in zip(widths, widths[1:])
         )
         self.attention = SelfAttention(widths[cfg.attention_block + 1]) if cfg.attn_res else None
         self.bn = nn.BatchNorm2d(widths[-1])

@@ -250,11 +250,34 @@ class ClassBatchNorm2d(nn.Module):
         return x * self.gamma(y)[:, :, None, None] + self.beta(y)[:, :, None, None]
 
 
+class NoiseInput(nn.Module):
+    """x + s * n: n a fresh standard normal map per image, shared by the channels, s a learned
+    strength per channel that starts at 0 (StyleGAN's noise inputs, Karras et al. 2019; not in SAGAN).
+    Without them every pixel is a function of G's 4x4 input, and textures that real crops hold at
+    random places (stars, gravel) can come out at the same places in every image."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.strength = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        # torch's global RNG: seeding.noise_inputs_seeded makes it a stream of its own where it matters
+        noise = torch.randn(batch, 1, height, width, device=x.device, dtype=x.dtype)
+        return x + self.strength.view(1, -1, 1, 1) * noise
+
+
 class GBlock(nn.Module):
-    """Generator up-block: cBN, ReLU, 2x nearest upsample, conv3x3, cBN, ReLU, conv3x3; shortcut up + conv1x1."""
+    """Generator up-block: cBN, ReLU, 2x nearest upsample, conv3x3, cBN, ReLU, conv3x3; shortcut up + conv1x1.
+    With noise inputs, noise after each conv3x3."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, num_classes: int = 0, class_bn_init: str = CLASS_BN_INIT
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_classes: int = 0,
+        class_bn_init: str = CLASS_BN_INIT,
+        noise_inputs: bool = False,
     ) -> None:
         super().__init__()
         self.bn1 = ClassBatchNorm2d(in_channels, num_classes, init=class_bn_init)
@@ -262,10 +285,13 @@ class GBlock(nn.Module):
         self.bn2 = ClassBatchNorm2d(out_channels, num_classes, init=class_bn_init)
         self.conv2 = SNConv2d(out_channels, out_channels, 3, padding=1)
         self.shortcut = SNConv2d(in_channels, out_channels, 1)
+        self.noise1, self.noise2 = (
+            (NoiseInput(out_channels), NoiseInput(out_channels)) if noise_inputs else (nn.Identity(), nn.Identity())
+        )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2, mode="nearest")
-        h = self.conv2(F.relu(self.bn2(self.conv1(h), y)))
+        h = self.noise2(self.conv2(F.relu(self.bn2(self.noise1(self.conv1(h)), y))))
         return h + self.shortcut(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 

@@ -20,6 +20,7 @@ from tritonsagan.models import Generator
 
 from .errors import ConfigError
 from .images import to_uint8
+from .seeding import noise_inputs_seeded
 
 HEAT_COLORMAP = "inferno"
 HEAT_OPACITY = 0.8  # of the strongest attention in the figure; weaker attention lets more of the image through
@@ -31,9 +32,10 @@ MARKER_COLOURS = [f"C{i}" for i in range(10)]  # one colour per query, the same 
 
 @torch.inference_mode()
 def attention_maps(
-    generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, queries: Sequence[int]
+    generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, queries: Sequence[int], noise_seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images and, for each query position of G's attention layer, its attention row as a map.
+    """Images and, for each query position of G's attention layer, its attention row as a map (G's
+    noise inputs, where it has them, seeded with `noise_seed`).
 
     Only the selected rows softmax(q_i K^T) are computed (from the block's own theta and pooled phi
     features), never the full N x N matrix. Returns uint8 images (B, 3, size, size) and maps
@@ -47,7 +49,8 @@ def attention_maps(
     try:
         param = next(generator.parameters())
         generator.eval()
-        images = generator(z.to(param.device, param.dtype), None if labels is None else labels.to(param.device))
+        with noise_inputs_seeded(generator, noise_seed):
+            images = generator(z.to(param.device, param.dtype), None if labels is None else labels.to(param.device))
     finally:
         hook.remove()
     x = captured["x"]

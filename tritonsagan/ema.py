@@ -14,10 +14,10 @@ import copy
 import torch
 import torch.nn as nn
 
-from tritonsagan.models import Generator
+from tritonsagan.models import Generator, TuningConfig, set_tuning
 from tritonsagan.models.layers import model_power_iteration
 
-from .seeding import stream_generator
+from .seeding import noise_inputs_seeded, stream_generator
 
 STANDING_BATCHES = 16  # BigGAN-PyTorch's num_standing_accumulations
 STANDING_STREAM = 11  # the last counter of the standing passes' stream (tritonsagan.seeding)
@@ -45,7 +45,9 @@ def standing_statistics(
         for _ in range(batches):
             z = torch.randn(batch_size, cfg.z_dim, generator=draws).to(device)
             y = torch.randint(cfg.num_classes, (batch_size,), generator=draws).to(device) if cfg.num_classes else None
-            generator(z, y)
+            noise_seed = int(torch.randint(2**62, (), generator=draws)) if cfg.noise_inputs else 0
+            with noise_inputs_seeded(generator, noise_seed):
+                generator(z, y)
     finally:
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
@@ -60,6 +62,9 @@ class EMA:
 
     def __init__(self, model: Generator, decay: float, start: int, batch_size: int, seed: int) -> None:
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        # G_ema computes as the generator loaded from its saved weights does (the default tuning), so
+        # that its sample grids are what tritonsagan-generate draws again from the run's seed.
+        set_tuning(self.model, TuningConfig())
         self.decay, self.start = decay, start
         self.batch_size, self.seed = batch_size, seed
         self.statistics_step: int | None = None  # the step whose weights the statistics belong to

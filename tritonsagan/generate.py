@@ -20,8 +20,11 @@ from .cli import parse_int_list, resolve_device, run_command
 from .config_flags import REQUIRED, add_config_argument, add_config_flags, build_config, config_field
 from .images import image_format, make_grid, save_image, side_by_side, to_uint8
 from .run_directory import load_generator
+from .seeding import noise_inputs_seeded, stream_seed
 from .shared_fields import classes_field, device_field, truncation_field
 from .shipped import shipped_names
+
+GENERATION_NOISE_STREAM = 19  # the last counter of generation's noise-input stream (tritonsagan.seeding)
 
 
 def sample_latents(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
@@ -61,15 +64,18 @@ def class_labels(generator: Generator, n: int, classes: Sequence[int] | None, se
 
 @torch.inference_mode()
 def iter_generate(
-    generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 64
+    generator: Generator, z: torch.Tensor, labels: torch.Tensor | None, batch_size: int = 64, seed: int = 0
 ) -> Iterator[torch.Tensor]:
-    """uint8 (b, 3, size, size) CPU batches for the given latents, `batch_size` at a time."""
+    """uint8 (b, 3, size, size) CPU batches for the given latents, `batch_size` at a time; noise
+    inputs, where G has them, drawn from (seed, batch)."""
     generator.eval()
     param = next(generator.parameters())
     for start in range(0, len(z), batch_size):
         zb = z[start : start + batch_size].to(param.device, param.dtype)
         yb = None if labels is None else labels[start : start + batch_size].to(param.device)
-        yield to_uint8(generator(zb, yb))
+        with noise_inputs_seeded(generator, stream_seed(seed, start, GENERATION_NOISE_STREAM)):
+            images = to_uint8(generator(zb, yb))
+        yield images  # outside: the caller's draws between batches see the global RNG as it was
 
 
 def generate_batches(
@@ -84,7 +90,7 @@ def generate_batches(
     if n < 1:
         raise ValueError(f"n must be positive, got {n}")
     z = sample_latents(n, generator.config.z_dim, seed, truncation)
-    return iter_generate(generator, z, class_labels(generator, n, classes, seed), batch_size)
+    return iter_generate(generator, z, class_labels(generator, n, classes, seed), batch_size, seed)
 
 
 def generate(
@@ -191,7 +197,8 @@ def _write_attention_maps(cfg: GenerateConfig, G: Generator, z: torch.Tensor, la
         raise ValueError(f"--queries points must lie inside the {size}x{size} image")
     height = G.config.attn_res
     queries = [(y * height // size) * height + (x * height // size) for x, y in points]
-    images, maps = attention_maps(G, z, labels, queries)
+    noise_seed = stream_seed(cfg.seed, 0, GENERATION_NOISE_STREAM)  # the noise of the grid's first batch
+    images, maps = attention_maps(G, z, labels, queries, noise_seed)
     captions = None if labels is None else [f"class {int(label)}" for label in labels]
     out = Path(cfg.out) if cfg.out else Path(cfg.out_dir) / "attention_maps.png"
     save_image(figure_to_array(attention_figure(images, maps, points, captions)), out)
@@ -232,7 +239,7 @@ def run_generation(cfg: GenerateConfig) -> str:
 
     def batches(G: Generator) -> Iterator[torch.Tensor]:
         return track(
-            iter_generate(G, z, labels, cfg.batch_size),
+            iter_generate(G, z, labels, cfg.batch_size, cfg.seed),
             total=math.ceil(cfg.n / cfg.batch_size),
             description="generating",
             disable=cfg.n <= cfg.batch_size,

@@ -23,12 +23,13 @@ from .diffaug import augment, draw, parse_policy
 from .distributed import Distributed
 from .ema import EMA
 from .errors import ConfigError
-from .seeding import stream_generator
+from .seeding import noise_inputs_seeded, stream_generator, stream_seed
 from .train_config import AUTOCAST_DTYPES, TrainConfig, model_configs, resolve_config
 
 RealBatch = tuple[torch.Tensor, torch.Tensor | None]  # images in [-1, 1] and their labels (None: unconditional)
 
 LATENT_STREAM = 3  # the last counter of a step's latent and DiffAugment stream (tritonsagan.seeding)
+NOISE_STREAM = 17  # the last counter of a step's noise-input stream
 MODE_SEEKING_EPS = 1e-5  # MSGAN's: the penalty stays finite for a G that ignores its latent entirely
 
 
@@ -189,7 +190,12 @@ class TrainingStep:
 
     def __call__(self, step: int, batches: Sequence[RealBatch]) -> dict[str, torch.Tensor]:
         """D updates (one per real batch), the G update, the EMA of G at step + 1; the last D update's
-        loss and mean logits and the G loss, on the device."""
+        loss and mean logits and the G loss, on the device. G's noise inputs, where it has them, are
+        drawn from (seed, step, rank) as the latents are."""
+        with noise_inputs_seeded(self.G, stream_seed(self.cfg.seed, step, self.world.rank, NOISE_STREAM)):
+            return self._step(step, batches)
+
+    def _step(self, step: int, batches: Sequence[RealBatch]) -> dict[str, torch.Tensor]:
         if self.cfg.compile and self.cfg.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are done with: CUDA graphs may reuse their memory
         n = self.cfg.accumulate

@@ -88,6 +88,11 @@ class TrainConfig:
         "BigGAN-PyTorch's; every class learned sooner on the learning benchmark) or identity (1 and 0, the official code's)",
         choices=CLASS_BN_INITS,
     )
+    noise_inputs: bool = config_field(
+        GeneratorConfig.noise_inputs,
+        "G adds per-pixel noise after each up-block conv3x3, scaled by a learned per-channel strength that starts at 0 "
+        "(StyleGAN's noise inputs; not in SAGAN), so that textures need not come out at the same places in every image",
+    )
     d_sn_in_g_step: bool = config_field(
         True,
         "update D's spectral-norm vectors in the G step too (D in train mode there, as BigGAN-PyTorch's; off: the official code's D in eval mode)",
@@ -200,6 +205,7 @@ RUN_IDENTITY = (
     "z_dim",
     "conditional",
     "attn_res",
+    "noise_inputs",
     "seed",
     "batch_size",
     "n_dis",
@@ -208,7 +214,13 @@ RUN_IDENTITY = (
     "max_aspect_ratio",
 )
 # What a checkpoint written before a setting existed ran with.
-BEFORE_SETTING = {"image_size": IMAGE_SIZE, "bias_init": "zeros", "mode_seeking": 0.0, "accumulate": 1}
+BEFORE_SETTING = {
+    "image_size": IMAGE_SIZE,
+    "bias_init": "zeros",
+    "mode_seeking": 0.0,
+    "accumulate": 1,
+    "noise_inputs": False,
+}
 INVOCATION = ("out", "resume")  # how a command reaches the run, not what the run does
 
 
@@ -232,7 +244,9 @@ def model_configs(cfg: TrainConfig, num_classes: int) -> tuple[GeneratorConfig, 
     )
     configs, problems = [], []
     for build in (
-        lambda: GeneratorConfig(**shared, z_dim=cfg.z_dim, class_bn_init=cfg.class_bn_init),
+        lambda: GeneratorConfig(
+            **shared, z_dim=cfg.z_dim, class_bn_init=cfg.class_bn_init, noise_inputs=cfg.noise_inputs
+        ),
         lambda: DiscriminatorConfig(**shared),
     ):
         try:
