@@ -24,6 +24,12 @@ def _strengths(G: Generator) -> list[torch.Tensor]:
     return [m.strength for m in G.modules() if isinstance(m, NoiseInput)]
 
 
+def _set_strengths(G: Generator, value: float) -> None:
+    with torch.no_grad():
+        for strength in _strengths(G):
+            strength.fill_(value)
+
+
 def test_noise_input_adds_its_strength_times_one_map_per_image_in_float64():
     layer = NoiseInput(5).double()
     with torch.no_grad():
@@ -50,9 +56,7 @@ def test_noise_inputs_start_as_the_plain_generator():
     assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())  # the same weights, and more
     z, y = torch.randn(4, 128, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
     assert rel_err(noisy(z, y), plain(z, y)) == 0  # zero strength: the noise adds nothing
-    with torch.no_grad():
-        for strength in _strengths(noisy):
-            strength.fill_(0.5)
+    _set_strengths(noisy, 0.5)
     first, second = noisy(z, y), noisy(z, y)
     assert rel_err(first, second) > 1e-3  # fresh noise each pass
     first.square().mean().backward()
@@ -69,9 +73,7 @@ def test_noise_inputs_compile_without_graph_breaks():
 def test_generation_with_noise_inputs_is_a_function_of_the_seed_and_leaves_the_global_rng():
     torch.manual_seed(1)
     G = Generator(**SMALL, noise_inputs=True)
-    with torch.no_grad():
-        for strength in _strengths(G):
-            strength.fill_(2.0)
+    _set_strengths(G, 2.0)
     torch.manual_seed(98)
     before = torch.get_rng_state()
     first = generate(G, 5, seed=3, batch_size=2)
@@ -90,9 +92,7 @@ def test_a_step_draws_its_noise_from_its_stream_not_the_global_rng():
     losses = []
     for global_seed in (5, 6):
         step = tiny_step(num_classes=3, noise_inputs=True, image_size=32, attn_res=16)
-        with torch.no_grad():
-            for strength in _strengths(step.G):
-                strength.fill_(1.0)
+        _set_strengths(step.G, 1.0)
         real = torch.rand(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
         y = torch.tensor([0, 1, 2, 0])
         torch.manual_seed(global_seed)

@@ -2,6 +2,7 @@
 autocast-dtype spectral-norm kernels are tested in test_spectral_norm_triton.py), and training runs
 with each switch on (the same losses as the default run, and bitwise exact resumes)."""
 
+import helpers
 import pytest
 import torch
 from helpers import rel_err
@@ -81,18 +82,9 @@ def test_models_with_every_switch_compile_without_graph_breaks():
 
 # ---- training with each switch --------------------------------------------------------------------
 
-# channels_last off: the switches are measured against the NCHW path (the CPU's default is NHWC).
-TINY = dict(
-    ch=8,
-    batch_size=4,
-    workers=0,
-    num_samples=4,
-    log_every=1,
-    sample_every=100,
-    save_every=1,
-    compile=False,
-    channels_last=False,
-)
+# A checkpoint every step, no grids; channels_last off: the switches are measured against the NCHW
+# path (the CPU's default is NHWC).
+TINY = {**helpers.TINY, "log_every": 1, "sample_every": 100, "save_every": 1, "channels_last": False}
 # sn_autocast_dtype acts only under autocast on the Triton path (test_scale_written_in_another_dtype_...).
 TRAIN_SWITCHES = {
     "channels_last + fused_qkv": dict(channels_last=True, fused_qkv=True),

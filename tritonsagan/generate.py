@@ -27,6 +27,11 @@ from .shipped import shipped_names
 GENERATION_NOISE_STREAM = 19  # the last counter of generation's noise-input stream (tritonsagan.seeding)
 
 
+def generation_noise_seed(seed: int, start: int = 0) -> int:
+    """The seed of G's noise inputs for the batch of a generation from `seed` that starts at image `start`."""
+    return stream_seed(seed, start, GENERATION_NOISE_STREAM)
+
+
 def sample_latents(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
     """n standard-normal latents on the CPU (the same for a seed on every device).
 
@@ -73,7 +78,7 @@ def iter_generate(
     for start in range(0, len(z), batch_size):
         zb = z[start : start + batch_size].to(param.device, param.dtype)
         yb = None if labels is None else labels[start : start + batch_size].to(param.device)
-        with noise_inputs_seeded(generator, stream_seed(seed, start, GENERATION_NOISE_STREAM)):
+        with noise_inputs_seeded(generator, generation_noise_seed(seed, start)):
             images = to_uint8(generator(zb, yb))
         yield images  # outside: the caller's draws between batches see the global RNG as it was
 
@@ -197,8 +202,7 @@ def _write_attention_maps(cfg: GenerateConfig, G: Generator, z: torch.Tensor, la
         raise ValueError(f"--queries points must lie inside the {size}x{size} image")
     height = G.config.attn_res
     queries = [(y * height // size) * height + (x * height // size) for x, y in points]
-    noise_seed = stream_seed(cfg.seed, 0, GENERATION_NOISE_STREAM)  # the noise of the grid's first batch
-    images, maps = attention_maps(G, z, labels, queries, noise_seed)
+    images, maps = attention_maps(G, z, labels, queries, generation_noise_seed(cfg.seed))  # the grid's first batch
     captions = None if labels is None else [f"class {int(label)}" for label in labels]
     out = Path(cfg.out) if cfg.out else Path(cfg.out_dir) / "attention_maps.png"
     save_image(figure_to_array(attention_figure(images, maps, points, captions)), out)
