@@ -64,6 +64,11 @@ BIAS_INIT = "uniform"
 # learning benchmark's evidence (bench/results/learning/: every class learned sooner; README, "Learning").
 CLASS_BN_INITS = ("identity", "random")
 CLASS_BN_INIT = "random"
+# How G's 3x3 convolutions pad: the official code's zeros, or reflect (not in SAGAN), which gives G no
+# border to read its place in the image from, so it cannot draw a pattern at the same places in every
+# image as easily (README, "Reflect padding").
+G_PADDINGS = ("zeros", "reflect")
+G_PADDING = "zeros"
 
 # The attention block's 1x1 convolutions: query and key (theta, phi) have channels / 8 outputs, the
 # value (g) channels / 2, as in the official sn_non_local_block_sim.
@@ -113,9 +118,11 @@ class GeneratorConfig:
     bias_init: str = BIAS_INIT
     class_bn_init: str = CLASS_BN_INIT
     noise_inputs: bool = False  # layers.NoiseInput after each up-block conv3x3 (not in SAGAN)
+    padding: str = G_PADDING
 
     def __post_init__(self) -> None:
         check_image_size("Generator: image_size", self.image_size)
+        _check_choice("Generator", "padding", self.padding, G_PADDINGS)
         _check_choice("Generator", "init", self.init, INITS)
         _check_choice("Generator", "bias_init", self.bias_init, BIAS_INITS)
         _check_choice("Generator", "class_bn_init", self.class_bn_init, CLASS_BN_INITS)

@@ -3,7 +3,8 @@
 z -> SNLinear -> 4x4 -> up-blocks doubling the resolution to image_size (at 128: 4x4x16ch, then
 8, 16, 32, 64, 128 with widths 16, 8, 4, 2, 1 x ch; config.G_WIDTHS has every size's table), with
 self-attention after the block at `attn_res` -> BN, ReLU, SNConv3x3 -> 3, tanh. With `noise_inputs`
-(not in SAGAN), per-pixel noise after each up-block conv3x3 (layers.NoiseInput).
+(not in SAGAN), per-pixel noise after each up-block conv3x3 (layers.NoiseInput); with `padding`
+"reflect" (not in SAGAN), every 3x3 conv pads by reflection instead of zeros.
 """
 
 from __future__ import annotations
@@ -38,12 +39,12 @@ class Generator(PretrainedMixin, nn.Module):
         widths = cfg.widths
         self.linear = SNLinear(cfg.z_dim, widths[0] * 4 * 4)
         self.blocks = nn.ModuleList(
-            GBlock(c_in, c_out, cfg.num_classes, cfg.class_bn_init, cfg.noise_inputs)
+            GBlock(c_in, c_out, cfg.num_classes, cfg.class_bn_init, cfg.noise_inputs, cfg.padding)
             for c_in, c_out in zip(widths, widths[1:])
         )
         self.attention = SelfAttention(widths[cfg.attention_block + 1]) if cfg.attn_res else None
         self.bn = nn.BatchNorm2d(widths[-1])
-        self.conv_out = SNConv2d(widths[-1], IMAGE_CHANNELS, 3, padding=1)
+        self.conv_out = SNConv2d(widths[-1], IMAGE_CHANNELS, 3, padding=1, padding_mode=cfg.padding)
         initialize(self, cfg.init, cfg.bias_init)
         self.tuning = TuningConfig()  # how it computes (layers.set_tuning), not part of the saved config
 

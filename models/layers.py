@@ -23,7 +23,7 @@ from tritonsagan.kernels.spectral_norm import (
     spectral_norm_after_update,
 )
 
-from .config import ATTENTION_QUERY_KEY_RATIO, ATTENTION_VALUE_RATIO, CLASS_BN_INIT, TuningConfig
+from .config import ATTENTION_QUERY_KEY_RATIO, ATTENTION_VALUE_RATIO, CLASS_BN_INIT, G_PADDING, TuningConfig
 
 
 class SpectralNormMixin:
@@ -269,7 +269,7 @@ class NoiseInput(nn.Module):
 
 class GBlock(nn.Module):
     """Generator up-block: cBN, ReLU, 2x nearest upsample, conv3x3, cBN, ReLU, conv3x3; shortcut up + conv1x1.
-    With noise inputs, noise after each conv3x3."""
+    With noise inputs, noise after each conv3x3; the conv3x3s pad with `padding` (torch's padding_mode)."""
 
     def __init__(
         self,
@@ -278,12 +278,13 @@ class GBlock(nn.Module):
         num_classes: int = 0,
         class_bn_init: str = CLASS_BN_INIT,
         noise_inputs: bool = False,
+        padding: str = G_PADDING,
     ) -> None:
         super().__init__()
         self.bn1 = ClassBatchNorm2d(in_channels, num_classes, init=class_bn_init)
-        self.conv1 = SNConv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = SNConv2d(in_channels, out_channels, 3, padding=1, padding_mode=padding)
         self.bn2 = ClassBatchNorm2d(out_channels, num_classes, init=class_bn_init)
-        self.conv2 = SNConv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = SNConv2d(out_channels, out_channels, 3, padding=1, padding_mode=padding)
         self.shortcut = SNConv2d(in_channels, out_channels, 1)
         self.noise1, self.noise2 = (
             (NoiseInput(out_channels), NoiseInput(out_channels)) if noise_inputs else (nn.Identity(), nn.Identity())

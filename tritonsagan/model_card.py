@@ -107,7 +107,8 @@ def _training_rows(card: dict) -> list[tuple[str, str]]:
         (
             "model",
             f"Generator, {side}x{side}, ch {generator['ch']}, z_dim {generator['z_dim']}, attention at {generator['attn_res']}x{generator['attn_res']}, "
-            f"{classes or 'no'} classes{', noise inputs' if generator.get('noise_inputs') else ''}; "
+            f"{classes or 'no'} classes{', noise inputs' if generator.get('noise_inputs') else ''}"
+            f"{', reflect padding' if generator.get('padding') == 'reflect' else ''}; "
             f"stored in float16 ({card['weights_bytes'] / 2**20:.1f} MiB)",
         ),
         ("data", builtin if config["data"] == "builtin" else f"{config['data']}"),

@@ -20,6 +20,7 @@ from tritonsagan.models.config import (
     BIAS_INITS,
     CLASS_BN_INIT,
     CLASS_BN_INITS,
+    G_PADDINGS,
     IMAGE_SIZE,
     IMAGE_SIZES,
     INIT,
@@ -92,6 +93,12 @@ class TrainConfig:
         GeneratorConfig.noise_inputs,
         "G adds per-pixel noise after each up-block conv3x3, scaled by a learned per-channel strength that starts at 0 "
         "(StyleGAN's noise inputs; not in SAGAN), so that textures need not come out at the same places in every image",
+    )
+    padding: str = config_field(
+        GeneratorConfig.padding,
+        "how G's 3x3 convolutions pad: zeros (SAGAN's) or reflect (not in SAGAN: G has no border to read its place in "
+        "the image from, so it draws less of a pattern at the same places in every image)",
+        choices=G_PADDINGS,
     )
     d_sn_in_g_step: bool = config_field(
         True,
@@ -206,6 +213,7 @@ RUN_IDENTITY = (
     "conditional",
     "attn_res",
     "noise_inputs",
+    "padding",
     "seed",
     "batch_size",
     "n_dis",
@@ -220,6 +228,7 @@ BEFORE_SETTING = {
     "mode_seeking": 0.0,
     "accumulate": 1,
     "noise_inputs": False,
+    "padding": "zeros",
 }
 INVOCATION = ("out", "resume")  # how a command reaches the run, not what the run does
 
@@ -245,7 +254,11 @@ def model_configs(cfg: TrainConfig, num_classes: int) -> tuple[GeneratorConfig, 
     configs, problems = [], []
     for build in (
         lambda: GeneratorConfig(
-            **shared, z_dim=cfg.z_dim, class_bn_init=cfg.class_bn_init, noise_inputs=cfg.noise_inputs
+            **shared,
+            z_dim=cfg.z_dim,
+            class_bn_init=cfg.class_bn_init,
+            noise_inputs=cfg.noise_inputs,
+            padding=cfg.padding,
         ),
         lambda: DiscriminatorConfig(**shared),
     ):
