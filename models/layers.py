@@ -23,7 +23,14 @@ from tritonsagan.kernels.spectral_norm import (
     spectral_norm_after_update,
 )
 
-from .config import ATTENTION_QUERY_KEY_RATIO, ATTENTION_VALUE_RATIO, CLASS_BN_INIT, G_PADDING, TuningConfig
+from .config import (
+    ATTENTION_QUERY_KEY_RATIO,
+    ATTENTION_VALUE_RATIO,
+    CLASS_BN_INIT,
+    G_PADDING,
+    NOISE_STRENGTH_GAIN,
+    TuningConfig,
+)
 
 
 class SpectralNormMixin:
@@ -254,11 +261,20 @@ class NoiseInput(nn.Module):
     """x + s * n: n a fresh standard normal map per image, shared by the channels, s a learned
     strength per channel that starts at 0 (StyleGAN's noise inputs, Karras et al. 2019; not in SAGAN).
     Without them every pixel is a function of G's 4x4 input, and textures that real crops hold at
-    random places (stars, gravel) can come out at the same places in every image."""
+    random places (stars, gravel) can come out at the same places in every image.
+
+    s is stored divided by NOISE_STRENGTH_GAIN (the parameter `scaled_strength`): Adam moves a
+    parameter by about the learning rate per step whatever its gradient's size, and at G's 1e-4 a
+    strength from 0 would stay too small to matter for thousands of steps (StyleGAN's G learns at 2e-3).
+    """
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.strength = nn.Parameter(torch.zeros(channels))
+        self.scaled_strength = nn.Parameter(torch.zeros(channels))
+
+    @property
+    def strength(self) -> torch.Tensor:
+        return NOISE_STRENGTH_GAIN * self.scaled_strength
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape

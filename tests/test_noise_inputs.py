@@ -8,6 +8,7 @@ import pytest
 import torch
 from helpers import final_weights, rel_err, tiny_config, tiny_step
 from tritonsagan.models import Generator
+from tritonsagan.models.config import NOISE_STRENGTH_GAIN
 from tritonsagan.models.layers import NoiseInput
 
 from tritonsagan.attention_figure import attention_maps
@@ -21,28 +22,31 @@ SMALL = dict(ch=8, num_classes=3, image_size=32, attn_res=16)
 
 
 def _strengths(G: Generator) -> list[torch.Tensor]:
-    return [m.strength for m in G.modules() if isinstance(m, NoiseInput)]
+    """The learned parameters: each noise input's strength over NOISE_STRENGTH_GAIN."""
+    return [m.scaled_strength for m in G.modules() if isinstance(m, NoiseInput)]
 
 
 def _set_strengths(G: Generator, value: float) -> None:
     with torch.no_grad():
-        for strength in _strengths(G):
-            strength.fill_(value)
+        for scaled_strength in _strengths(G):
+            scaled_strength.fill_(value / NOISE_STRENGTH_GAIN)
 
 
 def test_noise_input_adds_its_strength_times_one_map_per_image_in_float64():
     layer = NoiseInput(5).double()
     with torch.no_grad():
-        layer.strength.copy_(torch.linspace(-1, 1, 5, dtype=torch.float64))
+        layer.scaled_strength.copy_(torch.linspace(-1, 1, 5, dtype=torch.float64))
     x = torch.randn(3, 5, 7, 6, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(4)
     out = layer(x)
     torch.manual_seed(4)
     noise = torch.randn(3, 1, 7, 6, dtype=torch.float64)
-    assert rel_err(out, x + layer.strength.view(1, -1, 1, 1) * noise) < 1e-15
+    strength = NOISE_STRENGTH_GAIN * torch.linspace(-1, 1, 5, dtype=torch.float64)
+    assert rel_err(out, x + strength.view(1, -1, 1, 1) * noise) < 1e-15
     grad = torch.randn_like(out)
     out.backward(grad)
-    assert rel_err(layer.strength.grad, (grad * noise).sum((0, 2, 3))) < 1e-12
+    # the gain makes Adam's steps on the strength NOISE_STRENGTH_GAIN times larger
+    assert rel_err(layer.scaled_strength.grad, NOISE_STRENGTH_GAIN * (grad * noise).sum((0, 2, 3))) < 1e-12
     assert rel_err(x.grad, grad) == 0
 
 
@@ -109,7 +113,7 @@ def test_training_with_noise_inputs_learns_their_strengths_and_resumes_bitwise_e
     train(tiny_config(tmp_path / "split", steps=4, **flags))
     straight, split = final_weights(tmp_path / "straight"), final_weights(tmp_path / "split")
     assert [k for k in straight if not torch.equal(straight[k], split[k])] == []
-    strengths = [k for k in straight if k.startswith("G.") and k.endswith(".strength")]
+    strengths = [k for k in straight if k.startswith("G.") and k.endswith(".scaled_strength")]
     assert len(strengths) == 2 * 3 and all(straight[k].abs().sum() > 0 for k in strengths)  # 4 -> 32: 3 blocks
 
 
