@@ -264,8 +264,8 @@ class NoiseInput(nn.Module):
     random places (stars, gravel) can come out at the same places in every image.
 
     s is stored divided by NOISE_STRENGTH_GAIN (the parameter `scaled_strength`): Adam moves a
-    parameter by about the learning rate per step whatever its gradient's size, and at G's 1e-4 a
-    strength from 0 would stay too small to matter for thousands of steps (StyleGAN's G learns at 2e-3).
+    parameter by about the learning rate per step whatever its gradient's size, so at G's 1e-4 alone
+    a strength from 0 grows slowly next to StyleGAN's, whose G learns at about 2e-3.
     """
 
     def __init__(self, channels: int) -> None:

@@ -92,12 +92,13 @@ class TrainConfig:
     noise_inputs: bool = config_field(
         GeneratorConfig.noise_inputs,
         "G adds per-pixel noise after each up-block conv3x3, scaled by a learned per-channel strength that starts at 0 "
-        "(StyleGAN's noise inputs; not in SAGAN), so that textures need not come out at the same places in every image",
+        "and learns ten times faster than G's other weights (StyleGAN's noise inputs; not in SAGAN), so that textures need "
+        "not come out at the same places in every image",
     )
     padding: str = config_field(
         GeneratorConfig.padding,
-        "how G's 3x3 convolutions pad: zeros (SAGAN's) or reflect (not in SAGAN: G has no border to read its place in "
-        "the image from, so it draws less of a pattern at the same places in every image)",
+        "how G's 3x3 convolutions pad: zeros (SAGAN's) or reflect (not in SAGAN: G then has no border to read its place "
+        "in the image from)",
         choices=G_PADDINGS,
     )
     d_sn_in_g_step: bool = config_field(
