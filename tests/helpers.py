@@ -57,6 +57,9 @@ def image_folder(root: Path, classes: tuple[str, ...] = ("cats", "dogs", "owls")
     return root
 
 
+# A conditional generator small enough for a CPU test, with its attention block (at 16x16 of 32x32).
+SMALL_GENERATOR = dict(ch=8, num_classes=3, image_size=32, attn_res=16)
+
 # A training run small enough for a CPU test: a few steps of width 8, every output every 2 steps.
 TINY = dict(ch=8, batch_size=4, workers=0, num_samples=4, log_every=2, sample_every=2, save_every=2, compile=False)
 

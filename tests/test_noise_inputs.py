@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import final_weights, rel_err, tiny_config, tiny_step
+from helpers import SMALL_GENERATOR, final_weights, rel_err, tiny_config, tiny_step
 from tritonsagan.models import Generator
 from tritonsagan.models.config import NOISE_STRENGTH_GAIN
 from tritonsagan.models.layers import NoiseInput
@@ -17,8 +17,6 @@ from tritonsagan.generate import generate
 from tritonsagan.model_card import card_table
 from tritonsagan.shipped import shipped_weights
 from tritonsagan.train import train
-
-SMALL = dict(ch=8, num_classes=3, image_size=32, attn_res=16)
 
 
 def _strengths(G: Generator) -> list[torch.Tensor]:
@@ -52,9 +50,9 @@ def test_noise_input_adds_its_strength_times_one_map_per_image_in_float64():
 
 def test_noise_inputs_start_as_the_plain_generator():
     torch.manual_seed(0)
-    plain = Generator(**SMALL).double()
+    plain = Generator(**SMALL_GENERATOR).double()
     torch.manual_seed(0)
-    noisy = Generator(**SMALL, noise_inputs=True).double()
+    noisy = Generator(**SMALL_GENERATOR, noise_inputs=True).double()
     assert len(_strengths(noisy)) == 2 * len(noisy.blocks) and all(not s.any() for s in _strengths(noisy))
     state = noisy.state_dict()
     assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())  # the same weights, and more
@@ -68,7 +66,7 @@ def test_noise_inputs_start_as_the_plain_generator():
 
 
 def test_noise_inputs_compile_without_graph_breaks():
-    G = Generator(**SMALL, noise_inputs=True)
+    G = Generator(**SMALL_GENERATOR, noise_inputs=True)
     compiled = torch.compile(G, fullgraph=True, backend="aot_eager")
     z, y = torch.randn(2, 128), torch.tensor([0, 2])
     assert compiled(z, y).shape == (2, 3, 32, 32)
@@ -76,7 +74,7 @@ def test_noise_inputs_compile_without_graph_breaks():
 
 def test_generation_with_noise_inputs_is_a_function_of_the_seed_and_leaves_the_global_rng():
     torch.manual_seed(1)
-    G = Generator(**SMALL, noise_inputs=True)
+    G = Generator(**SMALL_GENERATOR, noise_inputs=True)
     _set_strengths(G, 2.0)
     torch.manual_seed(98)
     before = torch.get_rng_state()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import SMALL_GENERATOR
 from tritonsagan.models import Generator
 
 from tritonsagan.photo_match import reference_crops
@@ -72,4 +73,4 @@ def test_a_generator_is_scored_per_photo():
     with pytest.raises(
         ValueError, match="the generator has 3 classes; trained on the built-in photos it has one per photo, 17"
     ):
-        generator_photo_variety(Generator(ch=8, num_classes=3, image_size=32, attn_res=16))
+        generator_photo_variety(Generator(**SMALL_GENERATOR))

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import rel_err, tiny_config
+from helpers import SMALL_GENERATOR, rel_err, tiny_config
 from tritonsagan.models import Generator, GeneratorConfig
 
 from tritonsagan.errors import ConfigError
@@ -14,13 +14,11 @@ from tritonsagan.model_card import card_table
 from tritonsagan.shipped import shipped_weights
 from tritonsagan.train import train
 
-SMALL = dict(ch=8, num_classes=3, image_size=32, attn_res=16)
-
 
 def _images_from_a_flat_start(padding: str) -> torch.Tensor:
     """G's images when its 4x4 start is the same at every place (each channel one value)."""
     torch.manual_seed(0)
-    G = Generator(**SMALL, padding=padding).double()
+    G = Generator(**SMALL_GENERATOR, padding=padding).double()
     with torch.no_grad():
         weight = G.linear.weight.view(-1, 16, G.config.z_dim)
         weight.copy_(weight[:, :1].expand_as(weight))
@@ -39,7 +37,7 @@ def test_with_reflect_padding_a_flat_start_draws_flat_images_and_with_zeros_it_d
 
 
 def test_reflect_padding_pads_every_3x3_conv_and_compiles_without_graph_breaks():
-    G = Generator(**SMALL, padding="reflect")
+    G = Generator(**SMALL_GENERATOR, padding="reflect")
     convs = [m for m in G.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
     assert len(convs) == 2 * len(G.blocks) + 1 and all(m.padding_mode == "reflect" for m in convs)
     compiled = torch.compile(G, fullgraph=True, backend="aot_eager")
@@ -48,7 +46,7 @@ def test_reflect_padding_pads_every_3x3_conv_and_compiles_without_graph_breaks()
 
 
 def test_padding_is_saved_with_the_weights_and_older_configs_load_as_zeros(tmp_path):
-    G = Generator(**SMALL, padding="reflect")
+    G = Generator(**SMALL_GENERATOR, padding="reflect")
     G.save_pretrained(tmp_path / "reflect")
     assert Generator.from_pretrained(tmp_path / "reflect").config.padding == "reflect"
     assert json.loads((shipped_weights("builtin-photos-64") / "config.json").read_text()).get("padding") is None
