@@ -25,6 +25,7 @@ from tritonsagan.models.config import (
     IMAGE_SIZES,
     INIT,
     INITS,
+    NOISE_STRENGTH_GAIN,
     Z_DIM,
     check_image_size,
 )
@@ -92,8 +93,8 @@ class TrainConfig:
     noise_inputs: bool = config_field(
         GeneratorConfig.noise_inputs,
         "G adds per-pixel noise after each up-block conv3x3, scaled by a learned per-channel strength that starts at 0 "
-        "and learns ten times faster than G's other weights (StyleGAN's noise inputs; not in SAGAN), so that textures need "
-        "not come out at the same places in every image",
+        f"and learns {NOISE_STRENGTH_GAIN:g} times faster than G's other weights (StyleGAN's noise inputs; not in SAGAN), "
+        "so that textures need not come out at the same places in every image",
     )
     padding: str = config_field(
         GeneratorConfig.padding,
