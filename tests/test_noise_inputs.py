@@ -3,6 +3,7 @@ add learned per-pixel noise, and are a pure function of their stream wherever G 
 step, a resumed run, G_ema's standing statistics, generation), never disturbing torch's global RNG."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,6 +47,11 @@ def test_noise_input_adds_its_strength_times_one_map_per_image_in_float64():
     # the gain makes Adam's steps on the strength NOISE_STRENGTH_GAIN times larger
     assert rel_err(layer.scaled_strength.grad, NOISE_STRENGTH_GAIN * (grad * noise).sum((0, 2, 3))) < 1e-12
     assert rel_err(x.grad, grad) == 0
+
+
+def test_the_readme_states_the_strengths_gain():
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert f"The strengths learn {NOISE_STRENGTH_GAIN:g} times faster than G's other weights" in readme
 
 
 def test_noise_inputs_start_as_the_plain_generator():
