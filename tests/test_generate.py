@@ -99,8 +99,11 @@ def test_generate_with_the_run_seed_redraws_the_last_ema_grid(tmp_path):
 def test_same_seed_same_images_different_classes_different_images(conditional_weights):
     G = load_generator(conditional_weights)
     a = generate(G, 6, classes=[2], seed=11, batch_size=4)
-    b = generate(G, 6, classes=[2], seed=11, batch_size=6)  # batching does not change the result
-    assert torch.equal(a, b)
+    b = generate(G, 6, classes=[2], seed=11, batch_size=6)
+    # Batching does not change the result beyond float rounding: BLAS blocks a matmul by its size,
+    # so a pixel may land one grey level apart.
+    off_by = (a.int() - b.int()).abs()
+    assert off_by.max() <= 1 and (off_by > 0).float().mean() < 0.01
     assert not torch.equal(a, generate(G, 6, classes=[3], seed=11))
     assert not torch.equal(a, generate(G, 6, classes=[2], seed=12))
 
