@@ -13,13 +13,13 @@ from PIL import Image
 from tritonsagan.checkpoint import list_checkpoints
 from tritonsagan.cli import device_name
 from tritonsagan.curves import read_metrics
-from tritonsagan.export import main, training_segments
+from tritonsagan.export import Measurer, _as_shipped, main, training_segments
 from tritonsagan.fixed_pattern import fixed_pattern
 from tritonsagan.generate import generate
 from tritonsagan.model_card import model_card
 from tritonsagan.photo_match import generator_photo_match
 from tritonsagan.photo_variety import generator_photo_variety
-from tritonsagan.run_directory import RunDirectory, load_generator
+from tritonsagan.run_directory import RunDirectory, generator_from_checkpoint, load_generator
 from tritonsagan.shipped import SHIPPED_FILES
 from tritonsagan.train import train
 from tritonsagan.weights_io import load_safetensors
@@ -43,10 +43,13 @@ def builtin_run(tmp_path_factory):
     return run
 
 
-def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(builtin_run, tmp_path):
+def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(builtin_run, tmp_path, monkeypatch):
     network = stand_in_network(tmp_path / "standin.pt")
     out, curve = tmp_path / "tiny-photos", tmp_path / "curve.png"
     flags = ["--kid-n", "40", "--fid-weights", str(network), "--device", "cpu", "--curve", str(curve)]
+    measured = []
+    measure = Measurer.__call__
+    monkeypatch.setattr(Measurer, "__call__", lambda self, G: measured.append(G) or measure(self, G))
     assert main([str(builtin_run), "--out", str(out), *flags]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(SHIPPED_FILES)
     tensors, _ = load_safetensors(out / "model.safetensors")
@@ -69,10 +72,14 @@ def test_export_writes_the_folder_with_figures_measured_on_the_float16_weights(b
         and kid["network"] == "unknown TorchScript network standin.pt"
         and kid["kid"] > kid["real_vs_real"]
     )
-    # the learning curve: G_ema of every checkpoint kept (steps 2, 4, 6), the last the exported weights
+    # the learning curve: G_ema of every checkpoint kept (steps 2, 4, 6), the last the exported weights,
+    # measured once; the others rounded to float16 as the export stores them
     assert [point["step"] for point in card["curve"]] == [2, 4, 6] and Image.open(curve).format == "PNG"
     figures = ("photo_match", "photo_variety", "kid", "fixed_pattern")
     assert {key: card["curve"][-1][key] for key in figures} == {key: card[key] for key in figures}
+    assert len(measured) == 3
+    exported = _as_shipped(generator_from_checkpoint(list_checkpoints(RunDirectory(builtin_run).checkpoints)[-1][1]))
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), G.state_dict().values(), strict=True))
     assert (
         card["curve"][0]["kid"]["kid"] != kid["kid"] and card["curve"][0]["kid"]["real_vs_real"] == kid["real_vs_real"]
     )

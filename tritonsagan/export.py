@@ -196,11 +196,18 @@ def _as_shipped(G: Generator) -> Generator:
     return G.half().float().eval()
 
 
-def learning_curve(run: RunDirectory, measure: Measurer, up_to: int, every: int, device: torch.device) -> list[dict]:
+def learning_curve(
+    run: RunDirectory, measure: Measurer, up_to: int, every: int, device: torch.device, measured: dict[Path, dict]
+) -> list[dict]:
     """The figures of G_ema at each checkpoint the run kept up to step `up_to`: those at a multiple of
-    `every` steps (all for 0) and the one at `up_to`."""
+    `every` steps (all for 0) and the one at `up_to`. A checkpoint in `measured` (path: its figures,
+    as shipped) is not measured again."""
+    measured = {path.resolve(): figures for path, figures in measured.items()}
     return [
-        {"step": step, **measure(_as_shipped(generator_from_checkpoint(path)).to(device))}
+        {
+            "step": step,
+            **(measured.get(path.resolve()) or measure(_as_shipped(generator_from_checkpoint(path)).to(device))),
+        }
         for step, path in list_checkpoints(run.checkpoints)
         if step == up_to or (step < up_to and (every == 0 or step % every == 0))
     ]
@@ -272,6 +279,7 @@ def export(cfg: ExportConfig) -> dict:
     ).eval()  # measured as shipped: the float16 weights, computed in float32
     measure = Measurer(config, G.config.image_size, cfg.kid_n, cfg.fid_weights or None, G.conv_out.weight.device)
     segments = training_segments(run, step)
+    figures = measure(G)
     card = {
         "name": cfg.name or out.name,
         "step": step,
@@ -282,8 +290,10 @@ def export(cfg: ExportConfig) -> dict:
         "segments": segments,
         "training_seconds": sum(s["seconds"] for s in segments),
         "recipe_changes": changes,
-        **measure(G),
-        "curve": learning_curve(run, measure, step, cfg.curve_every, G.conv_out.weight.device) if curve else None,
+        **figures,
+        "curve": learning_curve(run, measure, step, cfg.curve_every, G.conv_out.weight.device, {checkpoint: figures})
+        if curve
+        else None,
     }
     atomic_write_json(out / CARD_FIGURES_NAME, card)
     if curve:
