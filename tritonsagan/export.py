@@ -197,16 +197,25 @@ def _as_shipped(G: Generator) -> Generator:
 
 
 def learning_curve(
-    run: RunDirectory, measure: Measurer, up_to: int, every: int, device: torch.device, measured: dict[Path, dict]
+    run: RunDirectory,
+    measure: Measurer,
+    up_to: int,
+    every: int,
+    device: torch.device,
+    exported: Path,
+    exported_figures: dict,
 ) -> list[dict]:
     """The figures of G_ema at each checkpoint the run kept up to step `up_to`: those at a multiple of
-    `every` steps (all for 0) and the one at `up_to`. A checkpoint in `measured` (path: its figures,
-    as shipped) is not measured again."""
-    measured = {path.resolve(): figures for path, figures in measured.items()}
+    `every` steps (all for 0) and the one at `up_to`. The exported checkpoint is not measured again:
+    its figures (measured as shipped) are `exported_figures`."""
     return [
         {
             "step": step,
-            **(measured.get(path.resolve()) or measure(_as_shipped(generator_from_checkpoint(path)).to(device))),
+            **(
+                exported_figures
+                if path.resolve() == exported.resolve()
+                else measure(_as_shipped(generator_from_checkpoint(path)).to(device))
+            ),
         }
         for step, path in list_checkpoints(run.checkpoints)
         if step == up_to or (step < up_to and (every == 0 or step % every == 0))
@@ -291,7 +300,7 @@ def export(cfg: ExportConfig) -> dict:
         "training_seconds": sum(s["seconds"] for s in segments),
         "recipe_changes": changes,
         **figures,
-        "curve": learning_curve(run, measure, step, cfg.curve_every, G.conv_out.weight.device, {checkpoint: figures})
+        "curve": learning_curve(run, measure, step, cfg.curve_every, G.conv_out.weight.device, checkpoint, figures)
         if curve
         else None,
     }
