@@ -1,5 +1,7 @@
 """tritonsagan-bench end to end on CPU in --quick mode: the report's structure, never its timings."""
 
+import contextlib
+import io
 import json
 import math
 import subprocess
@@ -8,6 +10,7 @@ import sys
 import pytest
 import torch
 from tritonsagan.bench import compile_check
+from tritonsagan.bench import data as bench_data
 from tritonsagan.bench.cells import number as format_number
 from tritonsagan.bench.cli import main as bench_main
 from tritonsagan.bench.cli import report_name
@@ -43,9 +46,30 @@ def _positive(value) -> bool:
     return isinstance(value, float) and math.isfinite(value) and value > 0
 
 
+# The quick report's large image folder: enough links for a folder the loader's workers must carry,
+# where the bench's own 200,000 would spend a minute making them.
+TEST_FOLDER_SIZES = (100, 2_000)
+
+
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory) -> dict:
-    return _bench(tmp_path_factory.mktemp("quick"))
+    """Every default section of `--quick` in this process, where it may be made cheaper: the compiled
+    training-step variants compile with aot_eager (dynamo and AOTAutograd trace the whole step as
+    inductor gets it, in seconds; inductor's own compile of G and D is test_models'), and the large
+    folder is smaller. The command's own output and report name are checked by the tests that run it."""
+    out = tmp_path_factory.mktemp("quick") / "report.json"
+    compile_fn, compiled = torch.compile, []
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
+        patch.setattr(
+            torch, "compile", lambda fn, mode=None: compiled.append(fn) or compile_fn(fn, backend="aot_eager")
+        )
+        patch.setattr(bench_data, "FOLDER_SIZES", TEST_FOLDER_SIZES)
+        try:
+            assert bench_main(["--quick", "--device", "cpu", "--json", str(out)]) == 0
+        finally:
+            torch._dynamo.reset()
+    assert compiled  # variants (c) and (e) went through torch.compile
+    return json.loads(out.read_text())
 
 
 def test_quick_report_has_the_environment_floor_and_attention(quick_report):
@@ -112,11 +136,11 @@ def test_quick_report_has_every_training_step_variant(quick_report):
 
 def test_quick_report_has_the_data_path_and_the_targets(quick_report):
     data = quick_report["data"]
-    assert [r["files"] for r in data["folder"]] == [100, 200_000] and all(
+    assert [r["files"] for r in data["folder"]] == list(TEST_FOLDER_SIZES) and all(
         _positive(r["ms_per_sample"]) for r in data["folder"]
     )
     assert _positive(data["packed"]["ms_per_sample"])
-    assert {r["source"] for r in data["loader"]} == {"packed", "folder (200000 files)"} and all(
+    assert {r["source"] for r in data["loader"]} == {"packed", f"folder ({TEST_FOLDER_SIZES[-1]} files)"} and all(
         _positive(r["images_per_s"]) for r in data["loader"]
     )
 
