@@ -127,7 +127,8 @@ def init_spectral_norm_vectors(weight: torch.Tensor, eps: float = 1e-12) -> tupl
     w = weight.detach().flatten(1)
     u = F.normalize(w.new_empty(w.shape[0]).normal_(0, 1), dim=0, eps=eps)
     v = F.normalize(w.new_empty(w.shape[1]).normal_(0, 1), dim=0, eps=eps)
-    power_iteration_torch(w, u, v, INIT_POWER_ITERATIONS, eps)
+    if not w.is_meta:  # a model built on the meta device for its shapes: no values to refine, only dispatch cost
+        power_iteration_torch(w, u, v, INIT_POWER_ITERATIONS, eps)
     return u, v
 
 

@@ -6,7 +6,7 @@ import torch.nn as nn
 from helpers import rel_err
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 from tritonsagan.kernels import spectral_norm, spectral_norm_torch
-from tritonsagan.models import SNConv2d, SNEmbedding, SNLinear
+from tritonsagan.models import Discriminator, Generator, SNConv2d, SNEmbedding, SNLinear
 
 LAYER_PAIRS = {
     "conv3x3": (lambda: nn.Conv2d(5, 7, 3, padding=1), lambda: SNConv2d(5, 7, 3, padding=1), (3, 5, 6, 6)),
@@ -87,6 +87,21 @@ def test_construction_converges_like_torch():
     layer = SNLinear(40, 30)
     sigma = torch.dot(layer.weight_u, torch.mv(layer.weight, layer.weight_v))
     assert abs(sigma.item() / torch.linalg.matrix_norm(layer.weight.detach(), ord=2).item() - 1) < 0.05
+
+
+def test_models_built_on_the_meta_device_have_every_layer_and_vector_shape():
+    """The benches and the compile check build G and D on the meta device for their shapes; there
+    the construction's power iterations are skipped (no values), and nothing else may differ."""
+    built = {}
+    for device in ("meta", "cpu"):
+        with torch.device(device):
+            built[device] = Generator(ch=8, num_classes=5), Discriminator(ch=8, num_classes=5)
+    shapes = {
+        device: [(name, tuple(t.shape), t.dtype) for model in models for name, t in model.state_dict().items()]
+        for device, models in built.items()
+    }
+    assert shapes["meta"] == shapes["cpu"] and any(name.endswith("weight_u") for name, _, _ in shapes["cpu"])
+    assert all(t.is_meta for model in built["meta"] for t in model.state_dict().values())
 
 
 def test_one_dimensional_weight_is_normalised_like_torch():
