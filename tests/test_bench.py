@@ -168,13 +168,13 @@ def test_quick_report_makes_a_summary_row(quick_report):
 
 def test_sections_and_variants_merge_into_one_report(tmp_path):
     """One report from several commands: --only, --variants and --merge."""
-    first = _bench(tmp_path, "--only", "train", "--variants", "b,a")
+    first = _bench(tmp_path, "--only", "train", "--variants", "d,a")  # (d) is a row without a CPU path, at no cost
     assert "train_step" in first and "spectral_norm" not in first
     merged = _bench(tmp_path, "--only", "sn,train", "--variants", "a'", "--merge")  # a section and a row added
     assert merged["train_step"][::2] == first["train_step"] and [r["id"] for r in merged["train_step"]] == [
         "a",
         "a'",
-        "b",
+        "d",
     ]
     assert "spectral_norm" in merged and len(merged["targets"]) == 14
 
