@@ -316,12 +316,15 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_twice_at_once(
     tmp_path, capsys, monkeypatch, presses, message, checkpoints
 ):
     run = tmp_path / "run"
+    handler = signal.getsignal(
+        signal.SIGINT
+    )  # Python's own, or SIG_IGN where the shell started pytest in the background
     _signal_at_step(monkeypatch, 3, count=presses)
     assert train_main(["--out", str(run), "--steps", "6", *cli_flags()]) == INTERRUPTED_EXIT_CODE
     err = capsys.readouterr().err
     assert "error: " + message.format(checkpoints=run / "checkpoints") in err and "Traceback" not in err
     assert [s for s, _ in list_checkpoints(run / "checkpoints")] == checkpoints
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler is given back
 
 
 def test_stop_requests_record_the_first_signal():
