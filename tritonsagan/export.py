@@ -150,7 +150,8 @@ class Measurer:
             return
         self.network, self.kid_n = network, n
         self.real_features = self._features(real[:n])
-        real_vs_real = self._kid(self._features(_real_images(dataset, n, n)))
+        self.other_real = _real_images(dataset, n, n)  # scored as a generator's images are: real against real
+        real_vs_real = self.kid_of(self.other_real)
         self.kid = {"network": network.name, "network_sha256": network.sha256, "n": n, "real_vs_real": real_vs_real}
 
     def _features(self, images: torch.Tensor) -> torch.Tensor:
@@ -163,10 +164,10 @@ class Measurer:
             progress=False,
         )[0]
 
-    def _kid(self, features: torch.Tensor) -> float:
-        """KID against the real features, one estimate over all pairs of the n images (subsets of all n
-        would only permute them: there is no spread to report)."""
-        return kernel_inception_distance(self.real_features, features, 1, self.kid_n)[0]
+    def kid_of(self, images: torch.Tensor) -> float:
+        """KID of kid_n uint8 images against the real ones, one estimate over all pairs (subsets of all
+        n would only permute them: there is no spread to report)."""
+        return kernel_inception_distance(self.real_features, self._features(images), 1, self.kid_n)[0]
 
     def __call__(self, G: Generator) -> dict:
         """The figures of G (eval mode): {"photo_match", "photo_variety", "kid", "fixed_pattern"}."""
@@ -178,7 +179,7 @@ class Measurer:
             for_kid = (
                 generated if self.kid_n == self.n else generate(G, self.kid_n, classes=classes, seed=GENERATE_SEED)
             )
-            kid["kid"] = self._kid(self._features(for_kid))
+            kid["kid"] = self.kid_of(for_kid)
         return {
             "photo_match": generator_photo_match(G, reference=self.photo_crops)
             if self.photo_crops is not None
@@ -250,17 +251,23 @@ class ExportConfig:
     device: str = device_field()
 
 
-def read_card(path: Path) -> tuple[str, dict]:
-    """(label, figures) of an export's card.json given to --beside: labelled by its file's name, or its folder's."""
+def read_card(path: Path, flag: str) -> tuple[str, dict]:
+    """(label, figures) of an export's card.json given to `flag`: labelled by its file's name, or its folder's."""
     try:
         card = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise ConfigError(f"--beside {path}: not a readable card.json ({err})") from None
-    if not isinstance(card, dict) or "name" not in card or "curve" not in card:
-        raise ConfigError(f"--beside {path}: not a model card's figures (tritonsagan-export writes card.json)")
+        raise ConfigError(f"{flag} {path}: not a readable card.json ({err})") from None
+    if not isinstance(card, dict) or not {"name", "step", "kid", "curve"} <= card.keys():
+        raise ConfigError(f"{flag} {path}: not a model card's figures (tritonsagan-export writes card.json)")
+    return (path.parent.name if path.name == CARD_FIGURES_NAME else path.name.removesuffix(".json")), card
+
+
+def read_curve_card(path: Path) -> tuple[str, dict]:
+    """read_card for --beside, which draws the card's learning curve."""
+    label, card = read_card(path, "--beside")
     if not card["curve"]:
         raise ConfigError(f"--beside {path}: its card has no learning curve (export that run with --curve)")
-    return (path.parent.name if path.name == CARD_FIGURES_NAME else path.name.removesuffix(".json")), card
+    return label, card
 
 
 def export(cfg: ExportConfig) -> dict:
@@ -270,7 +277,7 @@ def export(cfg: ExportConfig) -> dict:
     run, out, curve = RunDirectory(cfg.run), Path(cfg.out), cfg.curve
     if curve:
         require_matplotlib()  # before any file is written
-    beside = [read_card(Path(path)) for path in cfg.beside or ()]
+    beside = [read_curve_card(Path(path)) for path in cfg.beside or ()]
     if not run.config_history.is_file():
         raise ConfigError(f"{run.root}: not a training run (no {run.config_history.name})")
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else run.latest_checkpoint()
