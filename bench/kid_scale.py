@@ -4,7 +4,7 @@ generator (the same real crops, the same n, one estimate over all pairs, the sam
 that a card's KID reads against them; the KIDs of model cards given with --cards sit beside them.
 
     python -m tritonsagan.bench.kid_scale --out bench/results/learning/kid-scale.json \\
-        --cards tritonsagan/pretrained/builtin-photos-64/card.json
+        --cards tritonsagan/pretrained/builtin-photos-64/card.json bench/results/exports/builtin-photos-64_*.json
     python -m tritonsagan.bench.kid_scale --table bench/results/learning/kid-scale.json
 """
 
@@ -76,7 +76,10 @@ class KidScaleConfig:
     out: str | None = config_field(None, "the JSON report to write")
     table: str | None = config_field(None, "print the markdown table of this report instead of measuring")
     cards: list[str] | None = config_field(
-        None, "model cards' card.json (tritonsagan-export) whose KID the report sets beside the scale", nargs="+"
+        None,
+        "model cards' card.json (tritonsagan-export) whose KID the report sets beside the scale, each named by its "
+        "file's name (its folder's for a card.json)",
+        nargs="+",
     )
     image_size: int = config_field(64, "the side of the real crops")
     kid_n: int = config_field(KID_N, "real images in each set, as tritonsagan-export's --kid-n")
@@ -86,8 +89,8 @@ class KidScaleConfig:
 
 def measure(cfg: KidScaleConfig) -> dict:
     """The report: each degradation's KID against the real crops, and each card's own KID."""
-    cards = [read_card(Path(path), "--cards")[1] for path in cfg.cards or ()]
-    for path, card in zip(cfg.cards or (), cards, strict=True):
+    cards = [read_card(Path(path), "--cards") for path in cfg.cards or ()]
+    for path, (_, card) in zip(cfg.cards or (), cards, strict=True):
         if "kid" not in card["kid"]:
             raise ConfigError(f"--cards {path}: its card has no KID ({card['kid']['not_measured']})")
     start = time.perf_counter()
@@ -95,6 +98,12 @@ def measure(cfg: KidScaleConfig) -> dict:
     measurer = Measurer(data, cfg.image_size, cfg.kid_n, cfg.fid_weights or None, resolve_device(cfg.device))
     if measurer.network is None:
         raise ConfigError(f"KID's scale needs the FID feature network: {measurer.kid['not_measured']}")
+    for path, (_, card) in zip(cfg.cards or (), cards, strict=True):
+        if (card["kid"]["n"], card["kid"]["network_sha256"]) != (measurer.kid_n, measurer.network.sha256):
+            raise ConfigError(
+                f"--cards {path}: its KID was measured on {card['kid']['n']} images by {card['kid']['network']}, "
+                f"the scale on {measurer.kid_n} by {measurer.network.name}: give --kid-n and --fid-weights as its export did"
+            )
     rows = [
         {"name": name, "what": what, "kid": measurer.kid_of(change(measurer.other_real))}
         for name, (what, change) in DEGRADATIONS.items()
@@ -105,7 +114,7 @@ def measure(cfg: KidScaleConfig) -> dict:
         "n": measurer.kid_n,
         "image_size": cfg.image_size,
         "rows": rows,
-        "cards": [{"name": card["name"], "step": card["step"], "kid": card["kid"]["kid"]} for card in cards],
+        "cards": [{"name": label, "step": card["step"], "kid": card["kid"]["kid"]} for label, card in cards],
         "seconds": time.perf_counter() - start,
     }
 
