@@ -93,6 +93,11 @@ def measure(cfg: KidScaleConfig) -> dict:
     for path, (_, card) in zip(cfg.cards or (), cards, strict=True):
         if "kid" not in card["kid"]:
             raise ConfigError(f"--cards {path}: its card has no KID ({card['kid']['not_measured']})")
+        if card["generator"]["image_size"] != cfg.image_size:
+            raise ConfigError(
+                f"--cards {path}: its model draws {card['generator']['image_size']}x{card['generator']['image_size']} "
+                f"images; give --image-size {card['generator']['image_size']}"
+            )
     start = time.perf_counter()
     data = {"data": "builtin", "crop": "random", "conditional": True}  # what the built-in photos' cards measure on
     measurer = Measurer(data, cfg.image_size, cfg.kid_n, cfg.fid_weights or None, resolve_device(cfg.device))

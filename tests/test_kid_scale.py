@@ -107,6 +107,8 @@ def test_a_card_measured_otherwise_is_refused(tmp_path, monkeypatch, capsys):
     out = tmp_path / "x.json"
     assert main(["--out", str(out), "--kid-n", "10", "--cards", str(card)]) == 1
     assert f"--cards {card}: its KID was measured on 12 images" in capsys.readouterr().err and not out.exists()
+    assert main(["--out", str(out), "--kid-n", "12", "--image-size", "32", "--cards", str(card)]) == 1
+    assert f"--cards {card}: its model draws 64x64 images; give --image-size 64" in capsys.readouterr().err
 
 
 def test_without_a_feature_network_it_says_so(tmp_path, monkeypatch, capsys):

@@ -257,7 +257,7 @@ def read_card(path: Path, flag: str) -> tuple[str, dict]:
         card = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise ConfigError(f"{flag} {path}: not a readable card.json ({err})") from None
-    if not isinstance(card, dict) or not {"name", "step", "kid", "curve"} <= card.keys():
+    if not isinstance(card, dict) or not {"name", "step", "generator", "kid", "curve"} <= card.keys():
         raise ConfigError(f"{flag} {path}: not a model card's figures (tritonsagan-export writes card.json)")
     return (path.parent.name if path.name == CARD_FIGURES_NAME else path.name.removesuffix(".json")), card
 
