@@ -3,9 +3,9 @@ fewer colour levels) score against real crops, measured as tritonsagan-export's 
 generator (the same real crops, the same n, one estimate over all pairs, the same feature network), so
 that a card's KID reads against them; the KIDs of model cards given with --cards sit beside them.
 
-    python -m tritonsagan.bench.kid_scale --out bench/results/learning/kid-scale.json \\
+    python -m tritonsagan.bench.kid_scale --out bench/results/kid-scale/builtin-photos.json \\
         --cards tritonsagan/pretrained/builtin-photos-64/card.json bench/results/exports/builtin-photos-64_*.json
-    python -m tritonsagan.bench.kid_scale --table bench/results/learning/kid-scale.json
+    python -m tritonsagan.bench.kid_scale --table bench/results/kid-scale/builtin-photos.json
 """
 
 from __future__ import annotations
