@@ -316,9 +316,8 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_twice_at_once(
     tmp_path, capsys, monkeypatch, presses, message, checkpoints
 ):
     run = tmp_path / "run"
-    handler = signal.getsignal(
-        signal.SIGINT
-    )  # Python's own, or SIG_IGN where the shell started pytest in the background
+    # Python's own handler, or SIG_IGN where a shell started pytest in the background
+    handler = signal.getsignal(signal.SIGINT)
     _signal_at_step(monkeypatch, 3, count=presses)
     assert train_main(["--out", str(run), "--steps", "6", *cli_flags()]) == INTERRUPTED_EXIT_CODE
     err = capsys.readouterr().err
