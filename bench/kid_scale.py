@@ -55,9 +55,10 @@ def _as_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.round().clamp(0, PIXEL_RANGE).to(torch.uint8)
 
 
-# name -> (what it is, how the real crops are changed); the first is the real-vs-real figure itself.
+# name -> (what it is, how the real crops are changed); the report's first row, "real", is the
+# Measurer's own real-vs-real figure.
+REAL_ROW = ("real", "other real crops, unchanged")
 DEGRADATIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
-    "real": ("other real crops, unchanged", lambda images: images),
     "half_resolution": ("real crops shrunk to half their side and scaled back up", lambda x: resampled(x, 2)),
     "quarter_resolution": (
         "real crops shrunk to a quarter of their side and scaled back up",
@@ -89,8 +90,8 @@ class KidScaleConfig:
 
 def measure(cfg: KidScaleConfig) -> dict:
     """The report: each degradation's KID against the real crops, and each card's own KID."""
-    cards = [read_card(Path(path), "--cards") for path in cfg.cards or ()]
-    for path, (_, card) in zip(cfg.cards or (), cards, strict=True):
+    cards = [(path, *read_card(Path(path), "--cards")) for path in cfg.cards or ()]  # (path, label, card)
+    for path, _, card in cards:
         if "kid" not in card["kid"]:
             raise ConfigError(f"--cards {path}: its card has no KID ({card['kid']['not_measured']})")
         if card["generator"]["image_size"] != cfg.image_size:
@@ -103,13 +104,15 @@ def measure(cfg: KidScaleConfig) -> dict:
     measurer = Measurer(data, cfg.image_size, cfg.kid_n, cfg.fid_weights or None, resolve_device(cfg.device))
     if measurer.network is None:
         raise ConfigError(f"KID's scale needs the FID feature network: {measurer.kid['not_measured']}")
-    for path, (_, card) in zip(cfg.cards or (), cards, strict=True):
+    for path, _, card in cards:
         if (card["kid"]["n"], card["kid"]["network_sha256"]) != (measurer.kid_n, measurer.network.sha256):
             raise ConfigError(
                 f"--cards {path}: its KID was measured on {card['kid']['n']} images by {card['kid']['network']}, "
                 f"the scale on {measurer.kid_n} by {measurer.network.name}: give --kid-n and --fid-weights as its export did"
             )
-    rows = [
+    name, what = REAL_ROW
+    rows = [{"name": name, "what": what, "kid": measurer.kid["real_vs_real"]}]
+    rows += [
         {"name": name, "what": what, "kid": measurer.kid_of(change(measurer.other_real))}
         for name, (what, change) in DEGRADATIONS.items()
     ]
@@ -119,7 +122,7 @@ def measure(cfg: KidScaleConfig) -> dict:
         "n": measurer.kid_n,
         "image_size": cfg.image_size,
         "rows": rows,
-        "cards": [{"name": label, "step": card["step"], "kid": card["kid"]["kid"]} for label, card in cards],
+        "cards": [{"name": label, "step": card["step"], "kid": card["kid"]["kid"]} for _, label, card in cards],
         "seconds": time.perf_counter() - start,
     }
 

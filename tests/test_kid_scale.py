@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import stand_in_network
-from tritonsagan.bench.kid_scale import DEGRADATIONS, main, noisy, quantised, resampled, scale_table
+from tritonsagan.bench.kid_scale import DEGRADATIONS, REAL_ROW, main, noisy, quantised, resampled, scale_table
 
 from tritonsagan.export import Measurer
 from tritonsagan.feature_network import FID_WEIGHTS_ENV, FeatureNetwork
@@ -68,7 +68,7 @@ def test_the_report_scores_each_change_and_sets_the_cards_beside_them(tmp_path, 
     out, card = tmp_path / "scale.json", _card_measured_like(tmp_path, 12, network)
     assert main(["--out", str(out), "--kid-n", "12", "--cards", str(card), "--device", "cpu"]) == 0
     report = json.loads(out.read_text())
-    assert [row["name"] for row in report["rows"]] == list(DEGRADATIONS) and report["n"] == 12
+    assert [row["name"] for row in report["rows"]] == [REAL_ROW[0], *DEGRADATIONS] and report["n"] == 12
     assert report["network"].startswith("unknown TorchScript") and report["image_size"] == 64
     # the "real" row is the figure a model card calls real-vs-real, measured the same way
     measurer = Measurer({"data": "builtin", "crop": "random", "conditional": True}, 64, 12, None, torch.device("cpu"))
@@ -119,7 +119,7 @@ def test_without_a_feature_network_it_says_so(tmp_path, monkeypatch, capsys):
 
 def test_the_committed_report_is_current_and_is_the_readme_table():
     report = json.loads(REPORT.read_text())
-    assert [row["name"] for row in report["rows"]] == list(DEGRADATIONS)
+    assert [row["name"] for row in report["rows"]] == [REAL_ROW[0], *DEGRADATIONS]
     shipped = json.loads(SHIPPED_CARD.read_text())
     assert {"name": shipped["name"], "step": shipped["step"], "kid": shipped["kid"]["kid"]} in report["cards"]
     assert report["n"] == shipped["kid"]["n"] and report["network_sha256"] == shipped["kid"]["network_sha256"]
