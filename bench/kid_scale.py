@@ -30,6 +30,7 @@ from tritonsagan.shared_fields import device_field, fid_weights_field
 
 NOISE_SEED = 0
 PIXEL_RANGE = 255
+BUILTIN_PHOTOS_RUN = {"data": "builtin", "crop": "random", "conditional": True}  # the settings the cards measure on
 
 
 def resampled(images: torch.Tensor, factor: int) -> torch.Tensor:
@@ -100,8 +101,9 @@ def measure(cfg: KidScaleConfig) -> dict:
                 f"images; give --image-size {card['generator']['image_size']}"
             )
     start = time.perf_counter()
-    data = {"data": "builtin", "crop": "random", "conditional": True}  # what the built-in photos' cards measure on
-    measurer = Measurer(data, cfg.image_size, cfg.kid_n, cfg.fid_weights or None, resolve_device(cfg.device))
+    measurer = Measurer(
+        BUILTIN_PHOTOS_RUN, cfg.image_size, cfg.kid_n, cfg.fid_weights or None, resolve_device(cfg.device)
+    )
     if measurer.network is None:
         raise ConfigError(f"KID's scale needs the FID feature network: {measurer.kid['not_measured']}")
     for path, _, card in cards:

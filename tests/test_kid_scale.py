@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import stand_in_network
-from tritonsagan.bench.kid_scale import DEGRADATIONS, REAL_ROW, main, noisy, quantised, resampled, scale_table
+from tritonsagan.bench.kid_scale import (
+    BUILTIN_PHOTOS_RUN,
+    DEGRADATIONS,
+    REAL_ROW,
+    main,
+    noisy,
+    quantised,
+    resampled,
+    scale_table,
+)
 
 from tritonsagan.export import Measurer
 from tritonsagan.feature_network import FID_WEIGHTS_ENV, FeatureNetwork
@@ -71,7 +80,7 @@ def test_the_report_scores_each_change_and_sets_the_cards_beside_them(tmp_path, 
     assert [row["name"] for row in report["rows"]] == [REAL_ROW[0], *DEGRADATIONS] and report["n"] == 12
     assert report["network"].startswith("unknown TorchScript") and report["image_size"] == 64
     # the "real" row is the figure a model card calls real-vs-real, measured the same way
-    measurer = Measurer({"data": "builtin", "crop": "random", "conditional": True}, 64, 12, None, torch.device("cpu"))
+    measurer = Measurer(BUILTIN_PHOTOS_RUN, 64, 12, None, torch.device("cpu"))
     assert report["rows"][0]["kid"] == pytest.approx(measurer.kid["real_vs_real"], rel=1e-6, abs=1e-12)
     assert report["rows"][2]["kid"] == pytest.approx(
         measurer.kid_of(resampled(measurer.other_real, 4)), rel=1e-6, abs=1e-12
